@@ -1,0 +1,59 @@
+"""chaoscheckout: a Chaos Toolkit extension for proving a checkout survives its faults.
+
+Activities live in one sub-package per fault domain (``service``, ``network``,
+``disk``) plus the SLI probes (``sli``) and the controls (``load``, ``controls``).
+Every fault is an inject/revert pair bounded by a lease that is enforced outside the
+``chaos run`` process, so no fault outlives its run.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+__all__ = ["__version__", "discover"]
+
+ACTIVITY_MODULES = (
+    "chaoscheckout.service.actions",
+    "chaoscheckout.service.probes",
+    "chaoscheckout.network.actions",
+    "chaoscheckout.network.probes",
+    "chaoscheckout.disk.actions",
+    "chaoscheckout.disk.probes",
+    "chaoscheckout.sli.probes",
+)
+CONTROL_MODULES = (
+    "chaoscheckout.load.control",
+    "chaoscheckout.controls.safety",
+)
+
+
+def discover(discover_system: bool = True) -> dict[str, Any]:
+    """Return what ``chaos discover chaostoolkit-checkout`` publishes."""
+    import importlib
+
+    from chaoslib.discovery.discover import (
+        discover_actions,
+        discover_activities,
+        discover_probes,
+        initialize_discovery_result,
+    )
+
+    result = initialize_discovery_result("chaostoolkit-checkout", __version__, "checkout")
+    activities = result["activities"]
+    for name in ACTIVITY_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            continue
+        if name.endswith(".actions"):
+            activities.extend(discover_actions(name))
+        else:
+            activities.extend(discover_probes(name))
+    for name in CONTROL_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            continue
+        activities.extend(discover_activities(name, "control"))
+    return result
