@@ -1,0 +1,1 @@
+"""Fault bookkeeping shared by every fault domain: leases, reverts and the reaper."""
