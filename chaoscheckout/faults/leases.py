@@ -14,12 +14,13 @@ import tempfile
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from chaoscheckout.errors import InvalidFaultArgument
 
-__all__ = ["Lease", "LeaseStore", "check_duration"]
+__all__ = ["Lease", "LeaseStore", "check_duration", "iso_utc"]
 
 KINDS = ("kill", "latency", "disk")
 
@@ -40,6 +41,23 @@ class Lease:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def fault_result(self, target: str, parameters: dict[str, Any]) -> dict[str, Any]:
+        """The JSON a fault action returns (the contract in docs/architecture.md)."""
+        return {
+            "fault_id": self.fault_id,
+            "kind": self.kind,
+            "backend": self.backend,
+            "target": target,
+            "parameters": parameters,
+            "injected_at": iso_utc(self.created_at),
+            "expires_at": iso_utc(self.expires_at),
+        }
+
+
+def iso_utc(ts: float) -> str:
+    """A UNIX timestamp as an ISO 8601 UTC string."""
+    return datetime.fromtimestamp(ts, UTC).isoformat()
 
 
 def check_duration(duration_s: Any, max_duration_s: float) -> float:

@@ -1,0 +1,39 @@
+"""Runtimes: where services live and how to act on them (``local`` now, ``docker`` later).
+
+``get_runtime(configuration)`` reads the service registry of the state dir and returns
+the runtime named by ``chaoscheckout_runtime`` / ``CHAOSCHECKOUT_RUNTIME``, else by the
+registry's ``runtime`` field.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from chaoscheckout.config import settings_from
+from chaoscheckout.errors import BackendUnavailable, InvalidFaultArgument
+from chaoscheckout.runtime.base import KillResult, Runtime, StartResult
+from chaoscheckout.runtime.registry import load_registry
+
+__all__ = ["get_runtime", "Runtime", "KillResult", "StartResult", "RUNTIMES"]
+
+# runtime name -> "module:class"
+RUNTIMES = {
+    "local": "chaoscheckout.runtime.local:LocalRuntime",
+    "docker": "chaoscheckout.runtime.docker:DockerRuntime",
+}
+
+
+def get_runtime(configuration: dict[str, Any] | None = None) -> Runtime:
+    """The runtime for this configuration, bound to the state dir's service registry."""
+    settings = settings_from(configuration)
+    registry = load_registry(settings.registry_file)
+    name = settings.runtime or registry.runtime or "local"
+    if name not in RUNTIMES:
+        raise InvalidFaultArgument(f"unknown runtime {name!r}; known: {', '.join(sorted(RUNTIMES))}")
+    module_name, class_name = RUNTIMES[name].split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise BackendUnavailable(f"runtime {name!r} is not available here: {exc}") from None
+    return getattr(module, class_name)(registry, settings)

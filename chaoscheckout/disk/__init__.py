@@ -1,0 +1,1 @@
+"""Disk faults: fill a service's data filesystem with a ballast file, then delete it."""

@@ -1,0 +1,76 @@
+"""The local runtime: services are supervisord programs on 127.0.0.1.
+
+App programs run with ``autorestart=false``, so a SIGKILLed service stays down until
+``start`` (the rollback) or the reaper starts it again. Only programs listed in the
+service registry are ever touched.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from chaoscheckout.config import Settings
+from chaoscheckout.errors import ChaosCheckoutError
+from chaoscheckout.runtime.base import KillResult, Runtime, StartResult
+from chaoscheckout.runtime.registry import Registry
+from chaoscheckout.runtime.supervisor import SupervisorClient
+
+__all__ = ["LocalRuntime"]
+
+RUNNING_STATES = ("STARTING", "RUNNING", "BACKOFF")
+
+
+class LocalRuntime(Runtime):
+    name = "local"
+
+    def __init__(self, registry: Registry, settings: Settings) -> None:
+        super().__init__(registry, settings)
+        if not registry.supervisor_url:
+            raise ChaosCheckoutError("the service registry has no supervisor_url (local runtime)")
+        self.supervisor = SupervisorClient(registry.supervisor_url, timeout_s=settings.io_timeout_s)
+
+    def pid(self, service: str) -> int | None:
+        return self.supervisor.pid(self.entry(service).process)
+
+    def state(self, service: str) -> str:
+        return str(self.supervisor.process_info(self.entry(service).process).get("statename"))
+
+    def kill(self, service: str, timeout_s: float = 10.0) -> KillResult:
+        entry = self.target(service)
+        pid = self.supervisor.pid(entry.process)
+        if pid is None:
+            raise ChaosCheckoutError(f"service {service!r} is not running: nothing to kill")
+        started = time.monotonic()
+        self.supervisor.signal(entry.process, "KILL")
+        deadline = started + timeout_s
+        while time.monotonic() < deadline:
+            state = self.state(service)
+            if state not in RUNNING_STATES and not self.is_healthy(service, timeout_s=0.2):
+                return KillResult(service, pid, time.monotonic() - started)
+            if state in RUNNING_STATES and self.supervisor.pid(entry.process) not in (None, pid):
+                raise ChaosCheckoutError(
+                    f"service {service!r} was restarted by supervisord after SIGKILL "
+                    "(its program needs autorestart=false)"
+                )
+            time.sleep(0.05)
+        raise ChaosCheckoutError(f"service {service!r} (pid {pid}) still up {timeout_s:g} s after SIGKILL")
+
+    def start(self, service: str, timeout_s: float = 30.0) -> StartResult:
+        entry = self.entry(service)  # never start a program the registry does not list
+        started = self.supervisor.start(entry.process, wait=False)
+        waited = self.wait_healthy(service, timeout_s)
+        return StartResult(service, started, waited, self.supervisor.pid(entry.process))
+
+    def describe(self, service: str) -> dict[str, Any]:
+        entry = self.entry(service)
+        info = self.supervisor.process_info(entry.process)
+        return {
+            "service": service,
+            "runtime": self.name,
+            "process": entry.process,
+            "state": info.get("statename"),
+            "pid": info.get("pid") or None,
+            "address": entry.address,
+            "chaos_target": entry.chaos_target,
+        }

@@ -1,0 +1,41 @@
+"""Probes on a service's liveness: is it healthy, which process runs it."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from chaoslib.types import Configuration
+
+from chaoscheckout.runtime import get_runtime
+
+__all__ = ["service_is_healthy", "service_pid", "describe_service"]
+
+logger = logging.getLogger("chaostoolkit")
+
+
+def service_is_healthy(service: str, timeout_s: float = 2, configuration: Configuration = None) -> bool:
+    """
+    One health check of a service: its registry `health_url` answers 2xx (or, without
+    one, its TCP port accepts a connection) within `timeout_s` seconds.
+
+    Returns `true`/`false` (use tolerance `true` in a steady-state hypothesis).
+    Changes nothing.
+    """
+    return get_runtime(configuration).is_healthy(service, timeout_s=float(timeout_s))
+
+
+def service_pid(service: str, configuration: Configuration = None) -> int | None:
+    """
+    The PID of the process running `service` (local runtime), or `null` when it is
+    down. Changes nothing.
+    """
+    return get_runtime(configuration).pid(service)
+
+
+def describe_service(service: str, configuration: Configuration = None) -> dict[str, Any]:
+    """
+    What the runtime knows about `service`: `{service, runtime, process, state, pid,
+    address, chaos_target}`. Changes nothing.
+    """
+    return get_runtime(configuration).describe(service)
