@@ -1,0 +1,1 @@
+"""The reference checkout system that chaoscheckout is proven against (not library API)."""

@@ -1,0 +1,215 @@
+"""Shared plumbing of the stack's services: env parsing, /metrics, /healthz, HTTP clients.
+
+Every service is configured only through environment variables. The parsers here take
+the environment as an argument (``environ``) so tests need no global patching, and raise
+:class:`ConfigError` with the variable name and the offending value; :func:`serve` turns
+that into one line on stderr and exit status 2, before anything is started.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import httpx
+import uvicorn
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+__all__ = [
+    "ConfigError",
+    "env_str",
+    "env_int",
+    "env_float",
+    "env_bool",
+    "env_list",
+    "env_url",
+    "default_port",
+    "json_error",
+    "read_json",
+    "metrics_route",
+    "healthz_route",
+    "http_client",
+    "count_open_fds",
+    "serve",
+]
+
+logger = logging.getLogger("stack.services")
+
+# Contract default port base (docs/architecture.md); the ports are base + offset.
+DEFAULT_PORT_BASE = 18100
+
+
+class ConfigError(ValueError):
+    """An environment variable is missing or malformed."""
+
+
+def env_str(environ: Mapping[str, str], name: str, default: str | None = None) -> str:
+    """The value of ``name``; required when ``default`` is None."""
+    value = environ.get(name, "").strip()
+    if value:
+        return value
+    if default is None:
+        raise ConfigError(f"{name} is required but not set")
+    return default
+
+
+def env_int(
+    environ: Mapping[str, str], name: str, default: int, minimum: int | None = None,
+    maximum: int | None = None,
+) -> int:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: expected an integer, got {raw!r}") from None
+    _check_range(name, value, minimum, maximum)
+    return value
+
+
+def env_float(
+    environ: Mapping[str, str], name: str, default: float, minimum: float | None = None,
+    maximum: float | None = None,
+) -> float:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: expected a number, got {raw!r}") from None
+    if value != value:  # NaN
+        raise ConfigError(f"{name}: expected a number, got {raw!r}")
+    _check_range(name, value, minimum, maximum)
+    return value
+
+
+def env_bool(environ: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}: expected 0/1 (or true/false), got {raw!r}")
+
+
+def env_list(environ: Mapping[str, str], name: str, default: list[str]) -> list[str]:
+    """A comma-separated list; empty items are dropped."""
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return list(default)
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def env_url(environ: Mapping[str, str], name: str) -> str:
+    """A required http(s) URL, returned without a trailing slash."""
+    value = env_str(environ, name)
+    if not value.startswith(("http://", "https://")):
+        raise ConfigError(f"{name}: expected an http:// URL, got {value!r}")
+    return value.rstrip("/")
+
+
+def default_port(offset: int) -> int:
+    return DEFAULT_PORT_BASE + offset
+
+
+def json_error(status: int, message: str, **extra: Any) -> JSONResponse:
+    """The error body every service returns: ``{"error": message, ...extra}``."""
+    return JSONResponse({"error": message, **extra}, status_code=status)
+
+
+async def read_json(request: Request) -> Any:
+    """The request's JSON body, or None when it is not valid JSON."""
+    try:
+        return await request.json()
+    except ValueError:
+        return None
+
+
+def metrics_route() -> Route:
+    """``GET /metrics``: this process's default prometheus_client registry."""
+
+    async def metrics(_: Request) -> Response:
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    return Route("/metrics", metrics, methods=["GET"])
+
+
+HealthCheck = Callable[[Request], Awaitable[str | None]]
+
+
+def healthz_route(check: HealthCheck | None = None) -> Route:
+    """``GET /healthz``: 200 ``{"status":"ok"}``, or 503 with the reason ``check`` returned.
+
+    ``check`` returns None when the service can do its job, else a short reason. It must
+    bound its own I/O with a timeout; an exception it raises also counts as unhealthy.
+    """
+
+    async def healthz(request: Request) -> Response:
+        reason: str | None = None
+        if check is not None:
+            try:
+                reason = await check(request)
+            except Exception as exc:  # any failure of the check means "not healthy"
+                reason = f"{type(exc).__name__}: {exc}"
+        if reason:
+            return JSONResponse({"status": "unhealthy", "reason": reason}, status_code=503)
+        return JSONResponse({"status": "ok"})
+
+    return Route("/healthz", healthz, methods=["GET"])
+
+
+def http_client(timeout_s: float, max_connections: int = 100) -> httpx.AsyncClient:
+    """A pooled AsyncClient; ``timeout_s`` bounds connect, read, write and pool waits."""
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(timeout_s),
+        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+        trust_env=False,  # never route loopback traffic through an environment proxy
+    )
+
+
+def count_open_fds(pid: int | str = "self") -> int:
+    """Number of open file descriptors of ``pid`` (``/proc/<pid>/fd``)."""
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def serve(build: Callable[[Mapping[str, str]], tuple[Any, int]]) -> None:
+    """Entry point of ``python -m stack.services.<name>``: parse env, build, run uvicorn.
+
+    ``build(environ)`` returns ``(app, port)``. A :class:`ConfigError` ends the process
+    with one line on stderr and status 2.
+    """
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        app, port = build(os.environ)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    uvicorn.run(
+        app, host="127.0.0.1", port=port, log_level="warning", access_log=False,
+        timeout_graceful_shutdown=5,
+    )
+
+
+# ---------------------------------------------------------------------------
+# Internals
+# ---------------------------------------------------------------------------
+
+
+def _check_range(name: str, value: float, minimum: float | None, maximum: float | None) -> None:
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{name}: must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{name}: must be <= {maximum}, got {value}")

@@ -1,0 +1,193 @@
+"""payments: charges through the payment provider, passing the idempotency key through.
+
+Run: ``python -m stack.services.payments`` (from the repo root). Settings (environment):
+
+- ``PAYMENTS_PORT`` (default 18102): listen port on 127.0.0.1.
+- ``PAYMENTS_PROVIDER_URL`` (required): base URL of the provider (in the stack, the fault
+  proxy's provider port, base+13).
+- ``PAYMENTS_PROVIDER_TIMEOUT_S`` (default 2): deadline for the whole provider call
+  (connect + send + wait for the answer).
+
+Endpoints:
+
+- ``POST /payments {"idempotency_key", "order_ref", "amount_cents"}`` → 200
+  ``{"payment_id", "charge_id", "status": "captured"}`` once the provider captured the
+  charge. ``payment_id`` is derived from the charge id, so a retry with the same key gets
+  the same payment. A malformed body → 400; the provider failing, refusing or not answering
+  within the deadline → 502 ``{"error", "detail"}``.
+- ``GET /healthz`` → 200 while the service runs (it does not probe the provider: a slow
+  provider must show as payment errors, not as payments being down).
+- ``GET /metrics`` → ``payments_requests_total{outcome="ok|provider_error|provider_timeout|
+  client_error"}``, histogram ``payments_request_duration_seconds{outcome}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from prometheus_client import Counter, Histogram
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from stack.services.common import (
+    default_port,
+    env_float,
+    env_int,
+    env_url,
+    healthz_route,
+    http_client,
+    json_error,
+    metrics_route,
+    read_json,
+    serve,
+)
+
+__all__ = ["PaymentsSettings", "build_app", "main"]
+
+logger = logging.getLogger("stack.payments")
+
+PORT_OFFSET = 2
+PAYMENT_ID_NAMESPACE = uuid.UUID("5b0e3f8e-4a53-4a3c-9d1e-7f2f8c1a6b10")
+OUTCOMES = ("ok", "provider_error", "provider_timeout", "client_error")
+
+REQUESTS = Counter("payments_requests_total", "Payment requests by outcome", ["outcome"])
+DURATION = Histogram(
+    "payments_request_duration_seconds", "Payment request duration by outcome", ["outcome"],
+    buckets=(.005, .01, .025, .05, .075, .1, .15, .2, .25, .3, .4, .5, .75, 1, 1.5, 2, 3, 5, 10),
+)
+for _outcome in OUTCOMES:
+    REQUESTS.labels(_outcome)
+
+
+@dataclass(frozen=True)
+class PaymentsSettings:
+    port: int
+    provider_url: str
+    provider_timeout_s: float
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> PaymentsSettings:
+        return cls(
+            port=env_int(environ, "PAYMENTS_PORT", default_port(PORT_OFFSET), 1, 65535),
+            provider_url=env_url(environ, "PAYMENTS_PROVIDER_URL"),
+            provider_timeout_s=env_float(environ, "PAYMENTS_PROVIDER_TIMEOUT_S", 2.0, 0.001, 300),
+        )
+
+
+class ProviderFailed(Exception):
+    """The provider did not capture the charge; ``outcome`` is the metric label."""
+
+    def __init__(self, outcome: str, detail: str) -> None:
+        super().__init__(detail)
+        self.outcome = outcome
+
+
+def build_app(settings: PaymentsSettings) -> Starlette:
+    state: dict[str, httpx.AsyncClient] = {}
+
+    @asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        state["client"] = http_client(settings.provider_timeout_s)
+        try:
+            yield
+        finally:
+            await state.pop("client").aclose()
+
+    async def charge(body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            async with asyncio.timeout(settings.provider_timeout_s):
+                response = await state["client"].post(f"{settings.provider_url}/charges", json=body)
+        except (TimeoutError, httpx.TimeoutException):
+            raise ProviderFailed(
+                "provider_timeout", f"provider gave no answer within {settings.provider_timeout_s}s"
+            ) from None
+        except httpx.HTTPError as exc:
+            raise ProviderFailed("provider_error", f"provider unreachable: {exc!r}") from None
+        if response.status_code != 200:
+            raise ProviderFailed(
+                "provider_error", f"provider answered {response.status_code}: {response.text[:200]}"
+            )
+        try:
+            charge = response.json()
+            if charge.get("status") != "captured" or not charge.get("charge_id"):
+                raise ValueError(f"charge not captured: {charge!r}"[:200])
+        except ValueError as exc:
+            raise ProviderFailed("provider_error", f"unexpected provider answer: {exc}") from None
+        return charge
+
+    async def create_payment(request: Request) -> Response:
+        started = time.perf_counter()
+        outcome = "ok"
+        try:
+            body = await read_json(request)
+            problem = _invalid_payment(body)
+            if problem:
+                outcome = "client_error"
+                return json_error(400, problem)
+            try:
+                captured = await charge({
+                    "idempotency_key": body["idempotency_key"],
+                    "order_ref": body["order_ref"],
+                    "amount_cents": body["amount_cents"],
+                })
+            except ProviderFailed as exc:
+                outcome = exc.outcome
+                logger.warning("payment %s failed: %s", body["idempotency_key"], exc)
+                return json_error(502, "payment provider failed", detail=str(exc))
+            return JSONResponse({
+                "payment_id": str(uuid.uuid5(PAYMENT_ID_NAMESPACE, captured["charge_id"])),
+                "charge_id": captured["charge_id"],
+                "status": "captured",
+            })
+        finally:
+            REQUESTS.labels(outcome).inc()
+            DURATION.labels(outcome).observe(time.perf_counter() - started)
+
+    return Starlette(
+        routes=[
+            Route("/payments", create_payment, methods=["POST"]),
+            healthz_route(),
+            metrics_route(),
+        ],
+        lifespan=lifespan,
+    )
+
+
+def main() -> None:
+    def build(environ: Mapping[str, str]) -> tuple[Starlette, int]:
+        settings = PaymentsSettings.from_env(environ)
+        return build_app(settings), settings.port
+
+    serve(build)
+
+
+# ---------------------------------------------------------------------------
+# Internals
+# ---------------------------------------------------------------------------
+
+
+def _invalid_payment(body: Any) -> str | None:
+    """Why the body is not a valid payment request, or None."""
+    if not isinstance(body, dict):
+        return 'body must be a JSON object {"idempotency_key", "order_ref", "amount_cents"}'
+    for name in ("idempotency_key", "order_ref"):
+        if not isinstance(body.get(name), str) or not body[name]:
+            return f"{name} must be a non-empty string"
+    amount = body.get("amount_cents")
+    if not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
+        return "amount_cents must be a positive integer"
+    return None
+
+
+if __name__ == "__main__":
+    main()
