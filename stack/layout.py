@@ -1,0 +1,138 @@
+"""What the stack runs: the supervisord programs, their env, and the service registry."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from chaoscheckout.runtime.registry import ProxyRoute, Registry, ServiceEntry
+from stack import postgres, prometheus_config
+from stack.settings import StackSettings
+from stack.supervisord import Program
+
+__all__ = ["Service", "SERVICES", "APP_START_ORDER", "programs", "registry", "missing_modules"]
+
+# Env prefixes handed through from the caller's environment to each program (settings such
+# as CHECKOUT_RETRIES); the ports/URLs computed here always win.
+PASSTHROUGH_PREFIXES = ("CHECKOUT_", "CATALOG_", "PAYMENTS_", "PROVIDER_", "REMEDIATOR_")
+APP_START_ORDER = ("provider", "catalog", "payments", "checkout", "remediator")
+
+
+@dataclass(frozen=True)
+class Service:
+    """One supervised program; ``port_key`` None means it has no port (reaper)."""
+
+    name: str
+    port_key: str | None
+    health: str  # "http:/healthz", "http:/-/ready", "postgres", "process"
+    chaos_target: bool
+    module: str | None = None
+    proxy: tuple[str, str] | None = None  # (route, listen port key)
+
+
+SERVICES: tuple[Service, ...] = (
+    Service("postgres", "postgres", "postgres", True),
+    Service("prometheus", "prometheus", "http:/-/ready", False),
+    Service("faultproxy", "proxy_control", "http:/healthz", False, "chaoscheckout.network.proxy"),
+    Service("reaper", None, "process", False, "chaoscheckout.faults.reaper"),
+    Service("provider", "provider", "http:/healthz", True, "stack.services.provider",
+            ("provider", "proxy_provider")),
+    Service("catalog", "catalog", "http:/healthz", True, "stack.services.catalog",
+            ("catalog", "proxy_catalog")),
+    Service("payments", "payments", "http:/healthz", True, "stack.services.payments",
+            ("payments", "proxy_payments")),
+    Service("checkout", "checkout", "http:/healthz", True, "stack.services.checkout"),
+    Service("remediator", "remediator", "http:/healthz", False, "stack.services.remediator"),
+)
+
+
+def missing_modules(settings: StackSettings) -> list[str]:
+    """Service modules not present in the project (for the temporary --skip-missing flag)."""
+    sys.path.insert(0, str(settings.project_dir))
+    try:
+        return [s.name for s in SERVICES if s.module and importlib.util.find_spec(s.module) is None]
+    finally:
+        sys.path.pop(0)
+
+
+def programs(
+    settings: StackSettings, pg_bindir: Path, env: Mapping[str, str], skip: frozenset[str] = frozenset()
+) -> list[Program]:
+    """The supervisord programs of the stack, in start order."""
+    py = sys.executable
+    p = settings.ports
+    local = "http://127.0.0.1:"
+    common = {"CHAOSCHECKOUT_STATE_DIR": str(settings.state_dir), "PYTHONUNBUFFERED": "1",
+              "PYTHONPATH": str(settings.project_dir)}
+    own = {
+        "provider": {"PROVIDER_PORT": str(p["provider"]),
+                     "PROVIDER_STORE": str(settings.state_dir / "provider" / "charges.sqlite")},
+        "catalog": {"CATALOG_PORT": str(p["catalog"]), "CATALOG_FD_LEAK": "0"},
+        "payments": {"PAYMENTS_PORT": str(p["payments"]),
+                     "PAYMENTS_PROVIDER_URL": f"{local}{p['proxy_provider']}"},
+        "checkout": {"CHECKOUT_PORT": str(p["checkout"]),
+                     "CHECKOUT_CATALOG_URL": f"{local}{p['proxy_catalog']}",
+                     "CHECKOUT_PAYMENTS_URL": f"{local}{p['proxy_payments']}",
+                     "CHECKOUT_DATABASE_URL": settings.database_url},
+        "remediator": {"REMEDIATOR_PORT": str(p["remediator"]),
+                       "REMEDIATOR_SUPERVISOR_URL": settings.supervisor_url,
+                       "REMEDIATOR_WATCH": "catalog,payments,provider,checkout"},
+    }
+    passthrough = {k: v for k, v in env.items() if k.startswith(PASSTHROUGH_PREFIXES)}
+    proxy_cmd = [py, "-m", "chaoscheckout.network.proxy", "--control", f"127.0.0.1:{p['proxy_control']}"]
+    for svc in SERVICES:
+        if svc.proxy:
+            route, listen = svc.proxy
+            proxy_cmd += ["--route", f"{route}={p[listen]}:127.0.0.1:{p[svc.port_key]}"]
+    out = [
+        Program("postgres", postgres.server_command(settings, pg_bindir), autorestart=True,
+                user="postgres", stopsignal="INT", startsecs=2, directory=str(settings.pgdisk)),
+        Program("prometheus", prometheus_config.command(settings), autorestart=True,
+                directory=str(settings.state_dir / "prometheus")),
+        Program("faultproxy", proxy_cmd, autorestart=True, environment=common),
+        Program("reaper", [py, "-m", "chaoscheckout.faults.reaper", "--state-dir", str(settings.state_dir)],
+                autorestart=True, environment=common),
+    ]
+    for name in APP_START_ORDER:
+        prefix = name.upper() + "_"
+        environment = dict(common)
+        environment.update({k: v for k, v in passthrough.items() if k.startswith(prefix)})
+        environment.update(own[name])
+        # App services are started by manage.py once Postgres is ready, and never
+        # restarted by supervisord: a killed service must stay down (the kill fault).
+        out.append(Program(name, [py, "-m", f"stack.services.{name}"], autorestart=False,
+                           autostart=False, environment=environment))
+    return [prog for prog in out if prog.name not in skip]
+
+
+def registry(settings: StackSettings, skip: frozenset[str] = frozenset()) -> Registry:
+    """The service registry written to <state_dir>/services.json."""
+    entries: dict[str, ServiceEntry] = {}
+    for svc in SERVICES:
+        if svc.port_key is None or svc.name in skip:
+            continue  # the reaper has no address; it is found through supervisord
+        port = settings.port(svc.port_key)
+        health_url = f"http://127.0.0.1:{port}{svc.health[5:]}" if svc.health.startswith("http:") else None
+        entries[svc.name] = ServiceEntry(
+            name=svc.name, host="127.0.0.1", port=port, process=svc.name,
+            chaos_target=svc.chaos_target, health_url=health_url,
+            data_dir=str(settings.pgdisk) if svc.name == "postgres" else None,
+            proxy=ProxyRoute(svc.proxy[0], settings.port(svc.proxy[1])) if svc.proxy else None,
+        )
+    return Registry(
+        runtime="local",
+        services=entries,
+        supervisor_url=settings.supervisor_url,
+        prometheus_url=settings.prometheus_url,
+        proxy_control_url=f"http://127.0.0.1:{settings.port('proxy_control')}",
+        extra={
+            "database_url": settings.database_url,
+            "provider_url": f"http://127.0.0.1:{settings.port('provider')}",
+            "checkout_url": f"http://127.0.0.1:{settings.port('checkout')}",
+            "catalog_url": f"http://127.0.0.1:{settings.port('catalog')}",
+            "state_dir": str(settings.state_dir),
+        },
+    )

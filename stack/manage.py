@@ -1,0 +1,212 @@
+"""Bring the checkout stack up, down, or report its status.
+
+    python -m stack.manage up|down|status [--json]
+
+Settings come from the environment: CHAOSCHECKOUT_STATE_DIR, CHAOSCHECKOUT_PORT_BASE,
+CHAOSCHECKOUT_PG_DISK_SIZE (default 256m), CHAOSCHECKOUT_PG_BINDIR (optional), and any
+CHECKOUT_*/CATALOG_*/PAYMENTS_*/PROVIDER_*/REMEDIATOR_* settings, handed to that program.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+
+from chaoscheckout.runtime.registry import save_registry
+from chaoscheckout.runtime.supervisor import SupervisorError
+from stack import health, layout, postgres, preflight, prometheus_config, supervisord
+from stack.settings import StackConfigError, StackSettings, settings_from_env
+
+__all__ = ["main", "up", "down", "status"]
+
+UP_TIMEOUT_S = float(os.environ.get("CHAOSCHECKOUT_UP_TIMEOUT_S", "120"))
+
+
+class UpFailed(Exception):
+    """``up`` failed after something was started; the message is one line."""
+
+
+def up(settings: StackSettings, skip_missing: bool = False) -> int:
+    if supervisord.supervisord_pid(settings) is not None:
+        return _already_up(settings)
+    skip = frozenset(layout.missing_modules(settings)) if skip_missing else frozenset()
+    pg_bindir = preflight.run_all(settings)  # raises PreflightError, nothing started yet
+    if skip:
+        _say(f"skipping missing modules (temporary --skip-missing): {', '.join(sorted(skip))}")
+    started = time.monotonic()
+    try:
+        _start(settings, pg_bindir, skip)
+    except BaseException as exc:
+        message = _one_line(exc)
+        _say("up failed; tearing down what was started")
+        _teardown(settings, quiet=True)
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        raise UpFailed(message) from None
+    _say(f"stack up in {time.monotonic() - started:.1f}s: checkout http://127.0.0.1:{settings.port('checkout')}"
+         f"  prometheus {settings.prometheus_url}  registry {settings.registry_file}")
+    return 0
+
+
+def down(settings: StackSettings) -> int:
+    pid = supervisord.supervisord_pid(settings)
+    mounted = postgres.is_mounted(settings.pgdisk)
+    if pid is None and not mounted and not settings.registry_file.exists():
+        _say(f"stack is not up in {settings.state_dir}: nothing to do")
+        return 0
+    _teardown(settings, quiet=False)
+    busy = preflight.busy_ports(settings)
+    if busy:
+        _say(f"warning: ports still in use after down: {', '.join(map(str, busy))}")
+        return 1
+    _say("stack down: no process, mount or port left")
+    return 0
+
+
+def status(settings: StackSettings, as_json: bool) -> int:
+    if supervisord.supervisord_pid(settings) is None:
+        if as_json:
+            print(json.dumps({"up": False, "state_dir": str(settings.state_dir), "services": []}))
+        else:
+            _say(f"stack is down (no supervisord for {settings.state_dir})")
+        return 1
+    results = health.check_all(settings, skip=_skipped(settings))
+    ok = all(r.healthy for r in results)
+    if as_json:
+        print(json.dumps({"up": ok, "state_dir": str(settings.state_dir),
+                          "services": [r.to_dict() for r in results]}, indent=2))
+    else:
+        for r in results:
+            mark = "ok  " if r.healthy else "FAIL"
+            print(f"{mark} {r.name:<11} {r.address or '-':<16} {r.state:<9} pid={r.pid or '-':<7} {r.detail}")
+    return 0 if ok else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m stack.manage", description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["up", "down", "status"])
+    parser.add_argument("--json", action="store_true", help="status: machine-readable output")
+    parser.add_argument("--skip-missing", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    try:
+        settings = settings_from_env()
+        if args.command == "up":
+            return up(settings, skip_missing=args.skip_missing)
+        if args.command == "down":
+            return down(settings)
+        return status(settings, args.json)
+    except (StackConfigError, preflight.PreflightError, UpFailed, postgres.PostgresError,
+            supervisord.SupervisordError) as exc:
+        print(f"stack {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        return 2 if isinstance(exc, (StackConfigError, preflight.PreflightError)) else 1
+
+
+# ---------------------------------------------------------------------------
+# Internals
+# ---------------------------------------------------------------------------
+
+
+def _start(settings: StackSettings, pg_bindir, skip: frozenset[str]) -> None:
+    _prepare_dirs(settings)
+    _say(f"mounting {settings.pg_disk_size} tmpfs at {settings.pgdisk}")
+    postgres.mount_pgdisk(settings)
+    _say("initdb")
+    postgres.initdb(settings, pg_bindir)
+    prometheus_config.render(settings)
+    (settings.state_dir / "skipped.json").write_text(json.dumps(sorted(skip)))
+    supervisord.render_conf(settings, layout.programs(settings, pg_bindir, os.environ, skip))
+    _say(f"starting supervisord (XML-RPC {settings.supervisor_url})")
+    supervisord.start_supervisord(settings)
+    postgres.wait_ready(settings)
+    postgres.create_database(settings)
+    _say("postgres ready, database checkout created")
+    rpc = supervisord.client(settings)
+    for name in layout.APP_START_ORDER:
+        if name not in skip:
+            rpc.start(name, wait=False)
+    _wait_healthy(settings, skip)
+    save_registry(layout.registry(settings, skip), settings.registry_file)
+
+
+def _wait_healthy(settings: StackSettings, skip: frozenset[str]) -> None:
+    deadline = time.monotonic() + UP_TIMEOUT_S
+    reported: set[str] = set()
+    while True:
+        results = health.check_all(settings, skip=skip)
+        for r in results:
+            if r.healthy and r.name not in reported:
+                reported.add(r.name)
+                _say(f"  {r.name:<11} healthy  {r.address or ''}")
+        bad = [r for r in results if not r.healthy]
+        if not bad:
+            return
+        fatal = [r for r in bad if r.state in ("FATAL", "EXITED", "BACKOFF", "STOPPED")]
+        if fatal and fatal[0].state != "BACKOFF":
+            r = fatal[0]
+            log = settings.logs_dir / f"{r.name}.log"
+            raise UpFailed(f"{r.name} {r.state.lower()} during start: see {log}")
+        if time.monotonic() > deadline:
+            r = bad[0]
+            raise UpFailed(f"{r.name} not healthy after {UP_TIMEOUT_S:.0f}s ({r.detail}): "
+                           f"see {settings.logs_dir / (r.name + '.log')}")
+        time.sleep(0.5)
+
+
+def _prepare_dirs(settings: StackSettings) -> None:
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(settings.state_dir, 0o755)  # postgres must traverse it
+    for fresh in ("provider", "prometheus"):  # a new stack starts with no charges and no TSDB
+        shutil.rmtree(settings.state_dir / fresh, ignore_errors=True)
+    for sub in ("logs", "run", "leases", "provider", "prometheus"):
+        (settings.state_dir / sub).mkdir(parents=True, exist_ok=True)
+
+
+def _teardown(settings: StackSettings, quiet: bool) -> None:
+    killed = supervisord.stop_supervisord(settings)
+    if killed and not quiet:
+        _say(f"had to SIGKILL {len(killed)} process(es): {killed}")
+    if postgres.unmount_pgdisk(settings) and not quiet:
+        _say(f"unmounted {settings.pgdisk}")
+    settings.registry_file.unlink(missing_ok=True)
+    (settings.state_dir / "skipped.json").unlink(missing_ok=True)
+    shutil.rmtree(settings.state_dir / "leases", ignore_errors=True)
+
+
+def _already_up(settings: StackSettings) -> int:
+    results = health.check_all(settings, skip=_skipped(settings))
+    bad = [r.name for r in results if not r.healthy]
+    if bad:
+        _say(f"stack already running in {settings.state_dir} but unhealthy ({', '.join(bad)}): "
+             "run `stack down` then `stack up`")
+        return 1
+    _say(f"stack already up in {settings.state_dir} (checkout http://127.0.0.1:{settings.port('checkout')})")
+    return 0
+
+
+def _skipped(settings: StackSettings) -> frozenset[str]:
+    try:
+        return frozenset(json.loads((settings.state_dir / "skipped.json").read_text()))
+    except (OSError, ValueError):
+        return frozenset()
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except SupervisorError as exc:
+        print(f"stack: error: {_one_line(exc)}", file=sys.stderr)
+        sys.exit(1)

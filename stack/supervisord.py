@@ -1,0 +1,218 @@
+"""supervisord for the stack: write its config, start it, and shut it down without leftovers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from chaoscheckout.runtime.supervisor import SupervisorClient, SupervisorError
+from stack.settings import StackSettings
+
+__all__ = [
+    "Program",
+    "SupervisordError",
+    "render_conf",
+    "start_supervisord",
+    "supervisord_pid",
+    "stop_supervisord",
+    "client",
+]
+
+SUBPROCESS_TIMEOUT_S = 30
+
+
+class SupervisordError(Exception):
+    """supervisord could not be started or stopped; one actionable line."""
+
+
+@dataclass(frozen=True)
+class Program:
+    name: str
+    command: list[str]
+    autorestart: bool
+    autostart: bool = True
+    user: str | None = None
+    environment: dict[str, str] = field(default_factory=dict)
+    stopsignal: str = "TERM"
+    startsecs: int = 1
+    directory: str | None = None
+
+
+def client(settings: StackSettings, timeout_s: float = 5.0) -> SupervisorClient:
+    return SupervisorClient(settings.supervisor_url, timeout_s=timeout_s)
+
+
+def render_conf(settings: StackSettings, programs: list[Program]) -> Path:
+    """Write <state_dir>/supervisord.conf for ``programs``; returns its path."""
+    logs = settings.logs_dir
+    logs.mkdir(parents=True, exist_ok=True)
+    lines = [
+        "; written by stack/manage.py: do not edit, `stack up` rewrites it",
+        "[inet_http_server]",
+        f"port=127.0.0.1:{settings.port('supervisord')}",
+        "",
+        "[supervisord]",
+        f"pidfile={settings.supervisord_pidfile}",
+        f"logfile={logs / 'supervisord.log'}",
+        "logfile_maxbytes=5MB",
+        "logfile_backups=1",
+        f"childlogdir={logs}",
+        f"directory={settings.project_dir}",
+        "loglevel=info",
+        "",
+        "[rpcinterface:supervisor]",
+        "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
+        "",
+        "[supervisorctl]",
+        f"serverurl=http://127.0.0.1:{settings.port('supervisord')}",
+        "",
+    ]
+    for prog in programs:
+        lines += [
+            f"[program:{prog.name}]",
+            f"command={_quote_command(prog.command)}",
+            f"directory={prog.directory or settings.project_dir}",
+            f"autostart={'true' if prog.autostart else 'false'}",
+            f"autorestart={'true' if prog.autorestart else 'false'}",
+            f"startsecs={prog.startsecs}",
+            "startretries=3",
+            f"stopsignal={prog.stopsignal}",
+            "stopwaitsecs=10",
+            "stopasgroup=true",
+            "killasgroup=true",
+            "redirect_stderr=true",
+            f"stdout_logfile={logs / (prog.name + '.log')}",
+            "stdout_logfile_maxbytes=10MB",
+            "stdout_logfile_backups=1",
+        ]
+        if prog.user:
+            lines.append(f"user={prog.user}")
+        if prog.environment:
+            env = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(prog.environment.items()))
+            lines.append(f"environment={env}")
+        lines.append("")
+    settings.run_dir.mkdir(parents=True, exist_ok=True)
+    settings.supervisord_conf.write_text("\n".join(lines))
+    return settings.supervisord_conf
+
+
+def start_supervisord(settings: StackSettings, timeout_s: float = 15) -> None:
+    """Start the supervisord daemon and wait until its XML-RPC answers."""
+    exe = Path(sys.executable).parent / "supervisord"
+    if not exe.exists():
+        raise SupervisordError(f"{exe} missing: run `make setup` (pip install -e '.[stack]')")
+    proc = subprocess.run(
+        [str(exe), "-c", str(settings.supervisord_conf)],
+        capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S, cwd=settings.project_dir,
+    )
+    if proc.returncode != 0:
+        detail = (proc.stderr or proc.stdout).strip().splitlines()
+        raise SupervisordError(f"supervisord failed to start: {detail[-1] if detail else proc.returncode}")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            client(settings, timeout_s=2).all_process_info()
+            return
+        except SupervisorError:
+            time.sleep(0.2)
+    raise SupervisordError(f"supervisord XML-RPC at {settings.supervisor_url} did not answer in {timeout_s}s")
+
+
+def supervisord_pid(settings: StackSettings) -> int | None:
+    """The live supervisord pid from our pidfile, or None."""
+    try:
+        pid = int(settings.supervisord_pidfile.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if _alive(pid) and _is_supervisord(pid) else None
+
+
+def stop_supervisord(settings: StackSettings, timeout_s: float = 30) -> list[int]:
+    """Shut supervisord and every child down; SIGKILL process groups after ``timeout_s``.
+
+    Returns the pids that had to be killed.
+    """
+    pid = supervisord_pid(settings)
+    children: list[int] = []
+    if pid is not None:
+        try:
+            rpc = client(settings, timeout_s=5)
+            children = [int(p["pid"]) for p in rpc.all_process_info() if p.get("pid")]
+            rpc.shutdown()
+        except SupervisorError:
+            pass
+    children += _children_of(pid) if pid else []
+    watch = sorted({p for p in children + ([pid] if pid else []) if p})
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and any(_alive(p) for p in watch):
+        time.sleep(0.2)
+    killed = [p for p in watch if _alive(p)]
+    for p in killed:
+        for kill in (os.killpg, os.kill):  # the program's process group, then the pid itself
+            try:
+                kill(p, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+    end = time.monotonic() + 5
+    while time.monotonic() < end and any(_alive(p) for p in killed):
+        time.sleep(0.1)
+    settings.supervisord_pidfile.unlink(missing_ok=True)
+    return killed
+
+
+# ---------------------------------------------------------------------------
+# Internals
+# ---------------------------------------------------------------------------
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is not alive
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _is_supervisord(pid: int) -> bool:
+    try:
+        return b"supervisord" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def _children_of(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid:
+            found.append(int(entry.name))
+    return found
+
+
+def _escape(value: str) -> str:
+    return value.replace("%", "%%").replace('"', '\\"')
+
+
+def _quote_command(args: list[str]) -> str:
+    out = []
+    for arg in args:
+        if not arg or any(c in arg for c in " \t\"'"):
+            arg = '"' + arg.replace('"', '\\"') + '"'
+        out.append(arg.replace("%", "%%"))
+    return " ".join(out)
