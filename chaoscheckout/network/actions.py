@@ -1,0 +1,275 @@
+"""Latency faults on the path to a service: ``add_latency`` / ``remove_latency``.
+
+Two backends:
+
+- ``proxy``: the fault proxy (``python -m chaoscheckout.network.proxy``) that callers
+  already go through delays the request direction of the service's route; ``fraction``
+  picks the share of connections affected (the blast radius).
+- ``netem``: ``tc qdisc ... netem`` on the interfaces of the service's own network
+  namespace (the registry entry's ``netns``); needs a kernel with ``sch_netem``.
+
+``auto`` picks netem when the kernel has it, the service has a namespace and
+``fraction`` is 1, else the proxy. Every fault is a lease (kind ``latency``) written
+before injection and reverted by ``remove_latency``, the safety control or the reaper.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any
+
+from chaoscheckout.config import Settings, settings_from
+from chaoscheckout.errors import BackendUnavailable, InvalidFaultArgument
+from chaoscheckout.faults.leases import Lease, LeaseStore, check_duration
+from chaoscheckout.faults.revert import revert_lease
+from chaoscheckout.network import netem
+from chaoscheckout.network.proxy.toxic import MAX_DELAY_MS
+from chaoscheckout.network.proxy_client import ProxyControl, ProxyUnreachable
+from chaoscheckout.runtime.registry import Registry, ServiceEntry, load_registry
+
+__all__ = ["add_latency", "remove_latency"]
+
+logger = logging.getLogger("chaostoolkit")
+
+BACKENDS = ("auto", "proxy", "netem")
+
+
+def add_latency(
+    service: str,
+    delay_ms: float,
+    jitter_ms: float = 0,
+    fraction: float = 1.0,
+    duration_s: float = 60,
+    backend: str = "auto",
+    configuration: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Add latency on the path from callers to `service`, for at most `duration_s`.
+
+    Returns at once; observe the effect with a pause or a probe.
+
+    - `service`: a chaos target of the service registry.
+    - `delay_ms`: added delay in milliseconds, > 0 and at most 60000.
+    - `jitter_ms`: ± jitter, uniform in [delay - jitter, delay + jitter]; 0 ≤ jitter ≤ delay.
+    - `fraction`: share of connections delayed, in (0, 1] (proxy backend only; netem
+      delays all traffic, so netem requires 1). Each connection is decided at random,
+      keep-alive connections again whenever the fault changes.
+    - `duration_s`: lease length; the fault is reverted at expiry even if `chaos run`
+      dies (reaper; the proxy also drops its toxic at expiry). At most
+      `chaoscheckout_max_fault_duration_s`.
+    - `backend`: `proxy` (delays the request direction of the service's route in the
+      fault proxy), `netem` (tc netem on the interfaces of the service's network
+      namespace; needs the kernel's sch_netem) or `auto` (netem when possible, else proxy).
+
+    Invalid arguments, an unknown or non-target service, a service that already has a
+    latency fault or an unusable backend are refused before anything is changed.
+
+    Returns `{fault_id, kind, backend, target, parameters, injected_at, expires_at}`
+    (unix seconds); `backend` is the one actually used. Undo with
+    `remove_latency(service)`.
+    """
+    settings = settings_from(configuration)
+    delay, jitter, share = _check_latency(delay_ms, jitter_ms, fraction)
+    if backend not in BACKENDS:
+        raise InvalidFaultArgument(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    duration = check_duration(duration_s, settings.max_fault_duration_s)
+    registry = load_registry(settings.registry_file)
+    entry = registry.target(service)
+    store = LeaseStore(settings.leases_dir)
+    for stale in store.for_service(service, "latency"):
+        if stale.remaining_s() <= 0:  # expired but not yet reaped: its time is over anyway
+            revert_lease(stale, configuration)
+    existing = store.for_service(service, "latency")
+    if existing:
+        raise InvalidFaultArgument(
+            f"service {service!r} already has a latency fault ({existing[0].fault_id}); "
+            "remove_latency first"
+        )
+    chosen, target = _plan(registry, entry, backend, share, settings)
+    params = {"delay_ms": delay, "jitter_ms": jitter, "fraction": share, "duration_s": duration,
+              "distribution": "uniform", "requested_backend": backend, "backend": chosen, **target}
+    lease = store.create("latency", service, chosen, params, duration)
+    try:
+        if chosen == "proxy":
+            control = ProxyControl(target["proxy_control_url"], settings.io_timeout_s)
+            control.set_latency(target["route"], delay, jitter, share, lease.expires_at, lease.fault_id)
+        else:
+            target["devices"] = netem.add_netem(target["netns"], delay, jitter, settings.io_timeout_s)
+    except Exception:
+        store.remove(lease.fault_id)
+        raise
+    injected_at = time.time()
+    logger.info("latency %g±%g ms (fraction %g) on %s via %s until %.0f (%s)",
+                delay, jitter, share, service, chosen, lease.expires_at, lease.fault_id)
+    return {
+        "fault_id": lease.fault_id,
+        "kind": "latency",
+        "backend": chosen,
+        "target": {"service": service, **target},
+        "parameters": {k: params[k] for k in ("delay_ms", "jitter_ms", "fraction", "duration_s",
+                                               "distribution", "requested_backend")},
+        "injected_at": injected_at,
+        "expires_at": lease.expires_at,
+    }
+
+
+def remove_latency(service: str, configuration: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Remove every latency fault on `service` (idempotent).
+
+    Reverts each live latency lease of the service, then clears any leftover fault-proxy
+    toxic on its route and any netem qdisc in its network namespace (e.g. one whose lease
+    was deleted by hand). Nothing to remove is a result, not an error.
+
+    - `service`: a service of the registry.
+
+    Returns `{service, reverted: [fault ids], proxy_toxic_removed, netem_removed:
+    [devices], message}`.
+    """
+    settings = settings_from(configuration)
+    registry = load_registry(settings.registry_file)
+    entry = registry.service(service)
+    store = LeaseStore(settings.leases_dir)
+    reverted, proxy_removed, netem_removed = [], False, []
+    for lease in store.for_service(service, "latency"):
+        result = revert_lease(lease, configuration)
+        reverted.append(lease.fault_id)
+        proxy_removed |= bool(result.get("proxy_toxic_removed"))
+        netem_removed += result.get("netem_removed", [])
+    leftover = _clear(entry, registry, {}, settings)
+    proxy_removed |= leftover["proxy_toxic_removed"]
+    netem_removed += leftover["netem_removed"]
+    nothing = not (reverted or proxy_removed or netem_removed)
+    return {
+        "service": service,
+        "reverted": reverted,
+        "proxy_toxic_removed": proxy_removed,
+        "netem_removed": netem_removed,
+        "message": "nothing to remove" if nothing else f"latency removed from {service}",
+    }
+
+
+def revert_latency_lease(lease: Lease, configuration: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Undo one latency lease (proxy toxic and netem qdisc, whichever is present); idempotent.
+
+    Used by :mod:`chaoscheckout.faults.revert` (rollbacks, safety control, reaper).
+    """
+    settings = settings_from(configuration)
+    registry = load_registry(settings.registry_file)
+    entry = registry.services.get(lease.service)
+    return _clear(entry, registry, lease.params, settings)
+
+
+###############################################################################
+# Internals
+###############################################################################
+def _number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InvalidFaultArgument(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _check_latency(delay_ms: Any, jitter_ms: Any, fraction: Any) -> tuple[float, float, float]:
+    delay = _number("delay_ms", delay_ms)
+    jitter = _number("jitter_ms", jitter_ms)
+    share = _number("fraction", fraction)
+    if not 0 < delay <= MAX_DELAY_MS:
+        raise InvalidFaultArgument(f"delay_ms must be > 0 and ≤ {MAX_DELAY_MS:g}, got {delay_ms!r}")
+    if not 0 <= jitter <= delay:
+        raise InvalidFaultArgument(f"jitter_ms must be between 0 and delay_ms ({delay:g}), got {jitter_ms!r}")
+    if not 0 < share <= 1:
+        raise InvalidFaultArgument(f"fraction must be > 0 and ≤ 1, got {fraction!r}")
+    return delay, jitter, share
+
+
+def _plan(
+    registry: Registry, entry: ServiceEntry, backend: str, share: float, settings: Settings
+) -> tuple[str, dict[str, Any]]:
+    """Pick the backend and check it can work, changing nothing. Returns (backend, target)."""
+    if backend == "netem":
+        return "netem", _netem_target(entry, share, settings)
+    if backend == "proxy":
+        return "proxy", _proxy_target(registry, entry, settings)
+    reasons = []
+    if share < 1:
+        reasons.append(f"netem: fraction={share:g} needs per-connection choice")
+    else:
+        try:
+            return "netem", _netem_target(entry, share, settings)
+        except BackendUnavailable as exc:
+            reasons.append(f"netem: {exc}")
+    try:
+        return "proxy", _proxy_target(registry, entry, settings)
+    except BackendUnavailable as exc:
+        reasons.append(f"proxy: {exc}")
+    raise BackendUnavailable(f"no latency backend works for {entry.name!r}: " + "; ".join(reasons))
+
+
+def _netem_target(entry: ServiceEntry, share: float, settings: Settings) -> dict[str, Any]:
+    if share < 1:
+        raise InvalidFaultArgument(
+            f"netem delays all traffic of a namespace: fraction must be 1 (got {share:g}); "
+            "use backend='proxy' for a fraction of connections"
+        )
+    if not entry.netns:
+        raise BackendUnavailable(
+            f"service {entry.name!r} has no network namespace in the registry: netem on the "
+            "host's interfaces would slow every service, so it is refused"
+        )
+    netns = netem.check_netns_name(entry.netns)
+    ok, why = netem.kernel_has_netem(settings.io_timeout_s)
+    if not ok:
+        raise BackendUnavailable(f"netem backend unavailable: {why}")
+    if not netem.netns_exists(netns):
+        raise BackendUnavailable(f"network namespace {netns!r} of {entry.name!r} does not exist")
+    devices = netem.netns_devices(netns, settings.io_timeout_s)
+    if not devices:
+        raise BackendUnavailable(f"network namespace {netns!r} has no interface besides lo")
+    present = netem.show_netem(netns, settings.io_timeout_s)
+    if present:
+        raise BackendUnavailable(
+            f"namespace {netns!r} already has netem on {', '.join(q.device for q in present)}"
+        )
+    return {"netns": netns, "devices": devices}
+
+
+def _proxy_target(registry: Registry, entry: ServiceEntry, settings: Settings) -> dict[str, Any]:
+    if entry.proxy is None or not registry.proxy_control_url:
+        raise BackendUnavailable(
+            f"service {entry.name!r} has no fault-proxy route in the registry "
+            "(needs its `proxy` entry and the registry's proxy_control_url)"
+        )
+    control = ProxyControl(registry.proxy_control_url, settings.io_timeout_s)
+    try:
+        routes = control.routes()
+    except ProxyUnreachable as exc:
+        raise BackendUnavailable(str(exc)) from None
+    route = routes.get(entry.proxy.route)
+    if route is None:
+        raise BackendUnavailable(
+            f"the fault proxy has no route {entry.proxy.route!r} (routes: {', '.join(routes) or 'none'})"
+        )
+    return {"route": entry.proxy.route, "listen": route["listen"], "upstream": route["upstream"],
+            "proxy_control_url": registry.proxy_control_url}
+
+
+def _clear(
+    entry: ServiceEntry | None, registry: Registry, params: dict[str, Any], settings: Settings
+) -> dict[str, Any]:
+    """Remove the proxy toxic and netem qdiscs of a service, whichever is present."""
+    route = params.get("route") or (entry.proxy.route if entry and entry.proxy else None)
+    control_url = params.get("proxy_control_url") or registry.proxy_control_url
+    netns = params.get("netns") or (entry.netns if entry else None)
+    result: dict[str, Any] = {"proxy_toxic_removed": False, "netem_removed": []}
+    if route and control_url:
+        try:
+            result["proxy_toxic_removed"] = bool(
+                ProxyControl(control_url, settings.io_timeout_s).clear_latency(route)["removed"]
+            )
+        except ProxyUnreachable as exc:
+            if not exc.refused:
+                raise
+            result["proxy"] = "not running: it holds no toxic"
+    if netns:
+        result["netem_removed"] = netem.remove_netem(netem.check_netns_name(netns), settings.io_timeout_s)
+    return result

@@ -1,0 +1,99 @@
+"""Probes of the latency domain: what latency fault is live, what latency callers see."""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from typing import Any
+
+import httpx
+
+from chaoscheckout.config import settings_from
+from chaoscheckout.errors import ChaosCheckoutError, InvalidFaultArgument
+from chaoscheckout.faults.leases import LeaseStore
+from chaoscheckout.network import netem
+from chaoscheckout.network.proxy_client import ProxyControl, ProxyUnreachable
+from chaoscheckout.runtime.registry import load_registry
+
+__all__ = ["latency_fault", "measure_latency_ms"]
+
+logger = logging.getLogger("chaostoolkit")
+
+MAX_SAMPLES = 100
+
+
+def latency_fault(service: str, configuration: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """Describe the latency fault live on `service`, or return null when there is none.
+
+    Looks at all three places a latency fault can live: the service's latency leases,
+    the fault proxy's toxic on its route (if the proxy runs) and netem qdiscs in its
+    network namespace (if it has one).
+
+    - `service`: a service of the registry.
+
+    Returns null, or `{service, leases: [fault ids], proxy: <toxic>|null, netem: [qdiscs]}`.
+    In a steady-state hypothesis, tolerance `null` means "no latency fault".
+    """
+    settings = settings_from(configuration)
+    registry = load_registry(settings.registry_file)
+    entry = registry.service(service)
+    leases = [lease.fault_id for lease in LeaseStore(settings.leases_dir).for_service(service, "latency")]
+    toxic = None
+    if entry.proxy is not None and registry.proxy_control_url:
+        try:
+            route = ProxyControl(registry.proxy_control_url, settings.io_timeout_s).route(entry.proxy.route)
+            toxic = route.get("latency")
+        except ProxyUnreachable as exc:
+            if not exc.refused:
+                raise
+    qdiscs = []
+    if entry.netns:
+        qdiscs = [q.to_dict() for q in netem.show_netem(entry.netns, settings.io_timeout_s)]
+    if not (leases or toxic or qdiscs):
+        return None
+    return {"service": service, "leases": leases, "proxy": toxic, "netem": qdiscs}
+
+
+def measure_latency_ms(
+    service: str,
+    samples: int = 5,
+    path: str = "/healthz",
+    via_proxy: bool = True,
+    configuration: dict[str, Any] | None = None,
+) -> float:
+    """Median time in milliseconds of `samples` HTTP GETs of `path` on `service`, each on a
+    new connection (so a fraction-limited fault is sampled across connections).
+
+    - `service`: a service of the registry.
+    - `samples`: number of requests, 1 to 100 (bounded).
+    - `path`: the path to GET (default `/healthz`).
+    - `via_proxy`: go through the service's fault-proxy route as its callers do (default),
+      or straight to the service.
+
+    Returns the median in ms. Any failed request fails the probe; each request's timeout
+    is the configured I/O timeout plus the largest delay a fault may add (60 s).
+    """
+    if isinstance(samples, bool) or not isinstance(samples, int) or not 1 <= samples <= MAX_SAMPLES:
+        raise InvalidFaultArgument(f"samples must be an integer in [1, {MAX_SAMPLES}], got {samples!r}")
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise InvalidFaultArgument(f"path must start with '/', got {path!r}")
+    settings = settings_from(configuration)
+    registry = load_registry(settings.registry_file)
+    entry = registry.service(service)
+    port = entry.proxy.listen_port if via_proxy and entry.proxy else entry.port
+    host = "127.0.0.1" if via_proxy and entry.proxy else entry.host
+    url = f"http://{host}:{port}{path}"
+    timeout = settings.io_timeout_s + 60.0
+    times = []
+    for _ in range(samples):
+        start = time.perf_counter()
+        try:
+            with httpx.Client(timeout=timeout) as client:
+                client.get(url).raise_for_status()
+        except httpx.HTTPError as exc:
+            raise ChaosCheckoutError(f"GET {url} failed: {exc!r}") from None
+        times.append((time.perf_counter() - start) * 1000.0)
+    median = statistics.median(times)
+    logger.info("latency of %s via %s: median %.1f ms over %d", service, url, median, samples)
+    return round(median, 3)
