@@ -42,18 +42,26 @@ def discover(discover_system: bool = True) -> dict[str, Any]:
     result = initialize_discovery_result("chaostoolkit-checkout", __version__, "checkout")
     activities = result["activities"]
     for name in ACTIVITY_MODULES:
-        try:
-            importlib.import_module(name)
-        except ImportError:
+        if not _present(name):
             continue
+        importlib.import_module(name)  # a broken module fails loudly, never silently vanishes
         if name.endswith(".actions"):
             activities.extend(discover_actions(name))
         else:
             activities.extend(discover_probes(name))
     for name in CONTROL_MODULES:
-        try:
-            importlib.import_module(name)
-        except ImportError:
+        if not _present(name):
             continue
+        importlib.import_module(name)
         activities.extend(discover_activities(name, "control"))
     return result
+
+
+def _present(module: str) -> bool:
+    """True when ``module`` exists (a fault domain not built yet is simply not listed)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False

@@ -60,7 +60,8 @@ class LocalRuntime(Runtime):
         entry = self.entry(service)  # never start a program the registry does not list
         started = self.supervisor.start(entry.process, wait=False)
         waited = self.wait_healthy(service, timeout_s)
-        return StartResult(service, started, waited, self.supervisor.pid(entry.process))
+        pid = self.supervisor.process_info(entry.process).get("pid") or None
+        return StartResult(service, started, waited, pid)
 
     def describe(self, service: str) -> dict[str, Any]:
         entry = self.entry(service)
