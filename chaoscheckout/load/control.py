@@ -1,0 +1,203 @@
+"""Baseline load for the whole experiment: a control that runs k6 around the run.
+
+k6 starts before the steady-state hypothesis is first checked and stops after the
+experiment ends (whatever its status), so traffic flows through the before-check, the
+method and the after-check. The journal gets ``chaoscheckout_load`` (k6 exit code and
+meaning, how it was stopped, requests, rate, failed rate, p95/p99, thresholds) and
+``chaoscheckout_timeline`` (availability and p95 latency series over the run, 10 s
+windows, from Prometheus). Paste into an experiment::
+
+    "controls": [
+      {
+        "name": "baseline-load",
+        "provider": {
+          "type": "python",
+          "module": "chaoscheckout.load.control",
+          "arguments": {
+            "script": "load/baseline.js",
+            "rate": 10,
+            "duration_s": 600,
+            "warmup_s": 5
+          }
+        }
+      }
+    ]
+
+Arguments:
+
+- ``script``: the k6 script, relative to the directory ``chaos run`` is started from
+  (default ``load/baseline.js``). It receives ``RATE``, ``DURATION`` (e.g. ``"600s"``),
+  ``CHECKOUT_URL`` and the entries of ``env`` as environment variables.
+- ``rate``: requests per second (1..200).
+- ``duration_s``: k6's own time bound (1..3600). Make it longer than the experiment: k6
+  is stopped at the experiment's end anyway; the bound only matters if stopping fails.
+- ``checkout_url``: default the registry's ``extra.checkout_url``.
+- ``warmup_s``: after the first request completed, keep loading this long before the
+  steady-state check so Prometheus windows have data (0..300).
+- ``env``: extra environment variables for the script.
+- ``timeline``: store the SLI timeline in the journal (default true).
+
+If k6 cannot start, exits early or completes no request within ``warmup_s + 15`` s, the
+run is interrupted (``InterruptExecution``) before the hypothesis, with k6's log tail in
+the message and in ``chaoscheckout_load.error``. k6 is stopped with SIGINT (then
+SIGKILL) in ``after_experiment_control`` and again, as a safety net, in
+``cleanup_control``; it also dies with ``chaos run`` if that process is killed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from chaoslib.exceptions import InterruptExecution, InvalidActivity
+
+from chaoscheckout.config import settings_from
+from chaoscheckout.load.k6 import K6Error, K6Options, K6Process
+from chaoscheckout.runtime.registry import load_registry
+from chaoscheckout.sli.timeline import collect_timeline
+
+__all__ = [
+    "configure_control",
+    "validate_control",
+    "before_experiment_control",
+    "after_experiment_control",
+    "cleanup_control",
+]
+
+logger = logging.getLogger("chaostoolkit")
+
+MAX_RATE = 200
+MAX_DURATION_S = 3600
+MAX_WARMUP_S = 300
+FIRST_REQUEST_TIMEOUT_S = 15.0
+STOP_TIMEOUT_S = 15.0
+
+
+def configure_control(**kwargs: Any) -> None:
+    """Start every run from a clean slate (also a second run in the same process)."""
+    _reset()
+
+
+def validate_control(control: dict[str, Any]) -> None:
+    """Reject bad arguments at ``chaos validate`` / before the run starts."""
+    _check_arguments(**control.get("provider", {}).get("arguments", {}))
+
+
+def before_experiment_control(context: dict[str, Any], script: str = "load/baseline.js", rate: int = 10,
+                              duration_s: int = 600, checkout_url: str | None = None, warmup_s: float = 5,
+                              env: dict[str, str] | None = None, timeline: bool = True,
+                              configuration: dict[str, Any] | None = None, **kwargs: Any) -> None:
+    """Start k6, wait until it completed a request, keep loading ``warmup_s`` seconds."""
+    _reset()
+    try:
+        _check_arguments(script=script, rate=rate, duration_s=duration_s, warmup_s=warmup_s, env=env)
+        settings = settings_from(configuration)
+        url = checkout_url or _registry_checkout_url(configuration)
+        script_path = Path(script).expanduser()
+        script_path = (script_path if script_path.is_absolute() else Path.cwd() / script_path).resolve()
+        if not script_path.is_file():
+            raise K6Error(f"k6 script not found: {script_path} "
+                          "(paths are relative to where chaos run starts)")
+        run_dir = settings.state_dir / "load" / time.strftime("k6-%Y%m%dT%H%M%SZ", time.gmtime())
+        run_dir = _unique(run_dir)
+        k6 = K6Process(K6Options(script_path, int(rate), int(duration_s), str(url), run_dir,
+                                 {str(k): str(v) for k, v in (env or {}).items()}))
+        _STATE["k6"] = k6
+        k6.start()
+        first = k6.wait_for_traffic(float(warmup_s) + FIRST_REQUEST_TIMEOUT_S)
+        logger.info(f"k6 traffic flowing ({first - (k6.started_at or first):.1f}s after start); "
+                    f"warming up {warmup_s}s")
+        _STATE["traffic_seen_at"] = first
+        k6.hold(float(warmup_s))
+    except (K6Error, InvalidActivity) as exc:
+        _STATE["error"] = str(exc)
+        _stop_quietly()
+        raise InterruptExecution(f"baseline load did not start: {exc}") from None
+
+
+def after_experiment_control(context: dict[str, Any], state: dict[str, Any], timeline: bool = True,
+                             configuration: dict[str, Any] | None = None, **kwargs: Any) -> None:
+    """Stop k6 and record its result (and the SLI timeline) in the journal."""
+    k6: K6Process | None = _STATE.get("k6")
+    record: dict[str, Any] = {"error": _STATE.get("error")}
+    if k6 is not None:
+        try:
+            k6.stop(STOP_TIMEOUT_S)
+        except Exception as exc:  # record it; cleanup_control retries the kill
+            record["error"] = f"stopping k6 failed: {exc}"
+        record.update(k6.result())
+        record["traffic_seen_at"] = _STATE.get("traffic_seen_at")
+        logger.info(f"k6 stopped ({record['stopped_by']}), exit {record['exit_code']}: "
+                    f"{record['exit_meaning']}")
+    if isinstance(state, dict):
+        state["chaoscheckout_load"] = record
+        if timeline and k6 is not None and k6.started_at is not None:
+            state["chaoscheckout_timeline"] = collect_timeline(k6.started_at, time.time(), configuration)
+
+
+def cleanup_control(**kwargs: Any) -> None:
+    """Safety net: make sure k6 is not running, whatever happened before."""
+    _stop_quietly()
+    _reset()
+
+
+# ---------------------------------------------------------------------------
+# Internals
+# ---------------------------------------------------------------------------
+_STATE: dict[str, Any] = {}
+
+
+def _reset() -> None:
+    _stop_quietly()
+    _STATE.clear()
+
+
+def _stop_quietly() -> None:
+    k6: K6Process | None = _STATE.get("k6")
+    if k6 is not None and k6.running():
+        try:
+            k6.stop(STOP_TIMEOUT_S)
+        except Exception:
+            logger.exception("could not stop k6")
+
+
+def _check_arguments(script: Any = "load/baseline.js", rate: Any = 10, duration_s: Any = 600,
+                     warmup_s: Any = 5, env: Any = None, **kwargs: Any) -> None:
+    problems = []
+    if not isinstance(script, str) or not script.endswith((".js", ".ts")):
+        problems.append(f"script must be a .js/.ts path, got {script!r}")
+    if not _is_int(rate) or not 1 <= rate <= MAX_RATE:
+        problems.append(f"rate must be an integer 1..{MAX_RATE} requests/s, got {rate!r}")
+    if not _is_int(duration_s) or not 1 <= duration_s <= MAX_DURATION_S:
+        problems.append(f"duration_s must be an integer 1..{MAX_DURATION_S}, got {duration_s!r}")
+    if isinstance(warmup_s, bool) or not isinstance(warmup_s, (int, float)) \
+            or not 0 <= warmup_s <= MAX_WARMUP_S:
+        problems.append(f"warmup_s must be a number 0..{MAX_WARMUP_S}, got {warmup_s!r}")
+    if env is not None and not isinstance(env, dict):
+        problems.append(f"env must be an object of strings, got {env!r}")
+    if problems:
+        raise InvalidActivity("load control: " + "; ".join(problems))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _registry_checkout_url(configuration: dict[str, Any] | None) -> str:
+    try:
+        url = load_registry(settings_from(configuration).registry_file).extra.get("checkout_url")
+    except Exception as exc:
+        raise K6Error(f"no checkout_url argument and no registry to read it from: {exc}") from None
+    if not url:
+        raise K6Error("no checkout_url argument and the registry has no extra.checkout_url")
+    return str(url)
+
+
+def _unique(path: Path) -> Path:
+    candidate, n = path, 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}-{n}")
+    return candidate

@@ -1,0 +1,1 @@
+"""SLI probes (Prometheus) and the money-safety probe."""

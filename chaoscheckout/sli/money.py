@@ -1,0 +1,143 @@
+"""Money safety: captured provider charges that have no recorded order in Postgres.
+
+The provider keeps its own charge log (``GET <provider_url>/charges?since=<unix ts>``);
+checkout records orders in Postgres (``orders.order_ref``, a uuid). A charge older than
+a grace period (longer than any in-flight checkout) whose ``order_ref`` has no order row
+means money was taken without an order: the invariant is "0 such charges".
+
+URLs: configuration ``provider_url`` / ``database_url``, else the registry's
+``extra.provider_url`` / ``extra.database_url``. Every call has a timeout (HTTP timeout,
+psycopg ``connect_timeout`` and ``statement_timeout``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import psycopg
+from chaoslib.exceptions import ActivityFailed
+
+from chaoscheckout.config import settings_from
+from chaoscheckout.errors import ChaosCheckoutError, InvalidFaultArgument
+from chaoscheckout.runtime.registry import load_registry
+
+__all__ = ["Charge", "MoneyCheck", "find_charges_without_order"]
+
+logger = logging.getLogger("chaostoolkit")
+
+
+@dataclass(frozen=True)
+class Charge:
+    charge_id: str
+    order_ref: str
+    amount_cents: int
+    captured_at: float
+
+
+@dataclass(frozen=True)
+class MoneyCheck:
+    checked: int  # captured charges older than the grace period
+    in_grace: int  # younger charges, not judged yet
+    orphans: list[Charge]
+
+    def to_dict(self, max_refs: int = 20) -> dict[str, Any]:
+        return {
+            "count": len(self.orphans),
+            "checked": self.checked,
+            "in_grace": self.in_grace,
+            "order_refs": [c.order_ref for c in self.orphans[:max_refs]],
+            "amount_cents": sum(c.amount_cents for c in self.orphans),
+        }
+
+
+def find_charges_without_order(grace_s: float, since_s: float,
+                               configuration: dict[str, Any] | None = None) -> MoneyCheck:
+    """Join the provider's captured charges of the last ``since_s`` seconds to ``orders``."""
+    if not (isinstance(grace_s, (int, float)) and grace_s >= 0):
+        raise InvalidFaultArgument(f"grace_s must be a number >= 0, got {grace_s!r}")
+    if not (isinstance(since_s, (int, float)) and since_s > grace_s):
+        raise InvalidFaultArgument(f"since_s must be a number > grace_s ({grace_s}), got {since_s!r}")
+    settings = settings_from(configuration)
+    provider_url, database_url = _endpoints(configuration)
+    now = time.time()
+    charges = _fetch_charges(provider_url, now - since_s, settings.io_timeout_s)
+    judged = [c for c in charges if c.captured_at <= now - grace_s]
+    recorded = _recorded_refs(database_url, judged, settings.io_timeout_s)
+    orphans = [c for c in judged if c.order_ref not in recorded]
+    check = MoneyCheck(checked=len(judged), in_grace=len(charges) - len(judged), orphans=orphans)
+    logger.info(f"money safety: {len(orphans)} of {check.checked} captured charge(s) have no order "
+                f"({check.in_grace} within the {grace_s}s grace period)")
+    return check
+
+
+# ---------------------------------------------------------------------------
+# Internals
+# ---------------------------------------------------------------------------
+def _endpoints(configuration: dict[str, Any] | None) -> tuple[str, str]:
+    configuration = configuration or {}
+    provider_url = configuration.get("provider_url")
+    database_url = configuration.get("database_url")
+    if not (provider_url and database_url):
+        extra = load_registry(settings_from(configuration).registry_file).extra
+        provider_url = provider_url or extra.get("provider_url")
+        database_url = database_url or extra.get("database_url")
+    if not provider_url or not database_url:
+        raise ChaosCheckoutError("money safety needs 'provider_url' and 'database_url' "
+                                 "(configuration, or the registry's extra section)")
+    return str(provider_url), str(database_url)
+
+
+def _fetch_charges(provider_url: str, since: float, timeout_s: float) -> list[Charge]:
+    url = provider_url.rstrip("/") + "/charges"
+    try:
+        resp = httpx.get(url, params={"since": f"{since:.3f}"}, timeout=timeout_s)
+        resp.raise_for_status()
+        raw = resp.json()["charges"]
+    except httpx.HTTPError as exc:
+        raise ActivityFailed(f"payment provider charge log {url} unreachable: {exc!r}") from None
+    except (ValueError, KeyError, TypeError):
+        raise ActivityFailed(f"payment provider {url} returned no 'charges' list") from None
+    charges = []
+    for item in raw:
+        if item.get("status", "captured") != "captured":
+            continue
+        try:
+            charges.append(Charge(str(item["charge_id"]), str(item["order_ref"]),
+                                  int(item.get("amount_cents", 0)), float(item["captured_at"])))
+        except (KeyError, TypeError, ValueError):
+            raise ActivityFailed(f"payment provider returned a malformed charge: {item!r}") from None
+    return charges
+
+
+def _recorded_refs(database_url: str, charges: list[Charge], timeout_s: float) -> set[str]:
+    """The order_refs of ``charges`` that have an order row (as given by the provider)."""
+    by_uuid: dict[str, str] = {}
+    for c in charges:
+        try:
+            by_uuid[str(uuid.UUID(c.order_ref))] = c.order_ref
+        except ValueError:
+            continue  # not a uuid: orders.order_ref is a uuid, so it has no order
+    if not by_uuid:
+        return set()
+    options = f"-c statement_timeout={int(timeout_s * 1000)}"
+    try:
+        with psycopg.connect(database_url, connect_timeout=max(1, int(timeout_s)),
+                             options=options, autocommit=True) as conn:
+            rows = conn.execute("SELECT order_ref::text FROM orders WHERE order_ref = ANY(%s::uuid[])",
+                                (list(by_uuid),)).fetchall()
+    except psycopg.Error as exc:
+        raise ActivityFailed(f"cannot read orders from Postgres ({_redact(database_url)}): "
+                             f"{str(exc).strip() or type(exc).__name__}; money safety unknown") from None
+    return {by_uuid[r[0]] for r in rows}
+
+
+def _redact(dsn: str) -> str:
+    if "@" in dsn and "://" in dsn:
+        scheme, rest = dsn.split("://", 1)
+        return f"{scheme}://…@{rest.split('@', 1)[1]}"
+    return dsn
