@@ -1,0 +1,89 @@
+"""The ``chaoscheckout`` console script: ``chaoscheckout stack up|down|status [--json]``.
+
+The stack (the reference checkout system) is not part of the library, so this module
+never imports ``stack/``: it runs ``python -m stack.manage ...`` in the project directory
+(``--project-dir``, else ``CHAOSCHECKOUT_PROJECT_DIR``, else the current directory),
+which must contain ``stack/manage.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+
+__all__ = ["main"]
+
+# up waits for every service (bounded inside stack.manage); this is the outer bound.
+COMMAND_TIMEOUT_S = {"up": 300, "down": 120, "status": 60}
+
+
+@click.group()
+def main() -> None:
+    """chaoscheckout: chaos experiments for a checkout, and the stack they run against."""
+
+
+@main.group()
+@click.option(
+    "--project-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Directory holding stack/manage.py (default: $CHAOSCHECKOUT_PROJECT_DIR, else the current dir).",
+)
+@click.pass_context
+def stack(ctx: click.Context, project_dir: Path | None) -> None:
+    """Manage the local checkout stack (Postgres, Prometheus, services under supervisord)."""
+    ctx.obj = _project_dir(project_dir)
+
+
+@stack.command()
+@click.pass_obj
+def up(project_dir: Path) -> None:
+    """Bring the stack up (idempotent: already up -> exit 0). Needs root (tmpfs mount)."""
+    sys.exit(_manage(project_dir, "up"))
+
+
+@stack.command()
+@click.pass_obj
+def down(project_dir: Path) -> None:
+    """Stop every process, unmount the data disk, remove the registry and leases."""
+    sys.exit(_manage(project_dir, "down"))
+
+
+@stack.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def status(project_dir: Path, as_json: bool) -> None:
+    """Exit 0 only when every service is healthy."""
+    sys.exit(_manage(project_dir, "status", *(["--json"] if as_json else [])))
+
+
+# ---------------------------------------------------------------------------
+# Internals
+# ---------------------------------------------------------------------------
+
+
+def _project_dir(option: Path | None) -> Path:
+    candidate = option or Path(os.environ.get("CHAOSCHECKOUT_PROJECT_DIR") or Path.cwd())
+    candidate = candidate.resolve()
+    if not (candidate / "stack" / "manage.py").is_file():
+        raise click.UsageError(
+            f"{candidate} has no stack/manage.py: run from the chaoscheckout checkout, "
+            "or pass --project-dir / set CHAOSCHECKOUT_PROJECT_DIR"
+        )
+    return candidate
+
+
+def _manage(project_dir: Path, command: str, *extra: str) -> int:
+    timeout = COMMAND_TIMEOUT_S[command]
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "stack.manage", command, *extra], cwd=project_dir, timeout=timeout
+        )
+    except subprocess.TimeoutExpired:
+        click.echo(f"chaoscheckout stack {command}: error: no answer within {timeout}s", err=True)
+        return 1
+    return proc.returncode
