@@ -1,0 +1,173 @@
+"""The fault proxy as a real process in front of a real HTTP upstream, measured from a client."""
+
+from __future__ import annotations
+
+import hashlib
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from netfixtures import BASE, ROOT, ProxyRig, pattern_bytes, start_proxy, start_upstream, stop, timed_get
+
+from chaoscheckout.network.proxy_client import ProxyControl, ProxyError
+
+
+@pytest.fixture(scope="module")
+def rig() -> Iterator[ProxyRig]:
+    rig = ProxyRig(upstream_port=BASE + 60, listen_port=BASE + 61, control_port=BASE + 62)
+    upstream = start_upstream(rig.upstream_port)
+    try:
+        proxy = start_proxy(rig.control_port, f"up={rig.listen_port}:127.0.0.1:{rig.upstream_port}")
+    except Exception:
+        stop(upstream)
+        raise
+    try:
+        yield rig
+    finally:
+        stop(proxy)
+        stop(upstream)
+
+
+@pytest.fixture()
+def control(rig: ProxyRig) -> Iterator[ProxyControl]:
+    control = ProxyControl(rig.control_url, timeout_s=5)
+    control.clear_latency(rig.route)
+    yield control
+    control.clear_latency(rig.route)
+
+
+def _median_s(url: str, n: int = 5) -> float:
+    return statistics.median(timed_get(url) for _ in range(n))
+
+
+def test_passthrough_large_bodies_are_byte_identical(rig: ProxyRig, control: ProxyControl) -> None:
+    size = 8 * 1024 * 1024 + 13
+    direct = httpx.get(f"{rig.direct_url}/bytes/{size}", timeout=30).content
+    proxied = httpx.get(f"{rig.proxy_url}/bytes/{size}", timeout=30).content
+    assert len(proxied) == size
+    assert hashlib.sha256(proxied).digest() == hashlib.sha256(direct).digest()
+    upload = pattern_bytes(4 * 1024 * 1024 + 7)[::-1]
+    echoed = httpx.post(f"{rig.proxy_url}/echo", content=upload, timeout=30).content
+    assert echoed == upload
+
+
+def test_latency_added_to_each_request_then_removed(rig: ProxyRig, control: ProxyControl) -> None:
+    baseline = _median_s(f"{rig.proxy_url}/healthz")
+    control.set_latency(rig.route, delay_ms=200)
+    slowed = _median_s(f"{rig.proxy_url}/healthz")
+    direct = _median_s(f"{rig.direct_url}/healthz")
+    assert 0.19 <= slowed - baseline <= 0.35, (baseline, slowed)
+    assert direct < 0.1  # the upstream itself is not slowed
+    assert control.clear_latency(rig.route)["removed"] is True
+    after = _median_s(f"{rig.proxy_url}/healthz")
+    assert after < baseline + 0.05, (baseline, after)
+    assert control.clear_latency(rig.route)["removed"] is False  # idempotent
+
+
+def test_keepalive_connection_is_decided_again_when_toxic_changes(
+    rig: ProxyRig, control: ProxyControl
+) -> None:
+    with httpx.Client(timeout=10) as client:
+        start = time.perf_counter()
+        client.get(f"{rig.proxy_url}/healthz").raise_for_status()
+        before = time.perf_counter() - start
+        control.set_latency(rig.route, delay_ms=150)
+        start = time.perf_counter()
+        client.get(f"{rig.proxy_url}/healthz").raise_for_status()
+        during = time.perf_counter() - start
+        control.clear_latency(rig.route)
+        start = time.perf_counter()
+        client.get(f"{rig.proxy_url}/healthz").raise_for_status()
+        after = time.perf_counter() - start
+    assert during - before >= 0.14, (before, during)
+    assert after < 0.1, after
+
+
+def test_jitter_spreads_delays_within_bounds(rig: ProxyRig, control: ProxyControl) -> None:
+    control.set_latency(rig.route, delay_ms=100, jitter_ms=50)
+    times = [timed_get(f"{rig.proxy_url}/healthz") for _ in range(12)]
+    assert min(times) >= 0.048, times
+    assert max(times) <= 0.150 + 0.1, times
+    assert max(times) - min(times) >= 0.02, times  # uniform over 100 ms: not a constant delay
+
+
+def test_fraction_limits_the_share_of_delayed_connections(rig: ProxyRig, control: ProxyControl) -> None:
+    n, delay_s = 60, 0.08
+    control.set_latency(rig.route, delay_ms=delay_s * 1000, fraction=0.5)
+    times = [timed_get(f"{rig.proxy_url}/healthz") for _ in range(n)]
+    delayed = sum(t >= delay_s * 0.9 for t in times)
+    # Binomial(60, 0.5): outside [18, 42] has probability ~0.1 %
+    assert 18 <= delayed <= 42, (delayed, times)
+    control.set_latency(rig.route, delay_ms=delay_s * 1000, fraction=1.0)
+    assert all(timed_get(f"{rig.proxy_url}/healthz") >= delay_s * 0.9 for _ in range(5))
+
+
+def test_order_of_bytes_kept_under_jittered_delay(rig: ProxyRig, control: ProxyControl) -> None:
+    control.set_latency(rig.route, delay_ms=20, jitter_ms=20)
+    upload = pattern_bytes(3 * 1024 * 1024 + 1)
+    echoed = httpx.post(f"{rig.proxy_url}/echo", content=upload, timeout=60).content
+    assert echoed == upload
+    metrics = control.metrics()
+    delayed = [line for line in metrics.splitlines()
+               if line.startswith('chaoscheckout_proxy_delayed_chunks_total{route="up"}')]
+    assert delayed and float(delayed[0].split()[-1]) > 1  # the body really went in several chunks
+
+
+def test_proxy_enforces_expires_at(rig: ProxyRig, control: ProxyControl) -> None:
+    control.set_latency(rig.route, delay_ms=150, expires_at=time.time() + 1.0)
+    assert timed_get(f"{rig.proxy_url}/healthz") >= 0.14
+    time.sleep(1.7)  # sweeper runs every 0.5 s
+    assert control.route(rig.route)["latency"] is None  # dropped without any traffic
+    assert timed_get(f"{rig.proxy_url}/healthz") < 0.1
+
+
+@pytest.mark.parametrize("body", [
+    {"delay_ms": 0}, {"delay_ms": -5}, {"delay_ms": 60001}, {"delay_ms": "100"}, {"delay_ms": True},
+    {"delay_ms": 100, "jitter_ms": 101}, {"delay_ms": 100, "jitter_ms": -1},
+    {"delay_ms": 100, "fraction": 0}, {"delay_ms": 100, "fraction": 1.5},
+    {"delay_ms": 100, "expires_at": 1.0}, {"delay_ms": 100, "color": "red"}, {"jitter_ms": 1}, [1],
+])
+def test_bad_toxic_rejected_and_live_toxic_unchanged(rig: ProxyRig, control: ProxyControl, body) -> None:
+    control.set_latency(rig.route, delay_ms=77, fault_id="keep")
+    resp = httpx.put(f"{rig.control_url}/routes/up/latency", json=body, timeout=5)
+    assert resp.status_code == 400 and resp.json()["error"]
+    assert control.route(rig.route)["latency"]["fault_id"] == "keep"
+    assert control.route(rig.route)["latency"]["delay_ms"] == 77
+
+
+def test_control_api_errors_and_metrics(rig: ProxyRig, control: ProxyControl) -> None:
+    with pytest.raises(ProxyError, match="no route 'nope'"):
+        control.set_latency("nope", delay_ms=10)
+    bad_json = httpx.put(f"{rig.control_url}/routes/up/latency", content=b"{not json", timeout=5)
+    assert bad_json.status_code == 400
+    assert httpx.get(f"{rig.control_url}/nothing", timeout=5).status_code == 404
+    assert control.healthz()["status"] == "ok"
+    routes = control.routes()
+    assert routes["up"]["upstream"] == f"127.0.0.1:{rig.upstream_port}" and routes["up"]["latency"] is None
+
+    def upstream_bytes() -> float:
+        for line in control.metrics().splitlines():
+            if line.startswith('chaoscheckout_proxy_bytes_total{route="up",direction="downstream"}'):
+                return float(line.split()[-1])
+        raise AssertionError("metric missing")
+
+    before = upstream_bytes()
+    httpx.get(f"{rig.proxy_url}/bytes/100000", timeout=10).raise_for_status()
+    assert upstream_bytes() - before >= 100000
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--route", "x=1:127.0.0.1"], "expected NAME=LISTEN_PORT"),
+    (["--route", "b@d=1:127.0.0.1:2"], "bad route name"),
+    (["--route", "x=70000:127.0.0.1:2"], "bad port"),
+])
+def test_cli_rejects_bad_routes(argv: list[str], message: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "chaoscheckout.network.proxy", "--control", f"127.0.0.1:{BASE + 69}", *argv],
+        cwd=ROOT, capture_output=True, text=True, timeout=20,
+    )
+    assert result.returncode == 2 and message in result.stderr
