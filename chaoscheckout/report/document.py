@@ -1,0 +1,195 @@
+"""The experiment log as format-neutral blocks, rendered by the markdown and html modules.
+
+Per run, in this order: hypothesis, blast radius, abort condition, verdict, steady state
+before/after, faults injected (and when reverted), safeguard, rollbacks, time to detect and
+recover, k6 summary, SLI chart. Then the summary table and the history.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from chaoscheckout.report.analysis import HistoryEntry, fault_window, history
+from chaoscheckout.report.model import Run, Skipped, compact
+
+__all__ = ["Block", "Document", "build_document", "fmt_time"]
+
+NOT_DECLARED = "not declared (the experiment has no chaoscheckout extension entry)"
+
+
+@dataclass
+class Block:
+    kind: str  # "h" | "p" | "kv" | "table" | "verdict" | "chart"
+    text: str = ""
+    level: int = 2
+    anchor: str = ""
+    rows: list[list[str]] = field(default_factory=list)
+    headers: list[str] = field(default_factory=list)
+    run: Run | None = None
+
+
+@dataclass
+class Document:
+    title: str
+    generated_at: str
+    runs: list[Run]
+    skipped: list[Skipped]
+    blocks: list[Block]
+    summary_rows: list[list[str]]
+    histories: list[HistoryEntry]
+
+
+SUMMARY_HEADERS = ["experiment", "run", "date (UTC)", "verdict", "availability before / during / after",
+                   "p95 before / during / after"]
+
+
+def fmt_time(ts: float | None, with_date: bool = False) -> str:
+    if ts is None:
+        return "—"
+    moment = datetime.fromtimestamp(ts, UTC)
+    if with_date:
+        return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+    return moment.strftime("%H:%M:%S.") + f"{moment.microsecond // 100000}"
+
+
+def build_document(runs: list[Run], skipped: list[Skipped], title: str = "Experiment log") -> Document:
+    runs = sorted(runs, key=lambda r: (r.start or 0.0, r.run_id))
+    blocks: list[Block] = [Block("h", title, level=1, anchor="top")]
+    counts = Counter(r.verdict for r in runs)
+    tally = ", ".join(f"{n} {v}" for v, n in sorted(counts.items()))
+    blocks.append(Block("p", f"{len(runs)} run(s): {tally}. {len(skipped)} file(s) skipped. "
+                             "Summary table and history at the end."))
+    if skipped:
+        blocks.append(Block("h", "Skipped inputs", level=2, anchor="skipped"))
+        blocks.append(Block("table", headers=["file", "reason"], rows=[[s.path, s.reason] for s in skipped]))
+    for run in runs:
+        blocks.extend(_run_blocks(run))
+    summary = [_summary_row(r) for r in runs]
+    blocks.append(Block("h", "Summary", level=2, anchor="summary"))
+    blocks.append(Block("table", headers=SUMMARY_HEADERS, rows=summary))
+    entries = history(runs)
+    blocks.append(Block("h", "History of experiments run several times", level=2, anchor="history"))
+    if entries:
+        blocks.append(Block("table", headers=["experiment", "runs, oldest first"],
+                            rows=[[e.title, e.line()] for e in entries]))
+        for entry in entries:
+            actions = [_result_text(r.result) for r in entry.runs if r.result]
+            if actions:
+                blocks.append(Block("p", f"{entry.title}: {' / '.join(actions)}"))
+    else:
+        blocks.append(Block("p", "No experiment has been run more than once in these journals."))
+    return Document(title, fmt_time(datetime.now(UTC).timestamp(), with_date=True), runs, skipped,
+                    blocks, summary, entries)
+
+
+# ---------------------------------------------------------------------------
+# Internals
+# ---------------------------------------------------------------------------
+
+
+def _rel(run: Run, ts: float | None) -> str:
+    if ts is None:
+        return "—"
+    offset = f" (t+{ts - run.start:.1f} s)" if run.start else ""
+    return fmt_time(ts) + offset
+
+
+def _result_text(result: Any) -> str:
+    if isinstance(result, dict):
+        return "; ".join(f"{k}: {compact(v, 200)}" for k, v in result.items())
+    return compact(result, 300)
+
+
+def _run_blocks(run: Run) -> list[Block]:
+    blocks = [Block("h", f"{run.title} — {fmt_time(run.start, with_date=True)}", level=2, anchor=run.run_id)]
+    declared = run.has_extension
+    blocks.append(Block("kv", rows=[
+        ["Hypothesis", (run.hypothesis or "not stated") if declared else NOT_DECLARED],
+        ["Blast radius", (run.blast_radius or "not stated") if declared else NOT_DECLARED],
+        ["Abort condition", (run.abort_condition or "not stated") if declared else NOT_DECLARED],
+    ]))
+    blocks.append(Block("verdict", run.reason, anchor=run.verdict))
+    blocks.append(Block("h", "Steady state", level=3))
+    rows = []
+    for phase, state in (("before", run.before), ("after", run.after)):
+        if state is None:
+            rows.append([phase, "—", "not run", "—", "—"])
+            continue
+        for probe in state.probes:
+            met = {True: "yes", False: "NO", None: "?"}[probe.met]
+            rows.append([phase, probe.name, probe.value, probe.tolerance, met])
+    blocks.append(Block("table", headers=["phase", "probe", "value", "tolerance", "within"], rows=rows))
+    blocks.append(Block("h", "Fault injected", level=3))
+    if run.faults:
+        blocks.append(Block("table", headers=["kind", "backend", "target", "parameters", "injected",
+                                              "reverted", "reverted by"],
+                            rows=[[f.kind, f.backend, f.target, compact(f.parameters, 120), _rel(run, f.injected_at),
+                                   _rel(run, f.reverted_at) if f.reverted_at else
+                                   f"not recorded (lease expires {fmt_time(f.expires_at)})",
+                                   f.reverted_by or "—"] for f in run.faults]))
+    else:
+        blocks.append(Block("p", "No fault action output in this journal (no fault injected)."))
+    blocks.append(Block("kv", rows=_timing_rows(run)))
+    blocks.append(Block("h", "Rollbacks", level=3))
+    if run.rollbacks:
+        blocks.append(Block("table", headers=["activity", "status", "at", "output"],
+                            rows=[[a.name, a.status, _rel(run, a.end), a.output] for a in run.rollbacks]))
+    else:
+        blocks.append(Block("p", "No rollbacks ran" + (" (an interrupted run skips them under the default "
+                                                          "rollback strategy)." if run.aborted_at else ".")))
+    if run.safety_reverts:
+        blocks.append(Block("p", "Safety control reverted at experiment end: "
+                                 + "; ".join(compact(r, 160) for r in run.safety_reverts)))
+    blocks.append(Block("h", "Load (k6)", level=3))
+    if run.k6:
+        blocks.append(Block("kv", rows=[[k, compact(v, 120)] for k, v in run.k6.items()]))
+    else:
+        blocks.append(Block("p", "No k6 summary in this journal."))
+    if run.result:
+        blocks.append(Block("kv", rows=[["Result noted in the experiment", _result_text(run.result)]]))
+    blocks.append(Block("chart", run=run))
+    return blocks
+
+
+def _timing_rows(run: Run) -> list[list[str]]:
+    window = fault_window(run)
+    rows = [["Fault window", f"{_rel(run, window[0])} → {_rel(run, window[1])} "
+                             f"({window[1] - window[0]:.1f} s)" if window else "none"]]
+    if run.aborted_at is not None:
+        rows.append(["Safeguard fired", f"yes: run {run.status} at {_rel(run, run.aborted_at)}"])
+    else:
+        rows.append(["Safeguard fired", "no"])
+    if window:
+        detect = (f"{run.time_to_detect_s:.1f} s (first SLI sample outside its SLO after injection)"
+                  if run.time_to_detect_s is not None else "no SLI sample outside its SLO")
+        if run.time_to_recover_s is not None:
+            recover = f"{run.time_to_recover_s:.1f} s (revert → first sample with every SLI within SLO)"
+        elif run.time_to_detect_s is None:
+            recover = "n/a (no breach)"
+        else:
+            recover = "not recovered within the recorded timeline"
+        rows += [["Time to detect", detect], ["Time to recover", recover]]
+    return rows
+
+
+def _phase_text(run: Run, name: str | None, factor: float, unit: str) -> str:
+    phases = run.sli_phases.get(name or "")
+    if not phases:
+        return "—"
+    parts = ["—" if phases[k] is None else f"{phases[k] * factor:.{1 if factor == 100 else 0}f}"
+             for k in ("before", "during", "after")]
+    return " / ".join(parts) + f" {unit}"
+
+
+def _summary_row(run: Run) -> list[str]:
+    return [
+        run.title,
+        run.run_id,
+        fmt_time(run.start, with_date=True).replace(" UTC", ""),
+        run.verdict,
+        _phase_text(run, run.availability.name if run.availability else None, 100.0, "%"),
+        _phase_text(run, run.latency.name if run.latency else None, 1.0, "ms"),
+    ]

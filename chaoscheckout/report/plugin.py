@@ -1,0 +1,42 @@
+"""The `chaos report` command (entry point group ``chaostoolkit.cli_plugins``).
+
+``chaos`` imports this module on every invocation (``chaos run`` included), so it imports
+only click and the standard library; rendering is imported inside the command.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+__all__ = ["report"]
+
+
+@click.command("report")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--output", "-o", type=click.Path(path_type=Path), default=None,
+              help="Output path stem (a .md/.html/.json suffix is replaced per format). "
+                   "Default: experiment-log in the (first) input directory.")
+@click.option("--format", "formats", type=click.Choice(["md", "html", "json"]), multiple=True,
+              help="Format(s) to write; repeat the option for several. Default: md and html.")
+def report(inputs: tuple[Path, ...], output: Path | None, formats: tuple[str, ...]) -> None:
+    """Write the experiment log from chaostoolkit journals.
+
+    INPUTS are journal files or directories (every *.json in them). Writes
+    experiment-log.md (with SVG charts in experiment-log-charts/) and experiment-log.html
+    next to the journals. Unreadable or foreign files are skipped with a reason; nothing is
+    written when no journal can be read.
+    """
+    from chaoscheckout.report.build import ReportError, write_report
+
+    try:
+        result = write_report(list(inputs), output, formats or ("md", "html"))
+    except ReportError as exc:
+        raise click.ClickException(str(exc)) from exc
+    for skipped in result.skipped:
+        click.echo(f"skipped {skipped.path}: {skipped.reason}", err=True)
+    for run in result.runs:
+        click.echo(f"{run.verdict:8} {run.title} ({run.run_id}) — {run.reason}")
+    for path in result.written:
+        click.echo(f"wrote {path}")

@@ -1,0 +1,177 @@
+"""A small SVG line chart of a run's SLI timeline (no plotting library)."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from html import escape
+
+from chaoscheckout.report.analysis import fault_window
+from chaoscheckout.report.model import Run, Series
+
+__all__ = ["sli_chart"]
+
+WIDTH = 880
+PANEL_H = 150
+TOP = 44
+GAP = 54
+LEFT = 64
+RIGHT = 24
+BOTTOM = 46
+COLOURS = {"line": "#1f5fa8", "slo": "#d9822b", "fault": "#e5484d", "abort": "#b3001b", "grid": "#e4e7eb"}
+
+
+def sli_chart(run: Run) -> str:
+    """An inline <svg> (class "sli-chart") with availability and p95 latency panels sharing the
+    time axis: the fault window shaded, the abort moment marked, the SLO as a dashed line."""
+    panels = [s for s in (run.availability, run.latency) if s is not None and s.points]
+    label = f"SLI timeline of {run.title} ({run.run_id})"
+    if not panels:
+        height = 70
+        return (
+            f'<svg class="sli-chart" xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
+            f'viewBox="0 0 {WIDTH} {height}" role="img" aria-label="{escape(label)}">'
+            f'<rect x="0.5" y="0.5" width="{WIDTH - 1}" height="{height - 1}" fill="#fafafa" stroke="#ccc"/>'
+            f'<text x="{WIDTH / 2}" y="40" text-anchor="middle" font-size="14" fill="#555">'
+            "No SLI timeline in this journal (no load/SLI record stored at the end of the run)</text></svg>"
+        )
+    t0, t1 = _time_range(run, panels)
+    height = TOP + len(panels) * PANEL_H + (len(panels) - 1) * GAP + BOTTOM
+    out = [
+        f'<svg class="sli-chart" xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
+        f'viewBox="0 0 {WIDTH} {height}" role="img" aria-label="{escape(label)}" '
+        'font-family="Helvetica, Arial, sans-serif">',
+        f'<rect x="0" y="0" width="{WIDTH}" height="{height}" fill="#ffffff"/>',
+        _legend(run),
+    ]
+    for index, series in enumerate(panels):
+        top = TOP + index * (PANEL_H + GAP)
+        out.append(_panel(run, series, top, t0, t1))
+    stamp = datetime.fromtimestamp(t0, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    out.append(
+        f'<text x="{LEFT + (WIDTH - LEFT - RIGHT) / 2}" y="{height - 8}" text-anchor="middle" font-size="12" '
+        f'fill="#333">seconds since run start (t = 0 at {stamp})</text>'
+    )
+    out.append("</svg>")
+    return "".join(out)
+
+
+# ---------------------------------------------------------------------------
+# Internals
+# ---------------------------------------------------------------------------
+
+
+def _time_range(run: Run, panels: list[Series]) -> tuple[float, float]:
+    times = [t for s in panels for t, _ in s.points]
+    t0 = min(times + ([run.start] if run.start else []))
+    ends = [max(times)] + [x for x in (run.end, run.aborted_at) if x]
+    window = fault_window(run)
+    if window:
+        ends.append(window[1])
+    t1 = max(ends)
+    return t0, t1 if t1 > t0 else t0 + 1.0
+
+
+def _scale(value: float, lo: float, hi: float, out_lo: float, out_hi: float) -> float:
+    return out_lo + (value - lo) / (hi - lo) * (out_hi - out_lo)
+
+
+def _nice_ticks(hi: float, count: int = 5) -> list[float]:
+    if hi <= 0:
+        return [0.0, 1.0]
+    raw = hi / count
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    return [i * step for i in range(int(math.ceil(hi / step)) + 1)]
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.0f}" if abs(v - round(v)) < 1e-9 or abs(v) >= 100 else f"{v:g}"
+
+
+def _panel(run: Run, series: Series, top: float, t0: float, t1: float) -> str:
+    x0, x1 = LEFT, WIDTH - RIGHT
+    y0, y1 = top + PANEL_H, top  # bottom, top
+    factor = 100.0 if series.unit == "%" else 1.0
+    values = [v * factor for _, v in series.points]
+    objective = series.objective * factor
+    if series.unit == "%":
+        ticks = [0.0, 25.0, 50.0, 75.0, 100.0]
+    else:
+        ticks = _nice_ticks(max(values + [objective]) * 1.1)
+    lo, hi = 0.0, ticks[-1]
+
+    def sx(t: float) -> float:
+        return _scale(t, t0, t1, x0, x1)
+
+    def sy(v: float) -> float:
+        return _scale(min(max(v, lo), hi), lo, hi, y0, y1)
+
+    parts = [f'<g class="panel" data-series="{escape(series.name)}">']
+    title = f"{series.label} ({series.name})"
+    parts.append(f'<text x="{x0}" y="{top - 8}" font-size="13" font-weight="bold" fill="#222">'
+                 f"{escape(title)}</text>")
+    window = fault_window(run)
+    if window:
+        wx0, wx1 = sx(max(window[0], t0)), sx(min(window[1], t1))
+        kinds = ", ".join(sorted({f"{f.kind} {f.target}" for f in run.faults}))
+        parts.append(f'<rect class="fault-window" x="{wx0:.1f}" y="{y1}" width="{max(wx1 - wx0, 1.5):.1f}" '
+                     f'height="{PANEL_H}" fill="{COLOURS["fault"]}" fill-opacity="0.13"/>')
+        parts.append(f'<text x="{wx0 + 4:.1f}" y="{y1 + 14}" font-size="11" fill="{COLOURS["abort"]}">'
+                     f"fault: {escape(kinds)}</text>")
+    for tick in ticks:
+        y = sy(tick)
+        parts.append(f'<line x1="{x0}" y1="{y:.1f}" x2="{x1}" y2="{y:.1f}" stroke="{COLOURS["grid"]}"/>')
+        parts.append(f'<text x="{x0 - 6}" y="{y + 4:.1f}" font-size="11" text-anchor="end" fill="#444">'
+                     f"{_fmt(tick)}</text>")
+    parts.append(f'<text x="14" y="{(y0 + y1) / 2:.1f}" font-size="11" fill="#444" text-anchor="middle" '
+                 f'transform="rotate(-90 14 {(y0 + y1) / 2:.1f})">{escape(series.unit)}</text>')
+    for tick in _nice_ticks(t1 - t0, 8):
+        if tick > t1 - t0 + 1e-9:
+            continue
+        x = sx(t0 + tick)
+        parts.append(f'<line x1="{x:.1f}" y1="{y0}" x2="{x:.1f}" y2="{y0 + 4}" stroke="#444"/>')
+        parts.append(f'<text x="{x:.1f}" y="{y0 + 16}" font-size="11" text-anchor="middle" fill="#444">'
+                     f"{_fmt(tick)}</text>")
+    parts.append(f'<rect x="{x0}" y="{y1}" width="{x1 - x0}" height="{PANEL_H}" fill="none" stroke="#888"/>')
+    slo_y = sy(objective)
+    sign = "≥" if series.direction == "min" else "≤"
+    parts.append(f'<line class="slo" x1="{x0}" y1="{slo_y:.1f}" x2="{x1}" y2="{slo_y:.1f}" '
+                 f'stroke="{COLOURS["slo"]}" stroke-width="1.5" stroke-dasharray="6 4"/>')
+    parts.append(f'<text x="{x1 - 4}" y="{slo_y - 5:.1f}" font-size="11" text-anchor="end" '
+                 f'fill="{COLOURS["slo"]}">SLO {sign} {_fmt(objective)} {escape(series.unit)}</text>')
+    points = " ".join(f"{sx(t):.1f},{sy(v * factor):.1f}" for t, v in series.points)
+    parts.append(f'<polyline class="sli" points="{points}" fill="none" stroke="{COLOURS["line"]}" '
+                 'stroke-width="2" stroke-linejoin="round"/>')
+    if len(series.points) <= 80:
+        for t, v in series.points:
+            colour = COLOURS["line"] if series.good(v) else COLOURS["fault"]
+            parts.append(f'<circle cx="{sx(t):.1f}" cy="{sy(v * factor):.1f}" r="2.6" fill="{colour}"/>')
+    if run.aborted_at is not None:
+        ax = sx(min(run.aborted_at, t1))
+        parts.append(f'<line class="abort" x1="{ax:.1f}" y1="{y1}" x2="{ax:.1f}" y2="{y0}" '
+                     f'stroke="{COLOURS["abort"]}" stroke-width="2" stroke-dasharray="3 3"/>')
+        parts.append(f'<text x="{ax + 4:.1f}" y="{y1 + 28}" font-size="11" font-weight="bold" '
+                     f'fill="{COLOURS["abort"]}">abort</text>')
+    parts.append("</g>")
+    return "".join(parts)
+
+
+def _legend(run: Run) -> str:
+    x = LEFT
+    items = [("line", "SLI sample (red dot: outside SLO)"), ("slo", "SLO objective")]
+    if run.faults:
+        items.append(("fault", "fault injected → reverted"))
+    if run.aborted_at is not None:
+        items.append(("abort", "run aborted"))
+    parts = []
+    for key, text in items:
+        if key == "fault":
+            parts.append(f'<rect x="{x}" y="10" width="18" height="12" fill="{COLOURS["fault"]}" fill-opacity="0.2"/>')
+        else:
+            dash = ' stroke-dasharray="6 4"' if key == "slo" else (' stroke-dasharray="3 3"' if key == "abort" else "")
+            parts.append(f'<line x1="{x}" y1="16" x2="{x + 18}" y2="16" stroke="{COLOURS[key]}" '
+                         f'stroke-width="2"{dash}/>')
+        parts.append(f'<text x="{x + 24}" y="20" font-size="11" fill="#333">{escape(text)}</text>')
+        x += 40 + 6.2 * len(text)
+    return "".join(parts)
