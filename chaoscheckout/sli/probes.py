@@ -80,7 +80,7 @@ def checkout_availability(window: str = "30s", configuration: dict[str, Any] | N
         expr = f"checkout:availability:ratio_{window}"
     else:
         expr = (f'sum(rate(checkout_requests_total{{outcome="ok"}}[{window}])) / '
-                f"sum(rate(checkout_requests_total[{window}]))")
+                f"sum(rate(checkout_requests_total{{outcome=~\"ok|error\"}}[{window}]))")
     value = prometheus_client_from(configuration).value(expr)
     logger.info(f"checkout availability over {window}: {value:.4f}")
     return value
@@ -109,7 +109,7 @@ def checkout_latency_ms(quantile: float = 0.95, window: str = "30s",
         expr = f"checkout:latency_seconds:{name}_{window}"
     else:
         expr = (f"histogram_quantile({quantile}, sum by (le) "
-                f"(rate(checkout_request_duration_seconds_bucket[{window}])))")
+                f"(rate(checkout_request_duration_seconds_bucket{{outcome=~\"ok|error\"}}[{window}])))")
     seconds = prometheus_client_from(configuration).value(expr)
     if seconds == float("inf"):
         raise ActivityFailed(f"checkout p{quantile * 100:g} over {window} is above the largest "
