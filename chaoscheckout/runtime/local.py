@@ -19,6 +19,7 @@ from chaoscheckout.runtime.supervisor import SupervisorClient
 __all__ = ["LocalRuntime"]
 
 RUNNING_STATES = ("STARTING", "RUNNING", "BACKOFF")
+ALIVE_STATES = ("STARTING", "RUNNING", "STOPPING")  # a process exists
 
 
 class LocalRuntime(Runtime):
@@ -31,24 +32,30 @@ class LocalRuntime(Runtime):
         self.supervisor = SupervisorClient(registry.supervisor_url, timeout_s=settings.io_timeout_s)
 
     def pid(self, service: str) -> int | None:
-        return self.supervisor.pid(self.entry(service).process)
+        info = self.supervisor.process_info(self.entry(service).process)
+        return int(info["pid"]) if info.get("statename") in ALIVE_STATES and info.get("pid") else None
 
     def state(self, service: str) -> str:
         return str(self.supervisor.process_info(self.entry(service).process).get("statename"))
 
     def kill(self, service: str, timeout_s: float = 10.0) -> KillResult:
         entry = self.target(service)
-        pid = self.supervisor.pid(entry.process)
+        pid = self.pid(service)
         if pid is None:
             raise ChaosCheckoutError(f"service {service!r} is not running: nothing to kill")
         started = time.monotonic()
-        self.supervisor.signal(entry.process, "KILL")
         deadline = started + timeout_s
+        # a process that dies while STARTING is retried by supervisord (startretries)
+        # whatever autorestart says: wait until supervisord considers it RUNNING
+        while self.state(service) == "STARTING" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        pid = self.pid(service) or pid
+        self.supervisor.signal(entry.process, "KILL")
         while time.monotonic() < deadline:
             state = self.state(service)
             if state not in RUNNING_STATES and not self.is_healthy(service, timeout_s=0.2):
                 return KillResult(service, pid, time.monotonic() - started)
-            if state in RUNNING_STATES and self.supervisor.pid(entry.process) not in (None, pid):
+            if state in RUNNING_STATES and self.pid(service) not in (None, pid):
                 raise ChaosCheckoutError(
                     f"service {service!r} was restarted by supervisord after SIGKILL "
                     "(its program needs autorestart=false)"
@@ -60,8 +67,7 @@ class LocalRuntime(Runtime):
         entry = self.entry(service)  # never start a program the registry does not list
         started = self.supervisor.start(entry.process, wait=False)
         waited = self.wait_healthy(service, timeout_s)
-        pid = self.supervisor.process_info(entry.process).get("pid") or None
-        return StartResult(service, started, waited, pid)
+        return StartResult(service, started, waited, self.pid(service))
 
     def describe(self, service: str) -> dict[str, Any]:
         entry = self.entry(service)

@@ -1,0 +1,80 @@
+"""Kill faults against the real stack: the caller sees connection refused, start brings it back."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+from chaoscheckout.faults.leases import LeaseStore
+from chaoscheckout.service.actions import kill_service, start_service
+from chaoscheckout.service.probes import describe_service, service_is_healthy, service_pid
+
+TARGET = "catalog"
+
+
+def _leases(stack) -> list:
+    return LeaseStore(stack.state_dir / "leases").live()
+
+
+def _health_url(stack) -> str:
+    return stack.registry.service(TARGET).health_url
+
+
+def test_kill_then_start(stack):
+    pid_before = service_pid(TARGET)
+    assert pid_before and service_is_healthy(TARGET)
+
+    result = kill_service(TARGET, duration_s=30)
+    try:
+        assert result["kind"] == "kill" and result["backend"] == "local" and result["target"] == TARGET
+        assert result["parameters"]["pid"] == pid_before
+        assert {lease.fault_id for lease in _leases(stack)} == {result["fault_id"]}
+        # the caller's view: nothing listens any more
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(_health_url(stack), timeout=2)
+        assert service_is_healthy(TARGET) is False
+        assert service_pid(TARGET) is None
+        time.sleep(1.0)  # autorestart=false: it stays down
+        assert service_is_healthy(TARGET) is False
+    finally:
+        started = start_service(TARGET, timeout_s=30)
+    assert started["started"] is True and started["already_running"] is False
+    assert started["reverted_leases"] == [result["fault_id"]]
+    assert httpx.get(_health_url(stack), timeout=2).status_code == 200
+    assert service_pid(TARGET) not in (None, pid_before)
+    assert _leases(stack) == []
+
+
+def test_start_when_running_is_a_noop_that_says_so(stack):
+    pid = service_pid(TARGET)
+    result = start_service(TARGET, timeout_s=10)
+    assert result["already_running"] is True and result["started"] is False
+    assert result["reverted_leases"] == []
+    assert service_pid(TARGET) == pid
+
+
+def test_describe(stack):
+    info = describe_service(TARGET)
+    assert info["state"] in ("STARTING", "RUNNING") and info["chaos_target"] is True and info["runtime"] == "local"
+
+
+def test_reaper_restarts_a_killed_service_at_lease_expiry(stack):
+    result = kill_service(TARGET, duration_s=2)
+    expires_at = LeaseStore(stack.state_dir / "leases").live()[0].expires_at
+    try:
+        assert service_is_healthy(TARGET) is False
+        deadline = expires_at + 8
+        while time.time() < deadline and not service_is_healthy(TARGET, timeout_s=0.5):
+            time.sleep(0.1)
+        back_after_expiry = time.time() - expires_at
+        assert service_is_healthy(TARGET), "the reaper did not start the service after lease expiry"
+        assert back_after_expiry > -0.5, "service came back before its lease expired"
+        deadline = time.time() + 5
+        while time.time() < deadline and _leases(stack):
+            time.sleep(0.1)
+        assert _leases(stack) == []
+        print(f"reaper: {result['fault_id']} healthy {back_after_expiry:.2f} s after expiry")
+    finally:
+        start_service(TARGET, timeout_s=30)
