@@ -1,0 +1,322 @@
+"""Build (or reuse) the QEMU guest image in which tc netem is exercised for real.
+
+This machine's kernel has no ``sch_netem``; Debian's ``linux-image-amd64`` kernel has it.
+The image is a debootstrap rootfs (minbase + python3, iproute2, kmod, procps) with the
+host-installed Debian kernel's modules copied in, this package and its dependencies
+installed into ``/opt/cc`` (a venv) from wheels built on the host, and the guest harness
+(``tests/vm/guest/``) in ``/opt/ccvm``. It is cached under
+``$CHAOSCHECKOUT_VM_CACHE`` (default ``/var/cache/chaoscheckout-vm``) by a hash of its
+inputs, so nothing is rebuilt when nothing changed:
+
+- ``base-<hash>/``: the debootstrap rootfs (suite, package list, kernel version, this script);
+- ``wheels-<hash>/``: the dependency wheels (``setup.cfg``, ``pyproject.toml``);
+- ``image-<hash>/``: ``rootfs.img``, ``vmlinuz``, ``initrd.img``, ``meta.json`` (all of the
+  above plus the package sources and the guest harness).
+
+Usage: ``python tests/vm/build.py [--cache-dir DIR] [--force] [--json]``. It installs the
+host tools it needs with apt (only when missing). Run as root (debootstrap, chroot).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+__all__ = ["Image", "build_image", "image_key", "DEFAULT_CACHE_DIR"]
+
+ROOT = Path(__file__).resolve().parents[2]
+VM_DIR = Path(__file__).resolve().parent
+GUEST_DIR = VM_DIR / "guest"
+DEFAULT_CACHE_DIR = Path(os.environ.get("CHAOSCHECKOUT_VM_CACHE", "/var/cache/chaoscheckout-vm"))
+
+SUITE = "bookworm"
+MIRROR = os.environ.get("CHAOSCHECKOUT_VM_MIRROR", "http://deb.debian.org/debian")
+GUEST_PACKAGES = ["python3", "python3-venv", "iproute2", "kmod", "procps"]
+# host tool -> Debian package providing it
+HOST_TOOLS = {
+    "qemu-system-x86_64": "qemu-system-x86",
+    "debootstrap": "debootstrap",
+    "mkfs.ext4": "e2fsprogs",
+    "depmod": "kmod",
+}
+# package sources whose content goes into the image key
+PACKAGE_FILES = ["setup.cfg", "pyproject.toml"]
+PACKAGE_TREES = ["chaoscheckout"]
+
+APT_TIMEOUT_S = 900
+DEBOOTSTRAP_TIMEOUT_S = 900
+PIP_TIMEOUT_S = 900
+STEP_TIMEOUT_S = 300
+
+
+@dataclass(frozen=True)
+class Image:
+    """A built guest image: everything QEMU needs to boot it."""
+
+    key: str
+    directory: Path
+    rootfs: Path
+    kernel: Path
+    initrd: Path
+    kernel_version: str
+    cached: bool
+    build_s: float
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        return {k: str(v) if isinstance(v, Path) else v for k, v in data.items()}
+
+
+def build_image(cache_dir: Path = DEFAULT_CACHE_DIR, force: bool = False) -> Image:
+    """Return the cached image for the current inputs, building what is missing."""
+    started = time.monotonic()
+    _require_root()
+    _ensure_host_tools()
+    kernel_version = _pick_kernel()
+    key = image_key(kernel_version)
+    image_dir = cache_dir / f"image-{key}"
+    if (image_dir / "meta.json").is_file() and not force:
+        _progress(f"image cached: {image_dir}")
+        return _image(image_dir, key, kernel_version, cached=True, build_s=time.monotonic() - started)
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    base = _base_rootfs(cache_dir, kernel_version, force)
+    wheels = _wheels(cache_dir, force)
+    work = Path(tempfile.mkdtemp(prefix="image-build-", dir=cache_dir))
+    try:
+        rootfs = work / "rootfs"
+        _step("copy base rootfs", ["cp", "-a", str(base), str(rootfs)])
+        _install_package(rootfs, wheels)
+        _install_guest_harness(rootfs)
+        _make_ext4(rootfs, work / "rootfs.img")
+        shutil.copy2(f"/boot/vmlinuz-{kernel_version}", work / "vmlinuz")
+        shutil.copy2(f"/boot/initrd.img-{kernel_version}", work / "initrd.img")
+        shutil.rmtree(rootfs)
+        meta = {"key": key, "kernel_version": kernel_version, "built_at": time.time(),
+                "build_s": round(time.monotonic() - started, 1), "packages": GUEST_PACKAGES}
+        (work / "meta.json").write_text(json.dumps(meta, indent=2))
+        if image_dir.exists():
+            shutil.rmtree(image_dir)
+        os.replace(work, image_dir)
+    finally:
+        if work.exists():
+            shutil.rmtree(work, ignore_errors=True)
+    build_s = time.monotonic() - started
+    _progress(f"image built in {build_s:.1f} s: {image_dir}")
+    return _image(image_dir, key, kernel_version, cached=False, build_s=build_s)
+
+
+def image_key(kernel_version: str) -> str:
+    """Hash of every input of the image: base inputs, dependency set, sources, guest harness."""
+    digest = hashlib.sha256()
+    digest.update(_base_key(kernel_version).encode())
+    for path in _package_sources() + sorted(p for p in GUEST_DIR.rglob("*") if p.is_file()):
+        if "__pycache__" in path.parts:
+            continue
+        digest.update(str(path.relative_to(ROOT)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------
+# Internals
+# ---------------------------------------------------------------------------
+
+def _progress(message: str) -> None:
+    print(f"[vm-build {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def _step(label: str, argv: list[str], timeout: float = STEP_TIMEOUT_S, **kwargs) -> None:
+    started = time.monotonic()
+    _progress(f"{label} ...")
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, **kwargs)
+    if proc.returncode != 0:
+        tail = (proc.stdout[-2000:] + proc.stderr[-2000:]).strip()
+        raise RuntimeError(f"{label} failed (exit {proc.returncode}): {' '.join(argv)}\n{tail}")
+    _progress(f"{label} done in {time.monotonic() - started:.1f} s")
+
+
+def _require_root() -> None:
+    if os.geteuid() != 0:
+        raise RuntimeError("building the VM image needs root (debootstrap, chroot, apt)")
+
+
+def _ensure_host_tools() -> None:
+    missing = sorted({pkg for tool, pkg in HOST_TOOLS.items() if shutil.which(tool) is None})
+    if not list(Path("/boot").glob("vmlinuz-*")):
+        missing.append("linux-image-amd64")
+    if not missing:
+        return
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    _step("apt-get update", ["apt-get", "update", "-q"], timeout=APT_TIMEOUT_S, env=env)
+    _step(f"apt-get install {' '.join(missing)}",
+          ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing],
+          timeout=APT_TIMEOUT_S, env=env)
+
+
+def _pick_kernel() -> str:
+    """The newest /boot kernel that has an initrd and a sch_netem module."""
+    versions = []
+    for vmlinuz in Path("/boot").glob("vmlinuz-*"):
+        version = vmlinuz.name.removeprefix("vmlinuz-")
+        modules = Path("/lib/modules") / version
+        if (Path("/boot") / f"initrd.img-{version}").is_file() and any(
+            (modules / "kernel/net/sched").glob("sch_netem.ko*")
+        ):
+            versions.append(version)
+    if not versions:
+        raise RuntimeError(
+            "no usable guest kernel: need /boot/vmlinuz-V, /boot/initrd.img-V and "
+            "/lib/modules/V/kernel/net/sched/sch_netem.ko* (apt-get install linux-image-amd64)"
+        )
+    return sorted(versions, key=_version_tuple)[-1]
+
+
+def _version_tuple(version: str) -> tuple:
+    parts = version.replace("-", ".").split(".")
+    return tuple(int(p) if p.isdigit() else 0 for p in parts)
+
+
+def _base_key(kernel_version: str) -> str:
+    digest = hashlib.sha256()
+    for item in (SUITE, MIRROR, kernel_version, *GUEST_PACKAGES):
+        digest.update(item.encode() + b"\0")
+    digest.update(Path(__file__).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _wheels_key() -> str:
+    digest = hashlib.sha256()
+    for name in PACKAGE_FILES:
+        digest.update((ROOT / name).read_bytes())
+    digest.update(sys.version.split()[0].rsplit(".", 1)[0].encode())
+    return digest.hexdigest()[:16]
+
+
+def _package_sources() -> list[Path]:
+    files = [ROOT / name for name in PACKAGE_FILES]
+    for tree in PACKAGE_TREES:
+        files += sorted(p for p in (ROOT / tree).rglob("*.py") if "__pycache__" not in p.parts)
+    return files
+
+
+def _base_rootfs(cache_dir: Path, kernel_version: str, force: bool) -> Path:
+    base = cache_dir / f"base-{_base_key(kernel_version)}"
+    if (base / "rootfs" / "etc" / "os-release").exists() and (base / "done").exists() and not force:
+        _progress(f"base rootfs cached: {base}")
+        return base / "rootfs"
+    if base.exists():
+        shutil.rmtree(base)
+    rootfs = base / "rootfs"
+    rootfs.mkdir(parents=True)
+    _step(
+        f"debootstrap {SUITE} ({', '.join(GUEST_PACKAGES)})",
+        ["debootstrap", "--variant=minbase", f"--include={','.join(GUEST_PACKAGES)}",
+         SUITE, str(rootfs), MIRROR],
+        timeout=DEBOOTSTRAP_TIMEOUT_S,
+    )
+    (rootfs / "lib/modules").mkdir(parents=True, exist_ok=True)
+    for junk in ("var/cache/apt/archives", "var/lib/apt/lists"):
+        for path in (rootfs / junk).glob("*"):
+            if path.is_file():
+                path.unlink()
+    modules_dst = rootfs / "lib/modules" / kernel_version
+    _step(f"copy kernel modules {kernel_version}",
+          ["cp", "-a", f"/lib/modules/{kernel_version}", str(modules_dst)])
+    _step("depmod", ["depmod", "-b", str(rootfs), kernel_version])
+    (rootfs / "etc/hostname").write_text("ccvm\n")
+    (base / "done").write_text(str(time.time()))
+    return rootfs
+
+
+def _wheels(cache_dir: Path, force: bool) -> Path:
+    """Dependency wheels for the package (built/downloaded with the host's pip)."""
+    wheels = cache_dir / f"wheels-{_wheels_key()}"
+    if (wheels / "done").exists() and not force:
+        _progress(f"dependency wheels cached: {wheels}")
+        return wheels
+    if wheels.exists():
+        shutil.rmtree(wheels)
+    wheels.mkdir(parents=True)
+    with tempfile.TemporaryDirectory(prefix="ccsrc-") as src:
+        _copy_sources(Path(src))
+        _step("pip wheel (package + dependencies)",
+              [sys.executable, "-m", "pip", "wheel", "-q", "--wheel-dir", str(wheels), src],
+              timeout=PIP_TIMEOUT_S)
+    for own in wheels.glob("chaostoolkit_checkout-*.whl"):
+        own.unlink()  # rebuilt from the current sources for every image
+    (wheels / "done").write_text(str(time.time()))
+    return wheels
+
+
+def _copy_sources(dst: Path) -> None:
+    """Copy only the package sources, so building never writes into the work tree."""
+    for name in PACKAGE_FILES:
+        shutil.copy2(ROOT / name, dst / name)
+    readme = ROOT / "README.md"
+    (dst / "README.md").write_text(readme.read_text() if readme.exists() else "chaoscheckout\n")
+    for tree in PACKAGE_TREES:
+        shutil.copytree(ROOT / tree, dst / tree, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+
+
+def _install_package(rootfs: Path, wheels: Path) -> None:
+    staging = rootfs / "tmp" / "wheels"
+    shutil.copytree(wheels, staging)
+    with tempfile.TemporaryDirectory(prefix="ccsrc-") as src:
+        _copy_sources(Path(src))
+        _step("pip wheel (package only)",
+              [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--wheel-dir", str(staging), src],
+              timeout=PIP_TIMEOUT_S)
+    _step("guest venv /opt/cc", ["chroot", str(rootfs), "/usr/bin/python3", "-m", "venv", "/opt/cc"])
+    _step(
+        "guest pip install (offline, from host wheels)",
+        ["chroot", str(rootfs), "/opt/cc/bin/pip", "install", "-q", "--no-index",
+         "--disable-pip-version-check", "--find-links", "/tmp/wheels", "chaostoolkit-checkout"],
+        timeout=PIP_TIMEOUT_S,
+    )
+    shutil.rmtree(staging)
+
+
+def _install_guest_harness(rootfs: Path) -> None:
+    dst = rootfs / "opt" / "ccvm"
+    shutil.copytree(GUEST_DIR, dst, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    os.chmod(dst / "init", 0o755)
+
+
+def _make_ext4(rootfs: Path, image: Path) -> None:
+    used = int(subprocess.run(["du", "-sb", str(rootfs)], capture_output=True, text=True,
+                              timeout=STEP_TIMEOUT_S, check=True).stdout.split()[0])
+    size_mb = used * 13 // 10 // (1024 * 1024) + 256
+    _step(f"mkfs.ext4 -d ({size_mb} MiB)",
+          ["mkfs.ext4", "-q", "-F", "-L", "ccroot", "-d", str(rootfs), str(image), f"{size_mb}M"])
+
+
+def _image(directory: Path, key: str, kernel_version: str, cached: bool, build_s: float) -> Image:
+    return Image(key=key, directory=directory, rootfs=directory / "rootfs.img",
+                 kernel=directory / "vmlinuz", initrd=directory / "initrd.img",
+                 kernel_version=kernel_version, cached=cached, build_s=round(build_s, 1))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR)
+    parser.add_argument("--force", action="store_true", help="rebuild every layer")
+    parser.add_argument("--json", action="store_true", help="print the image as JSON")
+    args = parser.parse_args(argv)
+    image = build_image(args.cache_dir, force=args.force)
+    if args.json:
+        print(json.dumps(image.to_dict(), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,384 @@
+"""The netem test, run inside the VM by /opt/ccvm/init (as root, PID 1's child).
+
+Layout inside the VM (its own isolated network, so any address is fine):
+
+- netns ``payments`` holds one end of a veth pair (``veth-pay``, 10.77.0.2/24); the root
+  namespace holds the other (``veth-host``, 10.77.0.1/24). The stand-in payments service
+  listens on 10.77.0.2:18102 inside the netns; a stand-in catalog listens on
+  10.77.0.1:18101 in the root netns as the control (netem on payments must not slow it).
+- ``/run/cc/state/services.json`` is the service registry (payments: ``netns: payments``,
+  chaos target; catalog: not a target), so the real
+  ``chaoscheckout.network.actions.add_latency(..., backend="netem")`` finds its target.
+
+Steps: baseline round trips; add_latency (package) or plain ``tc`` (mode ``plain``);
+timed round trips; remove_latency and count netem qdiscs; inject again with a short
+duration from a child process, SIGKILL it, run the reaper, and time the qdisc's removal
+against the lease expiry. The caller times fresh-connection HTTP requests (TCP connect +
+request/response = 2 round trips, so netem on the payments side adds ≈ 2 × delay).
+
+Parameters come from the kernel command line: ``ccvm.mode=package|plain``,
+``ccvm.delay_ms``, ``ccvm.jitter_ms``, ``ccvm.samples``, ``ccvm.lease_s``. The result is
+one JSON document written to /dev/vdb (raw results disk) and to the console between
+``CCVM-RESULT-BEGIN`` / ``CCVM-RESULT-END`` markers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+PY = "/opt/cc/bin/python"
+STATE_DIR = Path("/run/cc/state")
+NETNS = "payments"
+PAY_ADDR = ("10.77.0.2", 18102)
+CATALOG_ADDR = ("10.77.0.1", 18101)
+RESULTS_DEV = "/dev/vdb"
+CMD_TIMEOUT_S = 30
+EXPERIMENT = Path("/opt/ccvm/experiments/payments-latency.json")
+
+T0 = time.monotonic()
+result: dict[str, Any] = {"errors": [], "steps": {}}
+
+
+def log(message: str) -> None:
+    print(f"ccvm [{time.monotonic() - T0:6.1f}s] {message}", flush=True)
+
+
+def run(argv: list[str], check: bool = True, timeout: float = CMD_TIMEOUT_S) -> str:
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} -> exit {proc.returncode}: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def params() -> dict[str, Any]:
+    cmdline = Path("/proc/cmdline").read_text().split()
+    raw: dict[str, str] = {}
+    for item in cmdline:
+        if item.startswith("ccvm.") and "=" in item:
+            key, value = item[len("ccvm."):].split("=", 1)
+            raw[key] = value
+    return {
+        "mode": raw.get("mode", "package"),
+        "delay_ms": int(raw.get("delay_ms", 100)),
+        "jitter_ms": int(raw.get("jitter_ms", 10)),
+        "samples": max(3, min(int(raw.get("samples", 15)), 100)),
+        "lease_s": float(raw.get("lease_s", 8)),
+        "experiment": raw.get("experiment", "0") == "1",
+    }
+
+
+def qdiscs() -> dict[str, Any]:
+    """Every qdisc in the payments netns and the root netns, and how many are netem."""
+    inside = run(["ip", "netns", "exec", NETNS, "tc", "qdisc", "show"])
+    outside = run(["tc", "qdisc", "show"])
+    return {
+        "netns": inside.strip().splitlines(),
+        "root": outside.strip().splitlines(),
+        "netem_in_netns": sum("netem" in line for line in inside.splitlines()),
+        "netem_in_root": sum("netem" in line for line in outside.splitlines()),
+    }
+
+
+def lease_files() -> list[str]:
+    leases = STATE_DIR / "leases"
+    return sorted(p.name for p in leases.glob("*.json")) if leases.is_dir() else []
+
+
+# --------------------------------------------------------------------------- setup
+
+def setup_network() -> None:
+    result["modprobe"] = {}
+    for module in ("sch_netem", "veth"):
+        run(["modprobe", module])
+        result["modprobe"][module] = "ok"
+    run(["ip", "link", "set", "lo", "up"])
+    run(["ip", "netns", "add", NETNS])
+    run(["ip", "link", "add", "veth-host", "type", "veth", "peer", "name", "veth-pay"])
+    run(["ip", "link", "set", "veth-pay", "netns", NETNS])
+    run(["ip", "addr", "add", "10.77.0.1/24", "dev", "veth-host"])
+    run(["ip", "link", "set", "veth-host", "up"])
+    ns = ["ip", "netns", "exec", NETNS]
+    run([*ns, "ip", "addr", "add", "10.77.0.2/24", "dev", "veth-pay"])
+    run([*ns, "ip", "link", "set", "veth-pay", "up"])
+    run([*ns, "ip", "link", "set", "lo", "up"])
+
+
+def start_services() -> list[subprocess.Popen]:
+    logs = Path("/run/cc/logs")
+    logs.mkdir(parents=True, exist_ok=True)
+    procs = [
+        subprocess.Popen(
+            ["ip", "netns", "exec", NETNS, PY, "/opt/ccvm/standin.py", "--name", "payments",
+             "--host", PAY_ADDR[0], "--port", str(PAY_ADDR[1])],
+            stdout=open(logs / "payments.log", "w"), stderr=subprocess.STDOUT,
+        ),
+        subprocess.Popen(
+            [PY, "/opt/ccvm/standin.py", "--name", "catalog",
+             "--host", CATALOG_ADDR[0], "--port", str(CATALOG_ADDR[1])],
+            stdout=open(logs / "catalog.log", "w"), stderr=subprocess.STDOUT,
+        ),
+    ]
+    for addr in (PAY_ADDR, CATALOG_ADDR):
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                request_once(addr)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"stand-in at {addr} did not come up in 60 s") from None
+                time.sleep(0.2)
+    return procs
+
+
+def write_registry() -> None:
+    registry = {
+        "runtime": "local",
+        "supervisor_url": None,
+        "prometheus_url": None,
+        "proxy_control_url": None,
+        "services": {
+            "payments": {
+                "host": PAY_ADDR[0], "port": PAY_ADDR[1], "process": "payments",
+                "health_url": f"http://{PAY_ADDR[0]}:{PAY_ADDR[1]}/healthz",
+                "chaos_target": True, "data_dir": None, "netns": NETNS, "proxy": None,
+            },
+            "catalog": {
+                "host": CATALOG_ADDR[0], "port": CATALOG_ADDR[1], "process": "catalog",
+                "health_url": f"http://{CATALOG_ADDR[0]}:{CATALOG_ADDR[1]}/healthz",
+                "chaos_target": False, "data_dir": None, "netns": None, "proxy": None,
+            },
+        },
+        "extra": {"vm": True},
+    }
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    (STATE_DIR / "services.json").write_text(json.dumps(registry, indent=2))
+    os.environ["CHAOSCHECKOUT_STATE_DIR"] = str(STATE_DIR)
+
+
+# --------------------------------------------------------------------------- measuring
+
+def request_once(addr: tuple[str, int], timeout: float = 10) -> tuple[float, float]:
+    """One fresh-connection HTTP request: (connect seconds, total seconds)."""
+    started = time.perf_counter()
+    with socket.create_connection(addr, timeout=timeout) as sock:
+        connected = time.perf_counter()
+        sock.sendall(b"GET /healthz HTTP/1.0\r\nHost: x\r\n\r\n")
+        data = b""
+        while True:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    if not data.startswith(b"HTTP/1.0 200"):
+        raise OSError(f"unexpected reply {data[:40]!r}")
+    return connected - started, time.perf_counter() - started
+
+
+def measure(addr: tuple[str, int], samples: int) -> dict[str, Any]:
+    connects, totals = [], []
+    for _ in range(samples):
+        connect_s, total_s = request_once(addr)
+        connects.append(connect_s * 1000)
+        totals.append(total_s * 1000)
+    return {
+        "samples": samples,
+        "request_ms_median": round(statistics.median(totals), 2),
+        "request_ms_min": round(min(totals), 2),
+        "request_ms_max": round(max(totals), 2),
+        "connect_ms_median": round(statistics.median(connects), 2),
+        "request_ms": [round(t, 2) for t in totals],
+    }
+
+
+# --------------------------------------------------------------------------- faults
+
+def inject(p: dict[str, Any], duration_s: float) -> dict[str, Any]:
+    if p["mode"] == "plain":
+        run(["ip", "netns", "exec", NETNS, "tc", "qdisc", "add", "dev", "veth-pay", "root",
+             "netem", "delay", f"{p['delay_ms']}ms", f"{p['jitter_ms']}ms"])
+        return {"backend": "netem", "via": "plain tc"}
+    from chaoscheckout.network.actions import add_latency
+
+    return add_latency(service="payments", delay_ms=p["delay_ms"], jitter_ms=p["jitter_ms"],
+                       duration_s=duration_s, backend="netem")
+
+
+def revert(p: dict[str, Any]) -> Any:
+    if p["mode"] == "plain":
+        run(["ip", "netns", "exec", NETNS, "tc", "qdisc", "del", "dev", "veth-pay", "root"])
+        return {"via": "plain tc"}
+    from chaoscheckout.network.actions import remove_latency
+
+    return remove_latency(service="payments")
+
+
+CHILD = """
+import json, sys, time
+from chaoscheckout.network.actions import add_latency
+out = add_latency(service="payments", delay_ms={delay}, jitter_ms={jitter},
+                  duration_s={lease}, backend="netem")
+print(json.dumps(out, default=str), flush=True)
+time.sleep(600)
+"""
+
+
+def lease_expiry_test(p: dict[str, Any]) -> dict[str, Any]:
+    """Inject from a child, SIGKILL it, and time the reaper's revert against the expiry."""
+    out: dict[str, Any] = {"lease_s": p["lease_s"]}
+    code = CHILD.format(delay=p["delay_ms"], jitter=p["jitter_ms"], lease=p["lease_s"])
+    child = subprocess.Popen([PY, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    ready, _, _ = select.select([child.stdout], [], [], 60)
+    if not ready:
+        child.kill()
+        raise RuntimeError("the injecting child printed nothing in 60 s")
+    line = child.stdout.readline().decode()
+    if not line.strip():
+        child.wait(timeout=10)
+        raise RuntimeError(f"injecting child failed: {child.stderr.read().decode()[-1500:]}")
+    injected = json.loads(line)
+    out["injected"] = injected
+    out["qdiscs_before_kill"] = qdiscs()
+    out["leases_before_kill"] = lease_files()
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=10)
+    out["child_killed_at"] = time.time()
+    out["child_returncode"] = child.returncode
+    out["qdiscs_after_kill"] = qdiscs()
+    leases = STATE_DIR / "leases"
+    expires_at = max(json.loads(f.read_text())["expires_at"] for f in leases.glob("*.json"))
+    out["expires_at"] = expires_at
+
+    reaper = subprocess.Popen([PY, "-m", "chaoscheckout.faults.reaper", "--state-dir", str(STATE_DIR)],
+                              stdout=open("/run/cc/logs/reaper.log", "w"), stderr=subprocess.STDOUT)
+    removed_at = None
+    deadline = time.monotonic() + p["lease_s"] + 60
+    try:
+        while time.monotonic() < deadline:
+            if qdiscs()["netem_in_netns"] == 0:
+                removed_at = time.time()
+                break
+            if reaper.poll() is not None and reaper.returncode != 0:
+                break
+            time.sleep(0.25)
+    finally:
+        reaper_rc = reaper.poll()
+        if reaper_rc is None:
+            reaper.terminate()
+            try:
+                reaper.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                reaper.kill()
+                reaper.wait(timeout=10)
+    out["reaper_exited_early"] = reaper_rc
+    out["reaper_log_tail"] = Path("/run/cc/logs/reaper.log").read_text()[-1500:]
+    out["removed_at"] = removed_at
+    out["removed_after_expiry_s"] = None if removed_at is None else round(removed_at - expires_at, 2)
+    out["qdiscs_after_expiry"] = qdiscs()
+    out["leases_after_expiry"] = lease_files()
+    return out
+
+
+def experiment_hook(p: dict[str, Any]) -> dict[str, Any]:
+    """Hook for issue 7 part 3: `chaos run` the payments-latency experiment in the VM.
+
+    Runs only with ``ccvm.experiment=1`` on the kernel command line and when the build
+    copied ``experiments/payments-latency.json`` into /opt/ccvm/experiments. The journal is
+    returned inside the result so the host can keep it in journals/.
+    """
+    if not EXPERIMENT.is_file():
+        return {"skipped": f"{EXPERIMENT} not in the image"}
+    journal = Path("/run/cc/journal-payments-latency.json")
+    started = time.monotonic()
+    proc = subprocess.run(
+        ["/opt/cc/bin/chaos", "run", "--journal-path", str(journal), str(EXPERIMENT)],
+        capture_output=True, text=True, timeout=900,
+        env=dict(os.environ, CHAOSCHECKOUT_LATENCY_BACKEND="netem"),
+    )
+    return {
+        "returncode": proc.returncode,
+        "duration_s": round(time.monotonic() - started, 1),
+        "journal": json.loads(journal.read_text()) if journal.is_file() else None,
+        "stderr_tail": proc.stderr[-2000:],
+    }
+
+
+# --------------------------------------------------------------------------- main
+
+def step(name: str, func, *args):
+    started = time.monotonic()
+    log(f"{name} ...")
+    try:
+        value = func(*args)
+        result["steps"][name] = {"ok": True, "s": round(time.monotonic() - started, 2)}
+        log(f"{name} ok ({time.monotonic() - started:.1f} s)")
+        return value
+    except Exception as exc:  # noqa: BLE001 - every failure goes into the result
+        result["steps"][name] = {"ok": False, "s": round(time.monotonic() - started, 2)}
+        result["errors"].append(f"{name}: {exc!r}\n{traceback.format_exc()[-1500:]}")
+        log(f"{name} FAILED: {exc!r}")
+        return None
+
+
+def main() -> None:
+    p = params()
+    result["params"] = p
+    result["uptime_at_start_s"] = float(Path("/proc/uptime").read_text().split()[0])
+    result["kernel"] = os.uname().release
+    log(f"params {p}; kernel {result['kernel']}; uptime {result['uptime_at_start_s']} s")
+    procs: list[subprocess.Popen] = []
+    try:
+        step("setup_network", setup_network)
+        if result["steps"]["setup_network"]["ok"]:
+            write_registry()
+            procs = step("start_services", start_services) or []
+            result["baseline"] = step("baseline", measure, PAY_ADDR, p["samples"])
+            result["control_baseline"] = step("control_baseline", measure, CATALOG_ADDR, p["samples"])
+            result["inject"] = step("inject", inject, p, 300)
+            result["qdiscs_injected"] = step("qdiscs_injected", qdiscs)
+            result["with_netem"] = step("with_netem", measure, PAY_ADDR, p["samples"])
+            result["control_with_netem"] = step("control_with_netem", measure, CATALOG_ADDR, p["samples"])
+            result["revert"] = step("revert", revert, p)
+            result["qdiscs_after_revert"] = step("qdiscs_after_revert", qdiscs)
+            result["leases_after_revert"] = lease_files()
+            result["after_revert"] = step("after_revert", measure, PAY_ADDR, p["samples"])
+            if p["mode"] != "plain":
+                result["lease"] = step("lease_expiry", lease_expiry_test, p)
+            if p["experiment"]:
+                result["experiment"] = step("experiment", experiment_hook, p)
+    finally:
+        for proc in procs:
+            proc.kill()
+        result["elapsed_s"] = round(time.monotonic() - T0, 1)
+        emit()
+
+
+def emit() -> None:
+    data = json.dumps(result, default=str)
+    print("CCVM-RESULT-BEGIN", flush=True)
+    print(data, flush=True)
+    print("CCVM-RESULT-END", flush=True)
+    try:
+        fd = os.open(RESULTS_DEV, os.O_WRONLY)
+        try:
+            os.write(fd, data.encode() + b"\n\0")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        print(f"ccvm: could not write {RESULTS_DEV}: {exc}", file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    main()
