@@ -14,10 +14,11 @@ Run: ``python -m stack.services.checkout`` (from the repo root). Settings (envir
   a connection error or a 5xx (the payments call is never retried).
 - ``CHECKOUT_DB_POOL_SIZE`` (default 10): Postgres connections kept open.
 
-Fixed limits (not settings): Postgres connect timeout 3 s, wait for a pooled connection
-2 s, ``statement_timeout`` 5 s, health check 1 s; at start-up checkout waits up to 20 s
-for Postgres, then exits (supervisord restarts it). The ``orders`` table is created on
-start-up if missing (schema in docs/architecture.md).
+A pooled connection is checked before use, so connections broken by a Postgres restart
+are replaced instead of failing a request. Fixed limits (not settings): Postgres connect
+timeout 3 s, wait for a pooled connection 2 s, ``statement_timeout`` 5 s, health check
+1 s; at start-up checkout waits up to 20 s for Postgres, then exits (supervisord restarts
+it). The ``orders`` table is created on start-up if missing (schema in docs/architecture.md).
 
 ``POST /checkout {"items": [{"sku": "sku-001", "qty": 1}, ...]}`` does, in this order:
 
@@ -163,6 +164,7 @@ class Checkout:
         self.pool = AsyncConnectionPool(
             s.database_url, min_size=s.db_pool_size, max_size=s.db_pool_size,
             timeout=DB_POOL_WAIT_S, open=False, name="checkout",
+            check=AsyncConnectionPool.check_connection,  # drop connections a restart killed
             kwargs={
                 "autocommit": True,
                 "connect_timeout": DB_CONNECT_TIMEOUT_S,

@@ -160,7 +160,7 @@ def healthz_route(check: HealthCheck | None = None) -> Route:
             try:
                 reason = await check(request)
             except Exception as exc:  # any failure of the check means "not healthy"
-                reason = f"{type(exc).__name__}: {exc}"
+                reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         if reason:
             return JSONResponse({"status": "unhealthy", "reason": reason}, status_code=503)
         return JSONResponse({"status": "ok"})
@@ -192,6 +192,8 @@ def serve(build: Callable[[Mapping[str, str]], tuple[Any, int]]) -> None:
         level=logging.INFO, stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # no line per outgoing request
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
     try:
         app, port = build(os.environ)
     except ConfigError as exc:
