@@ -1,0 +1,295 @@
+"""The k6 load control under `chaos run`: summary and exit status in the journal, and k6
+never left running (completed, k6 exiting early, SIGINT-interrupted, SIGKILLed runs).
+
+Most tests load a small HTTP target started by the test itself on 127.0.0.1 (a real
+server, real k6, real `chaos run`); the last one runs load/baseline.js against the stack.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from chaoslib.exceptions import InvalidActivity
+
+from chaoscheckout.load import control
+
+ROOT = Path(__file__).resolve().parent.parent
+CHAOS = str(Path(sys.executable).parent / "chaos")
+
+SCRIPT = """
+import http from "k6/http";
+export const options = {
+  scenarios: { load: { executor: "constant-arrival-rate", rate: parseInt(__ENV.RATE),
+    timeUnit: "1s", duration: __ENV.DURATION, preAllocatedVUs: 5, maxVUs: 10 } },
+  thresholds: { http_req_failed: ["rate<0.01"] },
+};
+export default function () {
+  http.post(`${__ENV.CHECKOUT_URL}/checkout`, "{}", { timeout: "2s" });
+}
+"""
+
+
+class _Target(BaseHTTPRequestHandler):
+    hits = 0
+
+    def do_POST(self) -> None:  # noqa: N802
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        type(self).hits += 1
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def do_GET(self) -> None:  # noqa: N802
+        body = json.dumps({"hits": type(self).hits}).encode()
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def target() -> Iterator[str]:
+    _Target.hits = 0
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Target)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    (tmp_path / "load").mkdir()
+    (tmp_path / "load" / "tiny.js").write_text(SCRIPT)
+    (tmp_path / "state").mkdir()
+    return tmp_path
+
+
+def _experiment(workdir: Path, url: str, pause_s: float, script: str = "load/tiny.js") -> Path:
+    exp = {
+        "title": "load control under test",
+        "description": "k6 runs around the experiment",
+        "controls": [{"name": "baseline-load", "provider": {
+            "type": "python", "module": "chaoscheckout.load.control",
+            "arguments": {"script": script, "rate": 5, "duration_s": 120, "checkout_url": url,
+                          "warmup_s": 1, "timeline": False}}}],
+        "steady-state-hypothesis": {"title": "target answers", "probes": [
+            {"type": "probe", "name": "target-up", "tolerance": 200,
+             "provider": {"type": "http", "url": f"{url}/hits", "timeout": 3}}]},
+        "method": [{"type": "action", "name": "wait", "pauses": {"after": pause_s},
+                    "provider": {"type": "process", "path": "true", "timeout": 5}}],
+    }
+    path = workdir / "experiment.json"
+    path.write_text(json.dumps(exp))
+    return path
+
+
+def _chaos_env(workdir: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["CHAOSCHECKOUT_STATE_DIR"] = str(workdir / "state")
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    return env
+
+
+def _chaos_run(workdir: Path, experiment: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [CHAOS, "--no-log-file", "run", "--journal-path", str(workdir / "journal.json"), str(experiment)],
+        cwd=workdir, env=_chaos_env(workdir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+
+
+def _k6_pids(marker: Path) -> list[int]:
+    """Live k6 processes whose command line names a file under ``marker``."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"k6") and str(marker).encode() in b" ".join(argv) and state != "Z":
+            pids.append(int(proc.name))
+    return pids
+
+
+def _wait_for(predicate, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def test_completed_run_records_k6_summary_and_leaves_no_k6(workdir: Path, target: str) -> None:
+    exp = _experiment(workdir, target, pause_s=3)
+    proc = _chaos_run(workdir, exp)
+    out = proc.communicate(timeout=90)[0].decode()
+    journal = json.loads((workdir / "journal.json").read_text())
+    assert journal["status"] == "completed", out
+    load = journal["chaoscheckout_load"]
+    assert load["error"] is None
+    assert load["stopped_by"] == "sigint" and load["exit_code"] == 105  # stopped before its 120 s
+    summary = load["summary"]
+    assert summary["requests"] >= 10, summary  # >= 1 s warm-up + 3 s pause at 5 req/s
+    assert summary["requests"] <= _Target.hits  # k6 counts completed requests only
+    assert summary["failed_rate"] == 0 and summary["thresholds"] == {"http_req_failed: rate<0.01": "ok"}
+    assert summary["p95_ms"] > 0 and summary["p99_ms"] >= summary["p95_ms"]
+    assert Path(load["summary_file"]).is_file() and Path(load["log_file"]).is_file()
+    # traffic was flowing before the steady-state hypothesis was checked
+    before = journal["steady_states"]["before"]["probes"][0]
+    assert load["traffic_seen_at"] < _iso_ts(before["start"])
+    assert _k6_pids(workdir) == []
+
+
+def test_k6_exiting_at_once_interrupts_the_run_before_the_hypothesis(workdir: Path, target: str) -> None:
+    (workdir / "load" / "broken.js").write_text("export default function () { syntax error here }\n")
+    exp = _experiment(workdir, target, pause_s=1, script="load/broken.js")
+    started = time.monotonic()
+    proc = _chaos_run(workdir, exp)
+    out = proc.communicate(timeout=60)[0].decode()
+    journal = json.loads((workdir / "journal.json").read_text())
+    assert journal["status"] == "interrupted", out
+    assert journal["steady_states"]["before"] is None and journal["run"] == []
+    load = journal["chaoscheckout_load"]
+    assert "exited with code" in load["error"] and "Unexpected identifier" in load["error"]
+    assert load["exit_code"] not in (None, 0)
+    assert "baseline load did not start" in out
+    assert time.monotonic() - started < 30
+    assert _k6_pids(workdir) == []
+
+
+def test_missing_script_interrupts_clearly(workdir: Path, target: str) -> None:
+    exp = _experiment(workdir, target, pause_s=1, script="load/nope.js")
+    out = _chaos_run(workdir, exp).communicate(timeout=60)[0].decode()
+    journal = json.loads((workdir / "journal.json").read_text())
+    assert journal["status"] == "interrupted"
+    assert "k6 script not found" in journal["chaoscheckout_load"]["error"], out
+
+
+def test_sigint_interrupted_run_stops_k6_and_records_it(workdir: Path, target: str) -> None:
+    exp = _experiment(workdir, target, pause_s=60)
+    proc = _chaos_run(workdir, exp)
+    try:
+        _wait_for(lambda: _k6_pids(workdir) and _Target.hits >= 10, 30, "k6 traffic")
+        time.sleep(2)  # into the method's 60 s pause
+        proc.send_signal(signal.SIGINT)  # only chaos run: k6 is in its own session
+        out = proc.communicate(timeout=40)[0].decode()
+    finally:
+        proc.kill()
+    journal = json.loads((workdir / "journal.json").read_text())
+    assert journal["status"] == "interrupted", out
+    load = journal["chaoscheckout_load"]
+    assert load["stopped_by"] == "sigint" and load["exit_code"] == 105
+    assert load["summary"]["requests"] >= 10
+    assert _k6_pids(workdir) == []
+
+
+def test_sigkilled_chaos_run_takes_k6_with_it(workdir: Path, target: str) -> None:
+    exp = _experiment(workdir, target, pause_s=60)
+    proc = _chaos_run(workdir, exp)
+    try:
+        _wait_for(lambda: _k6_pids(workdir) and _Target.hits >= 5, 30, "k6 traffic")
+        assert _k6_pids(workdir)
+        proc.kill()
+        proc.wait(timeout=10)
+        _wait_for(lambda: not _k6_pids(workdir), 5, "k6 to die with chaos run")
+    finally:
+        proc.kill()
+        for pid in _k6_pids(workdir):  # leave nothing behind even if the assertion failed
+            os.kill(pid, signal.SIGKILL)
+    hits = _Target.hits
+    time.sleep(1.5)
+    assert _Target.hits == hits  # no traffic after k6 died
+
+
+def test_bad_arguments_rejected_before_anything_starts(workdir: Path) -> None:
+    for bad in ({"rate": 0}, {"rate": 10_000}, {"duration_s": 0}, {"duration_s": 99999},
+                {"warmup_s": -1}, {"script": "load/tiny.py"}, {"rate": "10"}):
+        with pytest.raises(InvalidActivity):
+            control.validate_control({"name": "l", "provider": {"arguments": bad}})
+    control.validate_control({"name": "l", "provider": {"arguments": {"rate": 10, "duration_s": 60}}})
+
+
+def test_two_runs_in_one_process(workdir: Path, target: str, monkeypatch) -> None:
+    """Module state is reset per run: a second experiment in the same process works."""
+    from chaoslib.experiment import run_experiment
+
+    monkeypatch.chdir(workdir)
+    monkeypatch.setenv("CHAOSCHECKOUT_STATE_DIR", str(workdir / "state"))
+    experiment = json.loads(_experiment(workdir, target, pause_s=1).read_text())
+    pids = []
+    for _ in range(2):
+        journal = run_experiment(json.loads(json.dumps(experiment)))
+        assert journal["status"] == "completed"
+        load = journal["chaoscheckout_load"]
+        assert load["summary"]["requests"] > 0 and load["exit_code"] == 105
+        pids.append(load["pid"])
+    assert pids[0] != pids[1]
+    assert _k6_pids(workdir) == []
+
+
+def test_baseline_load_against_the_stack_records_summary_and_timeline(stack, tmp_path: Path) -> None:
+    """load/baseline.js through the real checkout, SLI probes as the steady state."""
+    probes = [
+        {"type": "probe", "name": "availability-10s", "tolerance": {"type": "range", "range": [0.99, 1.0]},
+         "provider": {"type": "python", "module": "chaoscheckout.sli.probes",
+                      "func": "checkout_availability", "arguments": {"window": "10s"}}},
+        {"type": "probe", "name": "p95-ms-10s", "tolerance": {"type": "range", "range": [0, 300]},
+         "provider": {"type": "python", "module": "chaoscheckout.sli.probes",
+                      "func": "checkout_latency_ms", "arguments": {"quantile": 0.95, "window": "10s"}}},
+        {"type": "probe", "name": "charges-without-order", "tolerance": 0,
+         "provider": {"type": "python", "module": "chaoscheckout.sli.probes",
+                      "func": "charges_without_order", "arguments": {"grace_s": 5, "since_s": 60}}},
+    ]
+    exp = {
+        "title": "baseline load against the stack", "description": "load control + SLI probes",
+        "controls": [{"name": "baseline-load", "provider": {
+            "type": "python", "module": "chaoscheckout.load.control",
+            "arguments": {"script": str(ROOT / "load" / "baseline.js"), "rate": 10, "duration_s": 120,
+                          "warmup_s": 8}}}],
+        "steady-state-hypothesis": {"title": "checkout SLOs", "probes": probes},
+        "method": [{"type": "action", "name": "wait", "pauses": {"after": 3},
+                    "provider": {"type": "process", "path": "true", "timeout": 5}}],
+    }
+    path = tmp_path / "exp.json"
+    path.write_text(json.dumps(exp))
+    journal_path = tmp_path / "journal.json"
+    run = subprocess.run([CHAOS, "--no-log-file", "run", "--journal-path", str(journal_path), str(path)],
+                         cwd=tmp_path, env=stack.env, capture_output=True, text=True, timeout=120)
+    journal = json.loads(journal_path.read_text())
+    assert journal["status"] == "completed" and journal["deviated"] is False, run.stdout + run.stderr
+    for phase in ("before", "after"):
+        outputs = [p["output"] for p in journal["steady_states"][phase]["probes"]]
+        assert 0.99 <= outputs[0] <= 1.0 and 0 < outputs[1] <= 300 and outputs[2] == 0, outputs
+    load = journal["chaoscheckout_load"]
+    assert load["summary"]["requests"] >= 80 and load["summary"]["failed_rate"] == 0
+    series = journal["chaoscheckout_timeline"]["series"]
+    for name in ("availability_10s", "p95_ms_10s"):
+        values = [v for _, v in series[name] if v is not None]
+        assert len(values) >= 5, series[name]
+    assert all(0.99 <= v <= 1.0 for _, v in series["availability_10s"] if v is not None)
+    assert _k6_pids(tmp_path) == [] and _k6_pids(ROOT / "load") == []
+
+
+def _iso_ts(value: str) -> float:
+    dt = datetime.fromisoformat(value)
+    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
