@@ -46,7 +46,7 @@ ON_STALE = ("revert", "refuse")
 JOURNAL_KEY = "chaoscheckout_safety"
 
 
-def validate_control(control: Control, experiment: Experiment) -> None:
+def validate_control(control: Control, **kwargs: Any) -> None:
     """`chaos validate`: `on_stale` must be "revert" or "refuse"."""
     on_stale = control.get("provider", {}).get("arguments", {}).get("on_stale", "revert")
     if on_stale not in ON_STALE:

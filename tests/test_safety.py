@@ -1,0 +1,170 @@
+"""No fault outlives its run: safeguard interruption, SIGKILLed `chaos run`, stale leases."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from chaoscheckout.faults.leases import LeaseStore
+from chaoscheckout.service.actions import kill_service, start_service
+from chaoscheckout.service.probes import service_is_healthy
+
+TARGET = "catalog"
+CHAOS = str(Path(sys.executable).parent / "chaos")
+
+
+def _leases(stack) -> list:
+    return LeaseStore(stack.state_dir / "leases").live()
+
+
+def _healthy_probe(name: str) -> dict:
+    return {
+        "type": "probe", "name": name, "tolerance": True,
+        "provider": {"type": "python", "module": "chaoscheckout.service.probes",
+                     "func": "service_is_healthy", "arguments": {"service": TARGET, "timeout_s": 0.5}},
+    }
+
+
+def _kill_action(duration_s: float, pause_after_s: float) -> dict:
+    return {
+        "type": "action", "name": "kill-catalog",
+        "provider": {"type": "python", "module": "chaoscheckout.service.actions",
+                     "func": "kill_service", "arguments": {"service": TARGET, "duration_s": duration_s}},
+        "pauses": {"after": pause_after_s},
+    }
+
+
+def _experiment(controls: list, duration_s: float = 60, pause_after_s: float = 20) -> dict:
+    return {
+        "version": "1.0.0",
+        "title": "catalog can die",
+        "description": "written by tests/test_safety.py",
+        "controls": controls,
+        "steady-state-hypothesis": {"title": "catalog is up", "probes": [_healthy_probe("catalog-up")]},
+        "method": [_kill_action(duration_s, pause_after_s)],
+        "rollbacks": [{
+            "type": "action", "name": "start-catalog",
+            "provider": {"type": "python", "module": "chaoscheckout.service.actions",
+                         "func": "start_service", "arguments": {"service": TARGET}},
+        }],
+    }
+
+
+SAFETY = {"name": "chaoscheckout-safety",
+          "provider": {"type": "python", "module": "chaoscheckout.controls.safety"}}
+SAFEGUARD = {
+    "name": "safeguard",
+    "provider": {"type": "python", "module": "chaosaddons.controls.safeguards",
+                 "arguments": {"probes": [{**_healthy_probe("catalog-alive-guard"), "frequency": 0.5}]}},
+}
+
+
+def _chaos_run(
+    stack, tmp_path: Path, experiment: dict, *extra: str
+) -> tuple[subprocess.CompletedProcess, dict]:
+    path = tmp_path / "experiment.json"
+    path.write_text(json.dumps(experiment))
+    journal = tmp_path / "journal.json"
+    proc = subprocess.run(
+        [CHAOS, "--no-version-check", "--log-file", str(tmp_path / "chaostoolkit.log"), "run",
+         "--journal-path", str(journal), *extra, str(path)],
+        cwd=tmp_path, env=stack.env, capture_output=True, text=True, timeout=90,
+    )
+    return proc, json.loads(journal.read_text())
+
+
+def test_safeguard_interruption_leaves_no_fault(stack, tmp_path):
+    """Default rollback strategy: chaoslib plays no rollback; the safety control reverts."""
+    started = time.monotonic()
+    proc, journal = _chaos_run(stack, tmp_path, _experiment([SAFETY, SAFEGUARD]))
+    elapsed = time.monotonic() - started
+    assert journal["status"] == "interrupted", proc.stdout + proc.stderr
+    assert journal["rollbacks"] == []  # chaoslib skipped them: the control did the work
+    safety = journal["chaoscheckout_safety"]
+    assert safety["status_seen"] == "interrupted"
+    assert [r["kind"] for r in safety["reverted"]] == ["kill"] and "error" not in safety["reverted"][0]
+    assert _leases(stack) == []
+    assert service_is_healthy(TARGET, timeout_s=2)
+    assert elapsed < 20, f"the run waited out the 20 s pause ({elapsed:.1f} s): not interrupted"
+
+
+def test_without_safety_control_the_fault_stays(stack, tmp_path):
+    """The control is what makes the difference (this test fails if chaoslib changes)."""
+    try:
+        proc, journal = _chaos_run(stack, tmp_path, _experiment([SAFEGUARD]))
+        assert journal["status"] == "interrupted", proc.stdout + proc.stderr
+        assert journal["rollbacks"] == []
+        assert len(_leases(stack)) == 1 and not service_is_healthy(TARGET)
+    finally:
+        start_service(TARGET, timeout_s=30)
+    assert _leases(stack) == []
+
+
+def test_completed_run_with_safety_and_rollback(stack, tmp_path):
+    proc, journal = _chaos_run(stack, tmp_path, _experiment([SAFETY], pause_after_s=0.5))
+    assert journal["status"] == "completed", proc.stdout + proc.stderr
+    assert journal["rollbacks"][0]["output"]["started"] is True
+    assert journal["chaoscheckout_safety"]["reverted"] == []  # the rollback already did it
+    assert _leases(stack) == [] and service_is_healthy(TARGET)
+
+
+def test_sigkilled_run_is_reverted_by_the_reaper(stack, tmp_path):
+    path = tmp_path / "experiment.json"
+    path.write_text(json.dumps(_experiment([], duration_s=3, pause_after_s=60)))
+    proc = subprocess.Popen(
+        [CHAOS, "--no-version-check", "--log-file", str(tmp_path / "chaostoolkit.log"), "run",
+         "--journal-path", str(tmp_path / "journal.json"), str(path)],
+        cwd=tmp_path, env=stack.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.time() + 30
+        while time.time() < deadline and not _leases(stack):
+            time.sleep(0.05)
+        leases = _leases(stack)
+        assert leases, "chaos run never injected the fault"
+        time.sleep(0.3)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        assert not service_is_healthy(TARGET), "the fault should still be there after SIGKILL"
+        expires_at = leases[0].expires_at
+        while time.time() < expires_at + 8 and not (service_is_healthy(TARGET, 0.5) and not _leases(stack)):
+            time.sleep(0.1)
+        reverted_after_s = time.time() - expires_at
+        assert service_is_healthy(TARGET) and _leases(stack) == []
+        assert reverted_after_s < 5, reverted_after_s
+        print(f"SIGKILLed run: fault reverted {reverted_after_s:.2f} s after lease expiry")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        start_service(TARGET, timeout_s=30)
+
+
+def test_stale_lease_refused_then_reverted(stack, tmp_path):
+    kill_service(TARGET, duration_s=60)  # a fault left by "an earlier run"
+    try:
+        refuse = {**SAFETY, "provider": {**SAFETY["provider"], "arguments": {"on_stale": "refuse"}}}
+        proc, journal = _chaos_run(stack, tmp_path, _experiment([refuse], pause_after_s=0.5))
+        assert journal["status"] == "interrupted", proc.stdout + proc.stderr
+        assert journal["run"] == []  # nothing was injected by this run
+        # the end-of-run revert still cleaned up, so the next run starts clean
+        assert _leases(stack) == [] and service_is_healthy(TARGET, timeout_s=2)
+    finally:
+        start_service(TARGET, timeout_s=30)
+
+
+def test_stale_lease_reverted_before_the_run(stack, tmp_path):
+    kill_service(TARGET, duration_s=60)
+    try:
+        proc, journal = _chaos_run(stack, tmp_path, _experiment([SAFETY], pause_after_s=0.5))
+        # the stale kill was reverted before the steady-state check, so the run completes
+        assert journal["status"] == "completed", proc.stdout + proc.stderr
+        assert journal["steady_states"]["before"]["steady_state_met"] is True
+        assert _leases(stack) == []
+    finally:
+        start_service(TARGET, timeout_s=30)
