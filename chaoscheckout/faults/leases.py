@@ -67,7 +67,7 @@ def check_duration(duration_s: Any, max_duration_s: float) -> float:
     except (TypeError, ValueError):
         raise InvalidFaultArgument(f"duration_s must be a number of seconds, got {duration_s!r}") from None
     if not math.isfinite(value) or value <= 0:
-        raise InvalidFaultArgument(f"duration_s must be > 0, got {duration_s!r}")
+        raise InvalidFaultArgument(f"duration_s must be > 0 and finite, got {duration_s!r}")
     if value > max_duration_s:
         raise InvalidFaultArgument(
             f"duration_s={value:g} exceeds the maximum fault duration of {max_duration_s:g} s "
