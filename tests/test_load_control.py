@@ -287,7 +287,7 @@ def test_baseline_load_against_the_stack_records_summary_and_timeline(stack, tmp
         values = [v for _, v in series[name] if v is not None]
         assert len(values) >= 5, series[name]
     assert all(0.99 <= v <= 1.0 for _, v in series["availability_10s"] if v is not None)
-    assert _k6_pids(tmp_path) == [] and _k6_pids(ROOT / "load") == []
+    assert _k6_pids(Path(load["summary_file"]).parent) == []  # ours only: teammates run k6 too
 
 
 def _iso_ts(value: str) -> float:
