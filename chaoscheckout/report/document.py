@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from chaoscheckout.report.analysis import HistoryEntry, fault_window, history
-from chaoscheckout.report.model import Run, Skipped, compact
+from chaoscheckout.report.model import Fault, Run, Series, Skipped, compact, parse_time
 
 __all__ = ["Block", "Document", "build_document", "fmt_time"]
 
@@ -57,7 +57,9 @@ def fmt_time(ts: float | None, with_date: bool = False) -> str:
 
 def build_document(runs: list[Run], skipped: list[Skipped], title: str = "Experiment log") -> Document:
     runs = sorted(runs, key=lambda r: (r.start or 0.0, r.run_id))
-    blocks: list[Block] = [Block("h", title, level=1, anchor="top")]
+    generated = fmt_time(datetime.now(UTC).timestamp(), with_date=True)
+    blocks: list[Block] = [Block("h", title, level=1, anchor="top"),
+                           Block("p", f"Generated {generated} by chaos report from {len(runs)} journal(s).")]
     counts = Counter(r.verdict for r in runs)
     tally = ", ".join(f"{n} {v}" for v, n in sorted(counts.items()))
     blocks.append(Block("p", f"{len(runs)} run(s): {tally}. {len(skipped)} file(s) skipped. "
@@ -81,8 +83,7 @@ def build_document(runs: list[Run], skipped: list[Skipped], title: str = "Experi
                 blocks.append(Block("p", f"{entry.title}: {' / '.join(actions)}"))
     else:
         blocks.append(Block("p", "No experiment has been run more than once in these journals."))
-    return Document(title, fmt_time(datetime.now(UTC).timestamp(), with_date=True), runs, skipped,
-                    blocks, summary, entries)
+    return Document(title, generated, runs, skipped, blocks, summary, entries)
 
 
 # ---------------------------------------------------------------------------
@@ -126,10 +127,7 @@ def _run_blocks(run: Run) -> list[Block]:
     if run.faults:
         blocks.append(Block("table", headers=["kind", "backend", "target", "parameters", "injected",
                                               "reverted", "reverted by"],
-                            rows=[[f.kind, f.backend, f.target, compact(f.parameters, 120), _rel(run, f.injected_at),
-                                   _rel(run, f.reverted_at) if f.reverted_at else
-                                   f"not recorded (lease expires {fmt_time(f.expires_at)})",
-                                   f.reverted_by or "—"] for f in run.faults]))
+                            rows=[_fault_row(run, f) for f in run.faults]))
     else:
         blocks.append(Block("p", "No fault action output in this journal (no fault injected)."))
     blocks.append(Block("kv", rows=_timing_rows(run)))
@@ -142,10 +140,10 @@ def _run_blocks(run: Run) -> list[Block]:
                                                           "rollback strategy)." if run.aborted_at else ".")))
     if run.safety_reverts:
         blocks.append(Block("p", "Safety control reverted at experiment end: "
-                                 + "; ".join(compact(r, 160) for r in run.safety_reverts)))
+                                 + "; ".join(_revert_text(run, r) for r in run.safety_reverts)))
     blocks.append(Block("h", "Load (k6)", level=3))
     if run.k6:
-        blocks.append(Block("kv", rows=[[k, compact(v, 120)] for k, v in run.k6.items()]))
+        blocks.append(Block("kv", rows=[[k, _number_text(v)] for k, v in run.k6.items()]))
     else:
         blocks.append(Block("p", "No k6 summary in this journal."))
     if run.result:
@@ -154,12 +152,28 @@ def _run_blocks(run: Run) -> list[Block]:
     return blocks
 
 
+def _number_text(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return compact(value, 120)
+
+
+def _fault_row(run: Run, f: Fault) -> list[str]:
+    reverted = (_rel(run, f.reverted_at) if f.reverted_at
+                else f"not recorded (lease expires {fmt_time(f.expires_at)})")
+    return [f.kind, f.backend, f.target, compact(f.parameters, 120), _rel(run, f.injected_at), reverted,
+            f.reverted_by or "—"]
+
+
 def _timing_rows(run: Run) -> list[list[str]]:
     window = fault_window(run)
+    unreverted = any(f.reverted_at is None for f in run.faults)
+    note = " (no revert recorded: ends at lease expiry)" if unreverted else ""
     rows = [["Fault window", f"{_rel(run, window[0])} → {_rel(run, window[1])} "
-                             f"({window[1] - window[0]:.1f} s)" if window else "none"]]
+                             f"({window[1] - window[0]:.1f} s){note}" if window else "none"]]
     if run.aborted_at is not None:
-        rows.append(["Safeguard fired", f"yes: run {run.status} at {_rel(run, run.aborted_at)}"])
+        after = f", {run.aborted_at - window[0]:.1f} s after injection" if window else ""
+        rows.append(["Safeguard fired", f"yes: run {run.status} at {_rel(run, run.aborted_at)}{after}"])
     else:
         rows.append(["Safeguard fired", "no"])
     if window:
@@ -172,7 +186,25 @@ def _timing_rows(run: Run) -> list[list[str]]:
         else:
             recover = "not recovered within the recorded timeline"
         rows += [["Time to detect", detect], ["Time to recover", recover]]
+        worst = [_worst_text(s, run.sli_phases.get(s.name, {}).get("during"))
+                 for s in (run.availability, run.latency) if s is not None]
+        if any(worst):
+            rows.append(["Worst SLI during the fault", "; ".join(w for w in worst if w)])
     return rows
+
+
+def _worst_text(series: Series, value: float | None) -> str:
+    if value is None:
+        return ""
+    factor = 100.0 if series.unit == "%" else 1.0
+    verdict = "within" if series.good(value) else "OUTSIDE"
+    return f"{series.label} {value * factor:.1f} {series.unit} ({verdict} SLO)"
+
+
+def _revert_text(run: Run, revert: dict[str, Any]) -> str:
+    what = revert.get("fault_id") or revert.get("service") or revert.get("target") or "?"
+    when = next((parse_time(revert.get(k)) for k in ("reverted_at", "at", "time") if revert.get(k)), None)
+    return f"{what} at {_rel(run, when)}" if when else compact(revert, 160)
 
 
 def _phase_text(run: Run, name: str | None, factor: float, unit: str) -> str:

@@ -19,7 +19,7 @@ table{border-collapse:collapse;width:100%;font-size:13px;margin:6px 0}
 th,td{border:1px solid #d0d4d9;padding:4px 7px;text-align:left;vertical-align:top}
 th{background:#f1f3f5}
 td.NO{color:#b3001b;font-weight:bold}
-dl{display:grid;grid-template-columns:170px 1fr;gap:3px 12px;margin:6px 0;font-size:14px}
+dl{display:grid;grid-template-columns:minmax(170px,max-content) 1fr;gap:3px 12px;margin:6px 0;font-size:14px}
 dt{font-weight:bold;color:#444}dd{margin:0}
 .verdict{display:inline-block;padding:6px 12px;border-radius:4px;font-weight:bold;margin:10px 0}
 .verdict .why{font-weight:normal}
@@ -30,15 +30,13 @@ dt{font-weight:bold;color:#444}dd{margin:0}
 tr.held td:nth-child(4){color:#14602a;font-weight:bold}
 tr.broke td:nth-child(4){color:#8a1c1c;font-weight:bold}
 tr.aborted td:nth-child(4){color:#7a4b00;font-weight:bold}
-figure{margin:12px 0}svg.sli-chart{max-width:100%;height:auto;border:1px solid #e1e4e8}
+figure{margin:12px 0}svg.sli-chart{width:100%;height:auto;border:1px solid #e1e4e8}
 .meta{color:#555;font-size:13px}
 """
 
 
 def render_html(doc: Document) -> str:
-    body = [f'<p class="meta">Generated {escape(doc.generated_at)} by <code>chaos report</code> from '
-            f"{len(doc.runs)} journal(s).</p>"]
-    body += [_block(b) for b in doc.blocks]
+    body = [_block(b) for b in doc.blocks]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{escape(doc.title)}</title><style>{STYLE}</style></head><body>\n"
             + "\n".join(body) + "\n</body></html>\n")
@@ -47,6 +45,10 @@ def render_html(doc: Document) -> str:
 # ---------------------------------------------------------------------------
 # Internals
 # ---------------------------------------------------------------------------
+
+
+def _cell(text: str) -> str:
+    return f'<td class="NO">{escape(text)}</td>' if text == "NO" else f"<td>{escape(text)}</td>"
 
 
 def _block(block: Block) -> str:
@@ -66,9 +68,9 @@ def _block(block: Block) -> str:
         head = "".join(f"<th>{escape(h)}</th>" for h in block.headers)
         rows = []
         for row in block.rows:
-            cls = f' class="{escape(row[3])}"' if block.headers and block.headers[0] == "experiment" and len(row) > 3 else ""
-            cells = "".join(f'<td class="{escape(c)}">{escape(c)}</td>' if c == "NO" else f"<td>{escape(c)}</td>"
-                            for c in row)
+            summary = block.headers[:1] == ["experiment"] and len(row) > 3
+            cls = f' class="{escape(row[3])}"' if summary else ""
+            cells = "".join(_cell(c) for c in row)
             rows.append(f"<tr{cls}>{cells}</tr>")
         return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
     if block.kind == "chart" and block.run is not None:

@@ -11,7 +11,7 @@ VERDICT_MARK = {"held": "✅ HELD", "broke": "❌ BROKE", "aborted": "⛔ ABORTE
 
 def render_markdown(doc: Document, chart_links: dict[str, str]) -> str:
     """The log as Markdown. chart_links maps a run id to the relative path of its SVG file."""
-    lines: list[str] = [f"_Generated {doc.generated_at} by `chaos report` from {len(doc.runs)} journal(s)._", ""]
+    lines: list[str] = []
     for block in doc.blocks:
         lines.extend(_block(block, chart_links))
         lines.append("")

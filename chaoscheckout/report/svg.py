@@ -151,7 +151,7 @@ def _panel(run: Run, series: Series, top: float, t0: float, t1: float) -> str:
         ax = sx(min(run.aborted_at, t1))
         parts.append(f'<line class="abort" x1="{ax:.1f}" y1="{y1}" x2="{ax:.1f}" y2="{y0}" '
                      f'stroke="{COLOURS["abort"]}" stroke-width="2" stroke-dasharray="3 3"/>')
-        parts.append(f'<text x="{ax + 4:.1f}" y="{y1 + 28}" font-size="11" font-weight="bold" '
+        parts.append(f'<text x="{ax + 4:.1f}" y="{y0 - 6}" font-size="11" font-weight="bold" '
                      f'fill="{COLOURS["abort"]}">abort</text>')
     parts.append("</g>")
     return "".join(parts)
@@ -167,9 +167,10 @@ def _legend(run: Run) -> str:
     parts = []
     for key, text in items:
         if key == "fault":
-            parts.append(f'<rect x="{x}" y="10" width="18" height="12" fill="{COLOURS["fault"]}" fill-opacity="0.2"/>')
+            parts.append(f'<rect x="{x}" y="10" width="18" height="12" fill="{COLOURS["fault"]}" '
+                         'fill-opacity="0.2"/>')
         else:
-            dash = ' stroke-dasharray="6 4"' if key == "slo" else (' stroke-dasharray="3 3"' if key == "abort" else "")
+            dash = {"slo": ' stroke-dasharray="6 4"', "abort": ' stroke-dasharray="3 3"'}.get(key, "")
             parts.append(f'<line x1="{x}" y1="16" x2="{x + 18}" y2="16" stroke="{COLOURS[key]}" '
                          f'stroke-width="2"{dash}/>')
         parts.append(f'<text x="{x + 24}" y="20" font-size="11" fill="#333">{escape(text)}</text>')
