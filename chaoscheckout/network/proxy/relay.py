@@ -1,15 +1,17 @@
 """The TCP relay of one route: passthrough, plus the latency toxic on the request direction.
 
-Passthrough is a plain read/write loop with large reads (no per-byte work). On an
-affected connection each upstream-bound chunk is queued with its due time (arrival +
-drawn delay) and written by one writer task in arrival order, so bytes keep their order
-and a streamed body is not delayed cumulatively. Responses are never delayed.
+Built on asyncio protocols (callbacks, no coroutine per chunk): passthrough writes each
+received chunk straight to the other transport, with the transports' own flow control
+(a full write buffer pauses reading on the other side). On an affected connection each
+upstream-bound chunk is queued with its due time (arrival + drawn delay) and a timer
+writes queued chunks in arrival order, so bytes keep their order and a streamed body is
+not delayed cumulatively. Responses are never delayed.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import collections
 import logging
 import random
 from dataclasses import dataclass, field
@@ -20,10 +22,8 @@ __all__ = ["Route", "RouteStats", "parse_route"]
 
 logger = logging.getLogger("chaoscheckout.proxy")
 
-READ_SIZE = 256 * 1024
-STREAM_LIMIT = 1024 * 1024
-QUEUE_CHUNKS = 64
 CONNECT_TIMEOUT_S = 5.0
+MAX_PENDING_BYTES = 4 * 1024 * 1024  # delayed bytes held before the client is paused
 
 
 @dataclass
@@ -59,15 +59,12 @@ class Route:
         return toxic
 
     async def start(self) -> None:
-        self.server = await asyncio.start_server(
-            self._handle, self.listen_host, self.listen_port, limit=STREAM_LIMIT
-        )
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(lambda: _Connection(self), self.listen_host, self.listen_port)
 
     async def stop(self) -> None:
         if self.server is not None:
             self.server.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.server.wait_closed(), 2)
 
     def describe(self) -> dict:
         toxic = self.live_toxic()
@@ -79,118 +76,181 @@ class Route:
             "connections_active": self.stats.connections_active,
         }
 
-    # -- connections -------------------------------------------------------------------
 
-    async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        self.stats.connections_total += 1
-        self.stats.connections_active += 1
-        upstream_w = None
+class _Connection(asyncio.Protocol):
+    """The client side of one proxied connection; owns the upstream side."""
+
+    def __init__(self, route: Route) -> None:
+        self.route = route
+        self.loop = asyncio.get_running_loop()
+        self.client: asyncio.Transport | None = None
+        self.upstream: asyncio.Transport | None = None
+        self.generation = -1
+        self.affected = False
+        self.pending: collections.deque[tuple[float, bytes]] = collections.deque()
+        self.pending_bytes = 0
+        self.timer: asyncio.TimerHandle | None = None
+        self.client_eof = False  # the client sent EOF (to forward once pending is flushed)
+        self.upstream_eof = False
+        self.closed = False
+        self.paused_by: set[str] = set()  # reasons the client's reading is paused
+
+    # client side ---------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.client = transport
+        self.route.stats.connections_total += 1
+        self.route.stats.connections_active += 1
+        self._pause_client("connecting")
+        self.loop.create_task(self._connect())
+
+    async def _connect(self) -> None:
+        route = self.route
         try:
-            try:
-                upstream_r, upstream_w = await asyncio.wait_for(
-                    asyncio.open_connection(self.upstream_host, self.upstream_port, limit=STREAM_LIMIT),
-                    CONNECT_TIMEOUT_S,
-                )
-            except (TimeoutError, OSError) as exc:
-                self.stats.connections_failed += 1
-                logger.warning("route %s: upstream %s:%s: %s", self.name, self.upstream_host,
-                               self.upstream_port, exc)
-                return
-            await asyncio.gather(
-                self._pump_upstream(client_r, upstream_w),
-                self._pump_downstream(upstream_r, client_w),
+            connecting = self.loop.create_connection(
+                lambda: _Upstream(self), route.upstream_host, route.upstream_port
             )
-        finally:
-            self.stats.connections_active -= 1
-            for writer in (client_w, upstream_w):
-                if writer is not None:
-                    writer.close()
+            upstream, _ = await asyncio.wait_for(connecting, CONNECT_TIMEOUT_S)
+        except (OSError, TimeoutError) as exc:
+            route.stats.connections_failed += 1
+            logger.warning("route %s: upstream %s:%s: %s", route.name, route.upstream_host,
+                           route.upstream_port, exc)
+            self.close()
+            return
+        if self.closed:
+            upstream.close()
+            return
+        self.upstream = upstream
+        self._resume_client("connecting")
 
-    async def _pump_downstream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        stats = self.stats
-        try:
-            while data := await reader.read(READ_SIZE):
-                stats.bytes_downstream += len(data)
-                writer.write(data)
-                await writer.drain()
-            if writer.can_write_eof():
-                writer.write_eof()
-        except (OSError, asyncio.IncompleteReadError):
-            writer.close()
+    def data_received(self, data: bytes) -> None:
+        route = self.route
+        route.stats.bytes_upstream += len(data)
+        delay = 0.0
+        toxic = route.live_toxic()
+        if toxic is not None:
+            if toxic.generation != self.generation:  # a new toxic: decide this connection again
+                self.generation, self.affected = toxic.generation, toxic.pick(route.rng)
+                if self.affected:
+                    route.stats.delayed_connections += 1
+            if self.affected:
+                delay = toxic.draw_delay_s(route.rng)
+        if delay <= 0 and not self.pending:
+            self.upstream.write(data)
+            return
+        # queued (even undelayed) behind earlier delayed chunks: keeps the byte order
+        if delay > 0:
+            route.stats.delayed_chunks += 1
+        self.pending.append((self.loop.time() + delay, data))
+        self.pending_bytes += len(data)
+        if self.pending_bytes > MAX_PENDING_BYTES:
+            self._pause_client("pending")
+        if self.timer is None:
+            self.timer = self.loop.call_at(self.pending[0][0], self._flush)
 
-    async def _pump_upstream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        stats = self.stats
-        generation = -1
-        affected = False
-        sender: _DelayedSender | None = None
-        loop = asyncio.get_running_loop()
-        try:
-            while data := await reader.read(READ_SIZE):
-                stats.bytes_upstream += len(data)
-                toxic = self.live_toxic()
-                delay = 0.0
-                if toxic is not None:
-                    if toxic.generation != generation:  # new toxic: decide this connection again
-                        generation, affected = toxic.generation, toxic.pick(self.rng)
-                        if affected:
-                            stats.delayed_connections += 1
-                    if affected:
-                        delay = toxic.draw_delay_s(self.rng)
-                if delay > 0 or (sender is not None and sender.pending):
-                    # queued behind earlier delayed chunks even when not delayed: keeps order
-                    if sender is None:
-                        sender = _DelayedSender(writer)
-                    if delay > 0:
-                        stats.delayed_chunks += 1
-                    await sender.put(loop.time() + delay, data)
-                else:
-                    writer.write(data)
-                    await writer.drain()
-            if sender is not None:
-                await sender.flush()
-            if writer.can_write_eof():
-                writer.write_eof()
-        except (OSError, asyncio.IncompleteReadError):
-            writer.close()
-        finally:
-            if sender is not None:
-                sender.cancel()
+    def _flush(self) -> None:
+        self.timer = None
+        now = self.loop.time()
+        while self.pending and self.pending[0][0] <= now:
+            _, data = self.pending.popleft()
+            self.pending_bytes -= len(data)
+            if self.upstream is not None and not self.upstream.is_closing():
+                self.upstream.write(data)
+        if self.pending:
+            self.timer = self.loop.call_at(self.pending[0][0], self._flush)
+            return
+        self._resume_client("pending")
+        if self.client_eof:
+            self._send_eof_upstream()
+
+    def eof_received(self) -> bool:
+        self.client_eof = True
+        if not self.pending:
+            self._send_eof_upstream()
+        return True  # keep the other direction open (half-close)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.route.stats.connections_active -= 1
+        self.client_eof = True
+        if self.pending:  # deliver what was sent before the client went away
+            return
+        self.close()
+
+    def pause_writing(self) -> None:  # the client is slow: stop reading the upstream
+        if self.upstream is not None:
+            self.upstream.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.upstream is not None and not self.upstream.is_closing():
+            self.upstream.resume_reading()
+
+    # helpers -------------------------------------------------------------------------
+    def _send_eof_upstream(self) -> None:
+        if self.upstream is None or self.upstream.is_closing():
+            self.close()
+            return
+        if self.client.is_closing():
+            self.close()
+            return
+        if self.upstream.can_write_eof():
+            self.upstream.write_eof()
+        if self.upstream_eof:
+            self.close()
+
+    def _pause_client(self, reason: str) -> None:
+        if not self.paused_by and self.client is not None and not self.client.is_closing():
+            self.client.pause_reading()
+        self.paused_by.add(reason)
+
+    def _resume_client(self, reason: str) -> None:
+        self.paused_by.discard(reason)
+        if not self.paused_by and self.client is not None and not self.client.is_closing():
+            self.client.resume_reading()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.timer is not None:
+            self.timer.cancel()
+        self.pending.clear()
+        for transport in (self.client, self.upstream):
+            if transport is not None:
+                transport.close()  # flushes what is already buffered
 
 
-class _DelayedSender:
-    """Writes queued chunks in arrival order, each no earlier than its due time."""
+class _Upstream(asyncio.Protocol):
+    """The upstream side: relays responses to the client untouched."""
 
-    def __init__(self, writer: asyncio.StreamWriter) -> None:
-        self.writer = writer
-        self.pending = 0
-        self.queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue(QUEUE_CHUNKS)
-        self.task = asyncio.ensure_future(self._run())
+    def __init__(self, conn: _Connection) -> None:
+        self.conn = conn
+        self.stats = conn.route.stats
 
-    async def put(self, due: float, data: bytes) -> None:
-        self.pending += 1
-        await self.queue.put((due, data))
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
 
-    async def flush(self) -> None:
-        await self.queue.join()
+    def data_received(self, data: bytes) -> None:
+        self.stats.bytes_downstream += len(data)
+        client = self.conn.client
+        if client is not None and not client.is_closing():
+            client.write(data)
 
-    def cancel(self) -> None:
-        self.task.cancel()
+    def eof_received(self) -> bool:
+        conn = self.conn
+        conn.upstream_eof = True
+        if conn.client is not None and not conn.client.is_closing() and conn.client.can_write_eof():
+            conn.client.write_eof()
+        if conn.client_eof and not conn.pending:
+            conn.close()
+        return True
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            due, data = await self.queue.get()
-            try:
-                wait = due - loop.time()
-                if wait > 0:
-                    await asyncio.sleep(wait)
-                self.writer.write(data)
-                await self.writer.drain()
-            except OSError:
-                self.writer.close()
-            finally:
-                self.pending -= 1
-                self.queue.task_done()
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.conn.close()
+
+    def pause_writing(self) -> None:  # the upstream is slow: stop reading the client
+        self.conn._pause_client("upstream")  # noqa: SLF001
+
+    def resume_writing(self) -> None:
+        self.conn._resume_client("upstream")  # noqa: SLF001
 
 
 def parse_route(spec: str) -> Route:
@@ -209,4 +269,3 @@ def parse_route(spec: str) -> Route:
         if not 0 < port_value < 65536:
             raise ValueError(f"bad port {port_value} in route {spec!r}")
     return route
-
