@@ -1,0 +1,127 @@
+"""SLI probes against the real stack: real Prometheus, real k6 load, real provider and Postgres."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from chaoslib.exceptions import ActivityFailed
+
+from chaoscheckout.errors import InvalidFaultArgument
+from chaoscheckout.load.k6 import K6Options, K6Process
+from chaoscheckout.sli import probes
+from chaoscheckout.sli.prometheus import NoData
+from chaoscheckout.sli.timeline import collect_timeline
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def loaded(stack) -> Iterator[K6Process]:
+    """load/baseline.js at 10 req/s through the real checkout, running for the module's tests."""
+    k6 = K6Process(K6Options(ROOT / "load" / "baseline.js", rate=10, duration_s=90,
+                             checkout_url=stack.registry.extra["checkout_url"],
+                             run_dir=stack.state_dir / "load" / f"test-sli-{time.time():.0f}"))
+    k6.start()
+    try:
+        k6.wait_for_traffic(20)
+        k6.hold(12)  # > the 10 s window, so the 10 s rules have a full window of traffic
+        yield k6
+    finally:
+        k6.stop()
+    assert not k6.running()
+
+
+def test_availability_and_latency_are_real_values_under_load(loaded: K6Process) -> None:
+    availability_rule = probes.checkout_availability("10s")
+    availability_30s = probes.checkout_availability("30s")
+    availability_raw = probes.checkout_availability("15s")  # raw expression, no rule
+    assert 0.99 <= availability_rule <= 1.0
+    assert 0.99 <= availability_30s <= 1.0 and 0.99 <= availability_raw <= 1.0
+    p95 = probes.checkout_latency_ms(0.95, "10s")
+    p99 = probes.checkout_latency_ms(0.99, "10s")
+    p90_raw = probes.checkout_latency_ms(0.9, "15s")
+    assert 0 < p95 <= p99 < 2000, (p95, p99)
+    assert 0 < p90_raw < 2000
+    rate = probes.prometheus_value("checkout:requests:rate_30s")
+    assert 3 <= rate <= 15, rate  # k6 sends 10/s; the 30 s window includes the ramp-up
+
+
+def test_range_and_timeline_cover_the_load(loaded: K6Process) -> None:
+    now = time.time()
+    points = probes.prometheus_range("checkout:availability:ratio_10s", now - 10, now, 1)
+    assert len(points) >= 8 and all(v is None or 0.99 <= v <= 1.0 for _, v in points)
+    timeline = collect_timeline(loaded.started_at, now)
+    assert "error" not in timeline
+    p95 = [v for _, v in timeline["series"]["p95_ms_10s"] if v is not None]
+    assert len(p95) >= 8 and all(0 < v < 2000 for v in p95)
+
+
+def test_no_data_is_a_clear_failure_not_a_pass(stack) -> None:
+    with pytest.raises(NoData, match="no data"):
+        probes.prometheus_value("checkout_requests_total_that_does_not_exist")
+    with pytest.raises(NoData, match="NaN"):
+        probes.prometheus_value("vector(0) / vector(0)")  # what 0/0 requests looks like
+    with pytest.raises(ActivityFailed, match="returned .* series"):
+        probes.prometheus_value('up{job=~".+"}')
+
+
+def test_unreachable_prometheus_fails_fast() -> None:
+    started = time.monotonic()
+    with pytest.raises(ActivityFailed, match="unreachable"):
+        probes.checkout_availability(configuration={"prometheus_url": "http://127.0.0.1:9",
+                                                    "chaoscheckout_io_timeout_s": 2})
+    assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize("kwargs", [{"window": "30"}, {"window": "-1s"}, {"window": 30},
+                                    {"quantile": 1.5}, {"quantile": 0}])
+def test_bad_arguments_rejected(kwargs) -> None:
+    func = probes.checkout_latency_ms if "quantile" in kwargs else probes.checkout_availability
+    with pytest.raises(InvalidFaultArgument):
+        func(**kwargs, configuration={"prometheus_url": "http://127.0.0.1:9"})
+
+
+def test_money_probe_counts_a_charge_without_order_after_grace(loaded: K6Process, stack) -> None:
+    since_s = time.time() - loaded.started_at + 5  # only charges made during this module's load
+    grace_s = 3
+    # under real checkout traffic every captured charge has its order
+    assert probes.charges_without_order(grace_s=grace_s, since_s=since_s) == 0
+    details = probes.charges_without_order_details(grace_s=grace_s, since_s=since_s)
+    assert details["count"] == 0 and details["checked"] >= 50, details
+
+    ref = str(uuid.uuid4())  # a charge taken directly at the provider: no order exists for it
+    resp = httpx.post(f"{stack.registry.extra['provider_url']}/charges", timeout=5,
+                      json={"idempotency_key": f"test-sli-{ref}", "order_ref": ref, "amount_cents": 1234})
+    assert resp.status_code == 200, resp.text
+    since_s += 1
+    within_grace = probes.charges_without_order_details(grace_s=grace_s, since_s=since_s)
+    assert within_grace["count"] == 0 and ref not in within_grace["order_refs"]
+    time.sleep(grace_s + 0.5)
+    after = probes.charges_without_order_details(grace_s=grace_s, since_s=since_s + grace_s + 1)
+    assert after["count"] == 1 and after["order_refs"] == [ref] and after["amount_cents"] == 1234
+    assert probes.charges_without_order(grace_s=grace_s, since_s=since_s + grace_s + 1) == 1
+
+
+def test_money_probe_fails_clearly_when_postgres_is_unreachable(stack) -> None:
+    configuration = {"database_url": "postgresql://postgres@127.0.0.1:9/checkout",
+                     "chaoscheckout_io_timeout_s": 2}
+    ref = str(uuid.uuid4())
+    httpx.post(f"{stack.registry.extra['provider_url']}/charges", timeout=5,
+               json={"idempotency_key": f"test-sli-pg-{ref}", "order_ref": ref, "amount_cents": 1})
+    time.sleep(0.2)
+    started = time.monotonic()
+    with pytest.raises(ActivityFailed, match="cannot read orders from Postgres"):
+        probes.charges_without_order(grace_s=0, since_s=60, configuration=configuration)
+    assert time.monotonic() - started < 5
+
+
+def test_money_probe_rejects_bad_arguments() -> None:
+    for grace_s, since_s in ((-1, 60), (10, 5), ("5", 60)):
+        with pytest.raises(InvalidFaultArgument):
+            probes.charges_without_order(grace_s=grace_s, since_s=since_s)
+
