@@ -1,0 +1,319 @@
+"""`chaos report`: rendering real journals (written by `chaos run`), bad inputs, the CLI plugin.
+
+The fixture journals in tests/fixtures/journals were produced by real `chaos run` executions
+(sources in tests/fixtures/journal-sources). When the experiments' journals land in
+journals/, they are rendered too (test_render_committed_experiment_journals).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from chaoscheckout.report.build import ReportError, write_report
+from chaoscheckout.report.model import Run, load_journal, parse_time
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures" / "journals"
+VENV_BIN = Path(sys.executable).parent
+CHAOS = str(VENV_BIN / "chaos")
+EXPECTED_VERDICTS = {
+    "01-failed": "failed",
+    "02-broke": "broke",
+    "03-held": "held",
+    "04-interrupted": "aborted",
+    "05-foreign": "held",
+}
+RENDERING_MODULES = {
+    "chaoscheckout.report.build",
+    "chaoscheckout.report.model",
+    "chaoscheckout.report.analysis",
+    "chaoscheckout.report.document",
+    "chaoscheckout.report.svg",
+    "chaoscheckout.report.html",
+    "chaoscheckout.report.markdown",
+}
+
+
+@pytest.fixture()
+def journals(tmp_path: Path) -> Path:
+    folder = tmp_path / "journals"
+    folder.mkdir()
+    for path in FIXTURES.glob("*.json"):
+        shutil.copy(path, folder / path.name)
+    return folder
+
+
+def _raw(name: str) -> dict:
+    return json.loads((FIXTURES / f"{name}.json").read_text())
+
+
+def _fault_outputs(raw: dict) -> list[dict]:
+    outputs = [a.get("output") for a in raw["run"]]
+    return [o for o in outputs if isinstance(o, dict) and "fault_id" in o]
+
+
+def _runs(result) -> dict[str, Run]:
+    return {run.run_id: run for run in result.runs}
+
+
+# --------------------------------------------------------------------------- contents
+
+
+def test_verdicts_match_the_journals(journals: Path) -> None:
+    result = write_report([journals], None, ("md", "html", "json"))
+    runs = _runs(result)
+    assert {rid: run.verdict for rid, run in runs.items()} == EXPECTED_VERDICTS
+    assert result.skipped == []
+    for rid, run in runs.items():  # the verdict follows the journal's own fields
+        raw = _raw(rid)
+        assert run.status == raw["status"]
+        assert run.deviated == raw["deviated"]
+    assert runs["01-failed"].before.met is False and runs["01-failed"].after is None
+    assert runs["04-interrupted"].aborted_at == parse_time(_raw("04-interrupted")["end"])
+    assert not runs["05-foreign"].has_extension
+    names = [p.name for p in result.written]
+    assert names == ["experiment-log.md", "experiment-log.html", "experiment-log.json"]
+
+
+def test_fault_windows_come_from_the_action_outputs(journals: Path) -> None:
+    runs = _runs(write_report([journals], None, ("json",)))
+    for rid in ("02-broke", "03-held", "04-interrupted"):
+        raw = _raw(rid)
+        outputs = _fault_outputs(raw)
+        assert len(outputs) == 1
+        fault = runs[rid].faults[0]
+        assert fault.fault_id == outputs[0]["fault_id"]
+        assert fault.injected_at == parse_time(outputs[0]["injected_at"])
+        assert (fault.kind, fault.backend, fault.target) == ("kill", "local", "web")
+    held = _raw("03-held")
+    revert = next(a for a in held["run"] if a["activity"]["name"] == "revert-web")
+    assert runs["03-held"].faults[0].reverted_at == parse_time(revert["output"]["reverted_at"])
+    assert runs["03-held"].faults[0].reverted_by == "revert-web"
+    broke = _raw("02-broke")  # reverted by the rollback, not in the method
+    rollback = broke["rollbacks"][0]["output"]
+    assert runs["02-broke"].faults[0].reverted_at == parse_time(rollback["reverted_at"])
+    aborted = _raw("04-interrupted")  # no rollback ran: the safety control's record reverted it
+    assert aborted["rollbacks"] == []
+    safety = aborted["chaoscheckout"]["safety"]["reverts"][0]
+    assert runs["04-interrupted"].faults[0].reverted_at == parse_time(safety["reverted_at"])
+    assert runs["04-interrupted"].faults[0].reverted_by == "safety control"
+    held_run = runs["03-held"]  # the SLI fell during the fault and came back: both times are measured
+    assert held_run.time_to_detect_s is not None and 0 <= held_run.time_to_detect_s < 2
+    assert held_run.time_to_recover_s is not None and 0 <= held_run.time_to_recover_s < 2
+
+
+def test_json_summary_and_history_rows(journals: Path) -> None:
+    write_report([journals], None, ("json",))
+    data = json.loads((journals / "experiment-log.json").read_text())
+    rows = data["summary"]["rows"]
+    expected = sorted(EXPECTED_VERDICTS.items(), key=lambda kv: _raw(kv[0])["start"])
+    assert [(r[1], r[3]) for r in rows] == expected
+    titles = {r[1]: r[0] for r in rows}
+    assert titles == {rid: _raw(rid)["experiment"]["title"] for rid in EXPECTED_VERDICTS}
+    assert [h["title"] for h in data["history"]] == ["Web survives a kill"]
+    assert [r["verdict"] for r in data["history"][0]["runs"]] == ["failed", "broke", "held"]
+
+
+def test_markdown_structure(journals: Path) -> None:
+    write_report([journals], None, ("md",))
+    text = (journals / "experiment-log.md").read_text()
+    sections = re.split(r"^## ", text, flags=re.M)[1:]
+    run_sections = [s for s in sections if not s.startswith(("Summary", "History", "Skipped"))]
+    assert len(run_sections) == len(EXPECTED_VERDICTS)
+    order = ["**Hypothesis**", "**Blast radius**", "**Abort condition**", "**Verdict:", "### Steady state",
+             "### Fault injected", "**Safeguard fired**", "### Rollbacks", "### Load (k6)", "![SLI timeline"]
+    for section in run_sections:
+        positions = [section.index(marker) for marker in order]
+        assert positions == sorted(positions), section[:80]
+    headings = [s.split("\n", 1)[0] for s in sections]
+    assert headings[-2].startswith("Summary") and headings[-1].startswith("History")
+    summary = sections[-2]
+    rows = [line for line in summary.splitlines() if line.startswith("| ") and not line.startswith("| ---")]
+    assert len(rows) == 1 + len(EXPECTED_VERDICTS)  # header + one row per run
+    assert "failed (2026" in sections[-1] and "→ broke" in sections[-1] and "→ held" in sections[-1]
+    for link in re.findall(r"\]\((experiment-log-charts/[^)]+\.svg)\)", text):
+        svg = ET.parse(journals / link).getroot()  # each linked chart exists and is well-formed XML
+        assert svg.tag.endswith("svg")
+    assert len(set(re.findall(r"!\[SLI timeline[^\]]*\]\(([^)]+)\)", text))) == len(EXPECTED_VERDICTS)
+
+
+class _Checker(HTMLParser):
+    VOID = {"meta", "br", "img", "hr", "input", "link", "rect", "line", "circle", "polyline", "path"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stack: list[str] = []
+        self.errors: list[str] = []
+        self.charts: list[dict[str, str]] = []
+        self.current: dict[str, str] | None = None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "svg" and "sli-chart" in attrs.get("class", ""):
+            self.current = {"label": attrs.get("aria-label", ""), "classes": ""}
+            self.charts.append(self.current)
+        if self.current is not None and attrs.get("class"):
+            self.current["classes"] += " " + attrs["class"]
+        if tag not in self.VOID:
+            self.stack.append(tag)
+
+    def handle_startendtag(self, tag, attrs):
+        if self.current is not None and dict(attrs).get("class"):
+            self.current["classes"] += " " + dict(attrs)["class"]
+
+    def handle_endtag(self, tag):
+        if tag in self.VOID:
+            return
+        if not self.stack or self.stack[-1] != tag:
+            self.errors.append(f"unexpected </{tag}> (open: {self.stack[-3:]})")
+            return
+        self.stack.pop()
+        if tag == "svg":
+            self.current = None
+
+
+def test_html_is_well_formed_with_one_chart_per_run(journals: Path) -> None:
+    write_report([journals], None, ("html",))
+    checker = _Checker()
+    checker.feed((journals / "experiment-log.html").read_text())
+    checker.close()
+    assert checker.errors == [] and checker.stack == []
+    assert len(checker.charts) == len(EXPECTED_VERDICTS)
+    by_run = {rid: next(c for c in checker.charts if f"({rid})" in c["label"]) for rid in EXPECTED_VERDICTS}
+    assert "abort" in by_run["04-interrupted"]["classes"].split()
+    for rid in ("02-broke", "03-held"):
+        assert "abort" not in by_run[rid]["classes"].split()
+    for rid in ("02-broke", "03-held", "04-interrupted"):
+        assert "fault-window" in by_run[rid]["classes"].split()
+        assert "slo" in by_run[rid]["classes"].split()
+    assert "fault-window" not in by_run["01-failed"]["classes"].split()
+
+
+# --------------------------------------------------------------------------- bad inputs
+
+
+def test_bad_inputs_are_skipped_with_a_reason(journals: Path) -> None:
+    good = (journals / "03-held.json").read_text()
+    (journals / "truncated.json").write_text(good[: len(good) // 2])
+    (journals / "not-json.json").write_text("this is not json\n")
+    (journals / "empty.json").write_text("")
+    (journals / "list.json").write_text("[1, 2, 3]\n")
+    (journals / "other-tool.json").write_text(json.dumps({"kind": "k6 summary", "metrics": {}}))
+    broken = json.loads(good)
+    broken["run"] = "not a list"
+    broken["steady_states"] = {"before": {"probes": [None, 3]}}
+    (journals / "odd-shapes.json").write_text(json.dumps(broken))
+    result = write_report([journals, journals / "missing.json"], None, ("md", "html"))
+    reasons = {Path(s.path).name: s.reason for s in result.skipped}
+    assert "not valid JSON" in reasons["truncated.json"]
+    assert "not valid JSON" in reasons["not-json.json"]
+    assert reasons["empty.json"] == "empty file"
+    assert "not a chaostoolkit journal" in reasons["list.json"]
+    assert "not a chaostoolkit journal" in reasons["other-tool.json"]
+    assert reasons["missing.json"] == "no such file or directory"
+    rendered = {r.run_id for r in result.runs}
+    assert set(EXPECTED_VERDICTS) | {"odd-shapes"} == rendered  # rendered with what it has
+    md = (journals / "experiment-log.md").read_text()
+    assert "## Skipped inputs" in md and "truncated.json" in md
+
+
+def test_never_overwrites_the_log_with_an_empty_one(tmp_path: Path) -> None:
+    folder = tmp_path / "journals"
+    folder.mkdir()
+    (folder / "bad.json").write_text("{")
+    (folder / "experiment-log.md").write_text("previous log\n")
+    with pytest.raises(ReportError, match="no readable journal"):
+        write_report([folder], None, ("md", "html"))
+    assert (folder / "experiment-log.md").read_text() == "previous log\n"
+    assert not (folder / "experiment-log.html").exists()
+    proc = subprocess.run([CHAOS, "--no-version-check", "report", str(folder)], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode != 0 and "no readable journal" in proc.stderr
+    assert (folder / "experiment-log.md").read_text() == "previous log\n"
+
+
+def test_interrupted_journal_loads_with_what_it_has() -> None:
+    run = load_journal(FIXTURES / "04-interrupted.json")
+    assert isinstance(run, Run) and run.after is None and run.rollbacks == []
+
+
+# --------------------------------------------------------------------------- the plugin
+
+
+def test_chaos_help_lists_the_plugin() -> None:
+    proc = subprocess.run([CHAOS, "--no-version-check", "--help"], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"^\s+report\s+Write the experiment log", proc.stdout, flags=re.M), proc.stdout
+
+
+def test_cli_writes_default_outputs_and_honours_output(journals: Path, tmp_path: Path) -> None:
+    proc = subprocess.run([CHAOS, "--no-version-check", "report", str(journals)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert (journals / "experiment-log.md").is_file() and (journals / "experiment-log.html").is_file()
+    assert "aborted  Web kill with safeguard" in proc.stdout
+    out = tmp_path / "elsewhere" / "log.html"
+    out.parent.mkdir()
+    proc = subprocess.run([CHAOS, "--no-version-check", "report", str(journals / "03-held.json"), "--output",
+                           str(out), "--format", "html"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in out.parent.iterdir()) == ["log.html"]
+
+
+def test_chaos_run_does_not_import_the_rendering_code(tmp_path: Path) -> None:
+    experiment = {
+        "version": "1.0.0", "title": "import check", "description": "stdlib probe only",
+        "steady-state-hypothesis": {"title": "root exists", "probes": [{
+            "type": "probe", "name": "root-exists", "tolerance": True,
+            "provider": {"type": "python", "module": "os.path", "func": "exists",
+                         "arguments": {"path": "/"}}}]},
+        "method": [{"type": "probe", "name": "again", "provider": {
+            "type": "python", "module": "os.path", "func": "exists", "arguments": {"path": "/"}}}],
+    }
+    (tmp_path / "exp.json").write_text(json.dumps(experiment))
+    code = (
+        "import json, sys\n"
+        "from chaostoolkit.cli import cli\n"
+        "try:\n"
+        "    cli(['--no-version-check', 'run', '--journal-path', sys.argv[2], sys.argv[1]])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print('MODULES=' + json.dumps(sorted(m for m in sys.modules if m.startswith('chaoscheckout'))))\n"
+    )
+    argv = [sys.executable, "-c", code, str(tmp_path / "exp.json"), str(tmp_path / "j.json")]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("MODULES="))
+    modules = set(json.loads(line.removeprefix("MODULES=")))
+    assert json.loads((tmp_path / "j.json").read_text())["status"] == "completed"
+    assert "chaoscheckout.report.plugin" in modules  # the plugin was loaded (so the check means something)
+    assert not modules & RENDERING_MODULES, modules & RENDERING_MODULES
+
+
+# --------------------------------------------------------------------------- the experiments' journals
+
+
+def test_render_committed_experiment_journals(tmp_path: Path) -> None:
+    committed = sorted((ROOT / "journals").glob("*.json")) if (ROOT / "journals").is_dir() else []
+    committed = [p for p in committed if not p.name.startswith("experiment-log")]
+    if not committed:
+        pytest.skip("no experiment journals committed in journals/ yet")
+    result = write_report(committed, tmp_path / "log", ("md", "html"))
+    assert result.skipped == []
+    for run in result.runs:
+        raw = json.loads(Path(run.path).read_text())
+        before = (raw.get("steady_states") or {}).get("before") or {}
+        expected = ("aborted" if raw["status"] in ("interrupted", "aborted") else
+                    "failed" if before.get("steady_state_met") is False
+                    else "broke" if raw["deviated"] else "held")
+        assert run.verdict == expected, run.path
+        assert [f.fault_id for f in run.faults] == [f["fault_id"] for f in _fault_outputs(raw)]
