@@ -250,6 +250,8 @@ def test_payments_latency_raises_checkout_latency_on_the_stack(stack) -> None:
     finally:
         removed = remove_latency("payments", configuration)
     after = checkout_median_s()
+    print(f"checkout median: baseline {baseline * 1000:.1f} ms, payments +300 ms {slowed * 1000:.1f} ms, "
+          f"after remove {after * 1000:.1f} ms")
     assert removed["reverted"] == [fault["fault_id"]]
     assert slowed - baseline >= 0.28, (baseline, slowed)
     assert after < baseline + 0.1, (baseline, after)
