@@ -185,13 +185,14 @@ def test_missing_script_interrupts_clearly(workdir: Path, target: str) -> None:
     assert "k6 script not found" in journal["chaoscheckout_load"]["error"], out
 
 
-def test_sigint_interrupted_run_stops_k6_and_records_it(workdir: Path, target: str) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_interrupted_run_stops_k6_and_records_it(workdir: Path, target: str, sig: int) -> None:
     exp = _experiment(workdir, target, pause_s=60)
     proc = _chaos_run(workdir, exp)
     try:
         _wait_for(lambda: _k6_pids(workdir) and _Target.hits >= 10, 30, "k6 traffic")
         time.sleep(2)  # into the method's 60 s pause
-        proc.send_signal(signal.SIGINT)  # only chaos run: k6 is in its own session
+        proc.send_signal(sig)  # only chaos run: k6 is in its own session
         out = proc.communicate(timeout=40)[0].decode()
     finally:
         proc.kill()
@@ -200,6 +201,34 @@ def test_sigint_interrupted_run_stops_k6_and_records_it(workdir: Path, target: s
     load = journal["chaoscheckout_load"]
     assert load["stopped_by"] == "sigint" and load["exit_code"] == 105
     assert load["summary"]["requests"] >= 10
+    assert _k6_pids(workdir) == []
+
+
+def test_safeguard_interrupted_run_stops_k6(workdir: Path, target: str) -> None:
+    """chaostoolkit-addons safeguards interrupt the run (default rollback strategy)."""
+    exp_path = _experiment(workdir, target, pause_s=60)
+    exp = json.loads(exp_path.read_text())
+    breach = workdir / "breach"
+    exp["controls"].append({"name": "safeguard", "provider": {
+        "type": "python", "module": "chaosaddons.controls.safeguards",
+        "arguments": {"probes": [{"type": "probe", "name": "no-breach", "frequency": 0.5, "tolerance": 0,
+                                  "provider": {"type": "process", "path": "test",
+                                               "arguments": ["!", "-e", str(breach)], "timeout": 3}}]}}})
+    exp_path.write_text(json.dumps(exp))
+    proc = _chaos_run(workdir, exp_path)
+    try:
+        _wait_for(lambda: _k6_pids(workdir) and _Target.hits >= 10, 30, "k6 traffic")
+        time.sleep(2)
+        assert proc.poll() is None  # the guard holds until the breach
+        breach.touch()
+        out = proc.communicate(timeout=40)[0].decode()
+    finally:
+        proc.kill()
+    journal = json.loads((workdir / "journal.json").read_text())
+    assert journal["status"] == "interrupted", out
+    assert journal["duration"] < 40  # interrupted, not the 60 s pause
+    assert journal["chaoscheckout_load"]["stopped_by"] == "sigint"
+    assert journal["chaoscheckout_load"]["summary"]["requests"] >= 10
     assert _k6_pids(workdir) == []
 
 
