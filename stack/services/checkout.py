@@ -292,6 +292,8 @@ def build_app(settings: CheckoutSettings) -> Starlette:
             return JSONResponse(result)
         except CheckoutFailed as exc:
             outcome = exc.outcome
+            if outcome == "error":
+                logger.warning("checkout failed (%d %s): %s", exc.status, exc.message, exc.detail)
             return json_error(exc.status, exc.message, detail=exc.detail)
         except Exception as exc:  # the contract: any failure is a JSON 5xx
             logger.exception("checkout failed unexpectedly")
