@@ -33,7 +33,8 @@ Arguments:
   is stopped at the experiment's end anyway; the bound only matters if stopping fails.
 - ``checkout_url``: default the registry's ``extra.checkout_url``.
 - ``warmup_s``: after the first request completed, keep loading this long before the
-  steady-state check so Prometheus windows have data (0..300).
+  steady-state check so Prometheus windows have data (0..300; at least the shortest
+  SLI window the hypothesis reads, e.g. 10 for the ``10s`` probes).
 - ``env``: extra environment variables for the script.
 - ``timeline``: store the SLI timeline in the journal (default true).
 

@@ -32,6 +32,8 @@ Windows ``30s`` and ``10s`` read the stack's recording rules
 (``checkout:availability:ratio_<w>``, ``checkout:latency_seconds:p95_<w>`` / ``p99_<w>``);
 any other window evaluates the same expression from the raw metrics
 ``checkout_requests_total{outcome}`` and ``checkout_request_duration_seconds_bucket``.
+As in the rules, only ``outcome="ok"|"error"`` count: ``client_error`` (a malformed
+request, HTTP 400/422) is the caller's fault, not an availability loss.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ def checkout_availability(window: str = "30s", configuration: dict[str, Any] | N
     :param window: a Prometheus duration (``"30s"``, ``"10s"``, ``"2m"``). ``30s`` and
         ``10s`` read the recording rule ``checkout:availability:ratio_<window>``; other
         windows compute ``sum(rate(checkout_requests_total{outcome="ok"}[w])) /
-        sum(rate(checkout_requests_total[w]))``.
+        sum(rate(checkout_requests_total{outcome=~"ok|error"}[w]))``.
     :returns: a float in [0, 1] (1.0 = every request succeeded). Use the tolerance
         ``{"type": "range", "range": [0.99, 1.0]}`` for a 99 % objective.
     :raises ActivityFailed: no requests in the window, or Prometheus unreachable.
@@ -94,7 +96,7 @@ def checkout_latency_ms(quantile: float = 0.95, window: str = "30s",
     :param window: a Prometheus duration. 0.95/0.99 over ``30s``/``10s`` read the
         recording rules ``checkout:latency_seconds:p95_<window>`` / ``p99_<window>``;
         other combinations compute ``histogram_quantile(q, sum by (le)
-        (rate(checkout_request_duration_seconds_bucket[w])))``.
+        (rate(checkout_request_duration_seconds_bucket{outcome=~"ok|error"}[w])))``.
     :returns: milliseconds as a float. Use e.g. ``{"type": "range", "range": [0, 300]}``.
     :raises ActivityFailed: no requests in the window; a quantile beyond the largest
         histogram bucket (reported with that bucket's bound); Prometheus unreachable.
