@@ -59,8 +59,9 @@ def add_latency(
       dies (reaper; the proxy also drops its toxic at expiry). At most
       `chaoscheckout_max_fault_duration_s`.
     - `backend`: `proxy` (delays the request direction of the service's route in the
-      fault proxy), `netem` (tc netem on the interfaces of the service's network
-      namespace; needs the kernel's sch_netem) or `auto` (netem when possible, else proxy).
+      fault proxy), `netem` (tc netem on the egress of the interfaces of the service's
+      network namespace; needs the kernel's sch_netem) or `auto` (netem when possible,
+      else proxy). Either way a request/response exchange gains `delay_ms` once.
 
     Invalid arguments, an unknown or non-target service, a service that already has a
     latency fault or an unusable backend are refused before anything is changed.

@@ -1,8 +1,11 @@
 """The tc netem backend: delay a service's egress inside its own network namespace.
 
 Netem runs on every non-loopback interface of the service's namespace (its veth to the
-callers), so it slows that service only; never on the host's ``lo``. Jitter is uniform
-(netem's default without a distribution table), the same as the fault proxy's.
+callers), so it slows that service only; never on the host's ``lo``. It delays the
+service's egress, so each request/response exchange gains ``delay`` once (like the fault
+proxy, which delays the request direction); a new connection's handshake (SYN-ACK) is
+delayed too. Jitter is uniform (netem's default without a distribution table), the same
+as the fault proxy's.
 
 Every call is ``tc``/``ip`` with an argument list and a timeout. :func:`kernel_has_netem`
 proves the kernel can run netem by adding a netem qdisc in a throwaway namespace (which
