@@ -94,3 +94,10 @@ def test_chaos_validate_catches_what_the_signature_can(stack, tmp_path):
     assert missing.returncode != 0 and "service" in missing.stdout + missing.stderr
     # values are not checked by `chaos validate` (they may be ${substituted}): the action refuses them
     assert _snapshot(stack)["leases"] == []
+
+
+def test_runtime_selection(stack):
+    assert get_runtime().name == "local"
+    assert get_runtime({"chaoscheckout_runtime": "local"}).name == "local"
+    with pytest.raises(InvalidFaultArgument, match="unknown runtime 'podman'"):
+        get_runtime({"chaoscheckout_runtime": "podman"})

@@ -123,10 +123,10 @@ def test_sigkilled_run_is_reverted_by_the_reaper(stack, tmp_path):
     )
     try:
         deadline = time.time() + 30
-        while time.time() < deadline and not _leases(stack):
+        while time.time() < deadline and not (_leases(stack) and not service_is_healthy(TARGET, 0.5)):
             time.sleep(0.05)
         leases = _leases(stack)
-        assert leases, "chaos run never injected the fault"
+        assert leases and not service_is_healthy(TARGET), "chaos run never injected the fault"
         time.sleep(0.3)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
@@ -168,3 +168,45 @@ def test_stale_lease_reverted_before_the_run(stack, tmp_path):
         assert _leases(stack) == []
     finally:
         start_service(TARGET, timeout_s=30)
+
+
+def test_reaper_survives_a_bad_lease_and_keeps_reverting(stack):
+    """A lease that cannot be reverted is retried; the others are still reverted."""
+    leases_dir = stack.state_dir / "leases"
+    bad = leases_dir / "kill-ghost-00000000.json"
+    bad.write_text(json.dumps({
+        "fault_id": "kill-ghost-00000000", "kind": "kill", "service": "ghost", "backend": "local",
+        "params": {}, "created_at": time.time() - 10, "expires_at": time.time() - 5,
+    }))
+    try:
+        kill_service(TARGET, duration_s=1)
+        deadline = time.time() + 10
+        while time.time() < deadline and not service_is_healthy(TARGET, 0.5):
+            time.sleep(0.1)
+        assert service_is_healthy(TARGET), "one bad lease stopped the reaper"
+        assert bad.exists()  # still there: retried, never silently dropped
+        assert [lease.fault_id for lease in _leases(stack)] == ["kill-ghost-00000000"]
+    finally:
+        bad.unlink(missing_ok=True)
+        start_service(TARGET, timeout_s=30)
+
+
+def test_reaper_process_stops_cleanly_on_sigterm(tmp_path):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "chaoscheckout.faults.reaper", "--state-dir", str(tmp_path),
+         "--interval-s", "0.2"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        time.sleep(1.0)
+        assert proc.poll() is None, "the reaper exited on its own"
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=5)
+        assert proc.returncode == 0, out
+        assert time.monotonic() - started < 2
+        assert "reaper: stopped" in out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=5)
