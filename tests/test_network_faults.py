@@ -218,7 +218,7 @@ def test_proxy_drops_toxic_at_lease_expiry_and_leftovers_are_cleaned(conf: dict,
     fault = add_latency("up", delay_ms=150, duration_s=1, configuration=conf)
     assert timed_get(f"{rig.proxy_url}/healthz") >= 0.14
     time.sleep(1.8)  # no reaper here: the proxy's own expiry must act
-    assert _toxics(rig)["up"] is None and timed_get(f"{rig.proxy_url}/healthz") < 0.1
+    assert _toxics(rig)["up"] is None and timed_get(f"{rig.proxy_url}/healthz") < 0.14
     assert remove_latency("up", conf)["reverted"] == [fault["fault_id"]]
     # a toxic left without a lease (e.g. lease deleted by hand) is still removed
     ProxyControl(rig.control_url).set_latency("up", delay_ms=100, fault_id=f"orphan-{uuid.uuid4().hex[:4]}")

@@ -83,8 +83,9 @@ def test_keepalive_connection_is_decided_again_when_toxic_changes(
         start = time.perf_counter()
         client.get(f"{rig.proxy_url}/healthz").raise_for_status()
         after = time.perf_counter() - start
-    assert during - before >= 0.14, (before, during)
-    assert after < 0.1, after
+    # absolute bounds: a delay cannot be shorter than asked, and noise rarely reaches 140 ms
+    assert during >= 0.15 and before < 0.14, (before, during)
+    assert after < 0.14, after
 
 
 def test_jitter_spreads_delays_within_bounds(rig: ProxyRig, control: ProxyControl) -> None:
@@ -122,7 +123,7 @@ def test_proxy_enforces_expires_at(rig: ProxyRig, control: ProxyControl) -> None
     assert timed_get(f"{rig.proxy_url}/healthz") >= 0.14
     time.sleep(1.7)  # sweeper runs every 0.5 s
     assert control.route(rig.route)["latency"] is None  # dropped without any traffic
-    assert timed_get(f"{rig.proxy_url}/healthz") < 0.1
+    assert timed_get(f"{rig.proxy_url}/healthz") < 0.14
 
 
 @pytest.mark.parametrize("body", [
