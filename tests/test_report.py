@@ -58,7 +58,7 @@ def _raw(name: str) -> dict:
 
 def _fault_outputs(raw: dict) -> list[dict]:
     outputs = [a.get("output") for a in raw["run"]]
-    return [o for o in outputs if isinstance(o, dict) and "fault_id" in o]
+    return [o for o in outputs if isinstance(o, dict) and "fault_id" in o and "injected_at" in o]
 
 
 def _runs(result) -> dict[str, Run]:
@@ -103,8 +103,9 @@ def test_fault_windows_come_from_the_action_outputs(journals: Path) -> None:
     assert runs["02-broke"].faults[0].reverted_at == parse_time(rollback["reverted_at"])
     aborted = _raw("04-interrupted")  # no rollback ran: the safety control's record reverted it
     assert aborted["rollbacks"] == []
-    safety = aborted["chaoscheckout"]["safety"]["reverts"][0]
-    assert runs["04-interrupted"].faults[0].reverted_at == parse_time(safety["reverted_at"])
+    safety = aborted["chaoscheckout_safety"]
+    assert safety["reverted"][0]["fault_id"] == runs["04-interrupted"].faults[0].fault_id
+    assert runs["04-interrupted"].faults[0].reverted_at == parse_time(safety["at"])
     assert runs["04-interrupted"].faults[0].reverted_by == "safety control"
     held_run = runs["03-held"]  # the SLI fell during the fault and came back: both times are measured
     assert held_run.time_to_detect_s is not None and 0 <= held_run.time_to_detect_s < 2

@@ -202,7 +202,9 @@ def _worst_text(series: Series, value: float | None) -> str:
 
 
 def _revert_text(run: Run, revert: dict[str, Any]) -> str:
-    what = revert.get("fault_id") or revert.get("service") or revert.get("target") or "?"
+    what = " ".join(str(revert[k]) for k in ("kind", "service", "target", "fault_id") if revert.get(k)) or "?"
+    if revert.get("error"):
+        return f"{what}: FAILED to revert ({compact(revert['error'], 120)})"
     when = next((parse_time(revert.get(k)) for k in ("reverted_at", "at", "time") if revert.get(k)), None)
     return f"{what} at {_rel(run, when)}" if when else compact(revert, 160)
 

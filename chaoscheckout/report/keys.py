@@ -1,17 +1,19 @@
 """Where the report finds things in a journal: every key lookup the report depends on.
 
 The journal is chaostoolkit's (1.19); the parts chaoscheckout adds are looked up here and
-only here, so a change in what the controls store is a change in this one module.
+only here (contract: docs/architecture.md, "Journal additions"), so a change in what the
+controls store is a change in this one module.
 
 - Experiment metadata: ``experiment.extensions[name == "chaoscheckout"]`` holding
   ``hypothesis``, ``blast_radius``, ``abort_condition`` and optionally ``result``.
-- The record the controls store at experiment end: ``journal["chaoscheckout"]`` (or, as a
-  fallback, the same keys inside the experiment's chaoscheckout extension entry):
-  ``timeline.series.<name> = [[unix_ts, value], ...]``, ``k6`` (summary dict) and
-  ``safety`` (``reverts`` list, each with ``fault_id``/``service``/``target`` and a time).
-- A fault is an activity output dict carrying ``fault_id`` and ``kind`` (the contract in
-  docs/architecture.md: ``{fault_id, kind, backend, target, parameters, injected_at,
-  expires_at}``).
+- ``chaoscheckout_timeline`` (load control): ``{start, end, step_s, series: {availability_10s:
+  [[t, v], ...], p95_ms_10s: [[t, v], ...]}}``, or ``error`` when Prometheus was unreachable.
+- ``chaoscheckout_load`` (load control): k6 run record with ``summary`` (requests,
+  failed_rate, p95_ms, ...), ``exit_code``, ``exit_meaning``, ``stopped_by``, ``error``.
+- ``chaoscheckout_safety`` (safety control): ``{status_seen, reverted: [{fault_id, kind,
+  service, ...}], at}``.
+- A fault is an activity output dict carrying ``fault_id``, ``kind`` and ``injected_at``
+  (``{fault_id, kind, backend, target, parameters, injected_at, expires_at}``).
 """
 
 from __future__ import annotations
@@ -19,7 +21,11 @@ from __future__ import annotations
 from typing import Any
 
 EXTENSION_NAME = "chaoscheckout"
-JOURNAL_RECORD_KEY = "chaoscheckout"
+TIMELINE_KEY = "chaoscheckout_timeline"
+LOAD_KEY = "chaoscheckout_load"
+SAFETY_KEY = "chaoscheckout_safety"
+LEGACY_RECORD_KEY = "chaoscheckout"  # one dict holding timeline/k6/safety (early drafts)
+K6_RUN_FIELDS = ("exit_code", "exit_meaning", "stopped_by", "error", "rate", "duration_s")
 
 # SLI series drawn per run: (series key, label, unit, SLO objective, "min" | "max").
 # "min": the SLI must stay at or above the objective; "max": at or below it.
@@ -41,12 +47,20 @@ def extension(experiment: dict[str, Any]) -> dict[str, Any]:
 
 
 def record(journal: dict[str, Any]) -> dict[str, Any]:
-    """What chaoscheckout's controls stored in the journal ({} when nothing)."""
-    found = journal.get(JOURNAL_RECORD_KEY)
-    if isinstance(found, dict):
-        return found
-    ext = extension(journal.get("experiment") or {})
-    return {k: ext[k] for k in ("timeline", "k6", "safety", "load") if k in ext}
+    """What chaoscheckout's controls stored in the journal, as {timeline, k6, safety}."""
+    legacy = journal.get(LEGACY_RECORD_KEY)
+    found: dict[str, Any] = dict(legacy) if isinstance(legacy, dict) else {}
+    if not found:
+        ext = extension(journal.get("experiment") or {})
+        found = {k: ext[k] for k in ("timeline", "k6", "safety") if k in ext}
+    for key, name in ((TIMELINE_KEY, "timeline"), (SAFETY_KEY, "safety")):
+        if isinstance(journal.get(key), dict):
+            found[name] = journal[key]
+    load = journal.get(LOAD_KEY)
+    if isinstance(load, dict):
+        summary = load.get("summary") if isinstance(load.get("summary"), dict) else {}
+        found["k6"] = {**{k: load[k] for k in K6_RUN_FIELDS if load.get(k) is not None}, **summary}
+    return found
 
 
 def timeline_series(rec: dict[str, Any]) -> dict[str, Any]:
@@ -68,23 +82,34 @@ def slo(rec: dict[str, Any], ext: dict[str, Any], name: str, default: float) -> 
     return default
 
 
+def timeline_error(rec: dict[str, Any]) -> str:
+    timeline = rec.get("timeline")
+    error = timeline.get("error") if isinstance(timeline, dict) else None
+    return str(error) if error else ""
+
+
 def k6_summary(rec: dict[str, Any]) -> dict[str, Any]:
     found = rec.get("k6")
-    if not isinstance(found, dict):
-        load = rec.get("load")
-        found = load.get("k6") if isinstance(load, dict) else None
     return found if isinstance(found, dict) else {}
 
 
 def safety_reverts(rec: dict[str, Any]) -> list[dict[str, Any]]:
+    """The safety control's reverts, each with a time (the record's ``at`` when it has none)."""
     safety = rec.get("safety")
+    at = None
     if isinstance(safety, dict):
-        reverts = safety.get("reverts") or safety.get("reverted") or []
+        reverts = safety.get("reverted") or safety.get("reverts") or []
+        at = safety.get("at")
     elif isinstance(safety, list):
         reverts = safety
     else:
         reverts = []
-    return [r for r in reverts if isinstance(r, dict)]
+    out = []
+    for revert in reverts if isinstance(reverts, list) else []:
+        if isinstance(revert, dict):
+            has_time = any(revert.get(k) for k in TIME_KEYS_REVERTED)
+            out.append(revert if has_time or at is None else {**revert, "at": at})
+    return out
 
 
 def is_fault_output(output: Any) -> bool:

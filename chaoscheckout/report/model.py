@@ -101,6 +101,7 @@ class Run:
     availability: Series | None
     latency: Series | None
     safety_reverts: list[dict[str, Any]]
+    timeline_error: str = ""
     verdict: str = ""
     reason: str = ""
     aborted_at: float | None = None
@@ -194,6 +195,7 @@ def _parse(path: Path, journal: dict[str, Any]) -> Run:
                              keys.DEFAULT_AVAILABILITY_SLO, "min"),
         latency=_series(rec, ext, keys.LATENCY_SERIES, "p95 latency", "ms", keys.DEFAULT_P95_SLO_MS, "max"),
         safety_reverts=keys.safety_reverts(rec),
+        timeline_error=keys.timeline_error(rec),
     )
     _match_reverts(run, activities + rollbacks)
     return run
@@ -314,6 +316,8 @@ def _match_reverts(run: Run, entries: list[dict[str, Any]]) -> None:
             when = _reverted_time(output) or end
             candidates.append((when, str((entry.get("activity") or {}).get("name", "?"))))
         for revert in run.safety_reverts:
+            if revert.get("error"):
+                continue
             if revert.get("fault_id") == fault.fault_id or fault.target in (
                 revert.get("service"), revert.get("target")
             ):

@@ -28,12 +28,15 @@ def sli_chart(run: Run) -> str:
     label = f"SLI timeline of {run.title} ({run.run_id})"
     if not panels:
         height = 70
+        why = (f"SLI timeline missing: {run.timeline_error}" if run.timeline_error else
+               "No SLI timeline in this journal (no load/SLI record stored at the end of the run)")
+        why = why if len(why) <= 120 else why[:119] + "…"
         return (
             f'<svg class="sli-chart" xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
             f'viewBox="0 0 {WIDTH} {height}" role="img" aria-label="{escape(label)}">'
             f'<rect x="0.5" y="0.5" width="{WIDTH - 1}" height="{height - 1}" fill="#fafafa" stroke="#ccc"/>'
             f'<text x="{WIDTH / 2}" y="40" text-anchor="middle" font-size="14" fill="#555">'
-            "No SLI timeline in this journal (no load/SLI record stored at the end of the run)</text></svg>"
+            f"{escape(why)}</text></svg>"
         )
     t0, t1 = _time_range(run, panels)
     height = TOP + len(panels) * PANEL_H + (len(panels) - 1) * GAP + BOTTOM
