@@ -31,7 +31,7 @@ class ServiceHealth:
         return asdict(self)
 
 
-def check_all(settings: StackSettings, skip: frozenset[str] = frozenset()) -> list[ServiceHealth]:
+def check_all(settings: StackSettings) -> list[ServiceHealth]:
     """Check every service; supervisord unreachable makes every service unhealthy."""
     try:
         infos = {p["name"]: p for p in supervisord.client(settings, PROBE_TIMEOUT_S).all_process_info()}
@@ -44,7 +44,6 @@ def check_all(settings: StackSettings, skip: frozenset[str] = frozenset()) -> li
         return [
             check_one(settings, svc, infos.get(svc.name), http, unreachable)
             for svc in SERVICES
-            if svc.name not in skip
         ]
 
 

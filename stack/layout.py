@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -13,7 +12,7 @@ from stack import postgres, prometheus_config
 from stack.settings import StackSettings
 from stack.supervisord import Program
 
-__all__ = ["Service", "SERVICES", "APP_START_ORDER", "programs", "registry", "missing_modules"]
+__all__ = ["Service", "SERVICES", "APP_START_ORDER", "programs", "registry"]
 
 # Env prefixes handed through from the caller's environment to each program (settings such
 # as CHECKOUT_RETRIES); the ports/URLs computed here always win.
@@ -49,18 +48,7 @@ SERVICES: tuple[Service, ...] = (
 )
 
 
-def missing_modules(settings: StackSettings) -> list[str]:
-    """Service modules not present in the project (for the temporary --skip-missing flag)."""
-    sys.path.insert(0, str(settings.project_dir))
-    try:
-        return [s.name for s in SERVICES if s.module and importlib.util.find_spec(s.module) is None]
-    finally:
-        sys.path.pop(0)
-
-
-def programs(
-    settings: StackSettings, pg_bindir: Path, env: Mapping[str, str], skip: frozenset[str] = frozenset()
-) -> list[Program]:
+def programs(settings: StackSettings, pg_bindir: Path, env: Mapping[str, str]) -> list[Program]:
     """The supervisord programs of the stack, in start order."""
     py = sys.executable
     p = settings.ports
@@ -89,7 +77,7 @@ def programs(
             proxy_cmd += ["--route", f"{route}={p[listen]}:127.0.0.1:{p[svc.port_key]}"]
     out = [
         Program("postgres", postgres.server_command(settings, pg_bindir), autorestart=True,
-                user="postgres", stopsignal="INT", startsecs=2, directory=str(settings.pgdisk)),
+                user="postgres", stopsignal="INT", startsecs=2, startretries=10, directory=str(settings.pgdisk)),
         Program("prometheus", prometheus_config.command(settings), autorestart=True,
                 directory=str(settings.state_dir / "prometheus")),
         Program("faultproxy", proxy_cmd, autorestart=True, environment=common),
@@ -105,14 +93,14 @@ def programs(
         # restarted by supervisord: a killed service must stay down (the kill fault).
         out.append(Program(name, [py, "-m", f"stack.services.{name}"], autorestart=False,
                            autostart=False, environment=environment))
-    return [prog for prog in out if prog.name not in skip]
+    return out
 
 
-def registry(settings: StackSettings, skip: frozenset[str] = frozenset()) -> Registry:
+def registry(settings: StackSettings) -> Registry:
     """The service registry written to <state_dir>/services.json."""
     entries: dict[str, ServiceEntry] = {}
     for svc in SERVICES:
-        if svc.port_key is None or svc.name in skip:
+        if svc.port_key is None:
             continue  # the reaper has no address; it is found through supervisord
         port = settings.port(svc.port_key)
         health_url = f"http://127.0.0.1:{port}{svc.health[5:]}" if svc.health.startswith("http:") else None

@@ -16,6 +16,7 @@ import shutil
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from chaoscheckout.runtime.registry import save_registry
 from chaoscheckout.runtime.supervisor import SupervisorError
@@ -31,16 +32,13 @@ class UpFailed(Exception):
     """``up`` failed after something was started; the message is one line."""
 
 
-def up(settings: StackSettings, skip_missing: bool = False) -> int:
+def up(settings: StackSettings) -> int:
     if supervisord.supervisord_pid(settings) is not None:
         return _already_up(settings)
-    skip = frozenset(layout.missing_modules(settings)) if skip_missing else frozenset()
     pg_bindir = preflight.run_all(settings)  # raises PreflightError, nothing started yet
-    if skip:
-        _say(f"skipping missing modules (temporary --skip-missing): {', '.join(sorted(skip))}")
     started = time.monotonic()
     try:
-        _start(settings, pg_bindir, skip)
+        _start(settings, pg_bindir)
     except BaseException as exc:
         message = _one_line(exc)
         _say("up failed; tearing down what was started")
@@ -75,7 +73,7 @@ def status(settings: StackSettings, as_json: bool) -> int:
         else:
             _say(f"stack is down (no supervisord for {settings.state_dir})")
         return 1
-    results = health.check_all(settings, skip=_skipped(settings))
+    results = health.check_all(settings)
     ok = all(r.healthy for r in results)
     if as_json:
         print(json.dumps({"up": ok, "state_dir": str(settings.state_dir),
@@ -91,12 +89,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stack.manage", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["up", "down", "status"])
     parser.add_argument("--json", action="store_true", help="status: machine-readable output")
-    parser.add_argument("--skip-missing", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     try:
         settings = settings_from_env()
         if args.command == "up":
-            return up(settings, skip_missing=args.skip_missing)
+            return up(settings)
         if args.command == "down":
             return down(settings)
         return status(settings, args.json)
@@ -111,15 +108,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 # ---------------------------------------------------------------------------
 
 
-def _start(settings: StackSettings, pg_bindir, skip: frozenset[str]) -> None:
+def _start(settings: StackSettings, pg_bindir: Path) -> None:
     _prepare_dirs(settings)
     _say(f"mounting {settings.pg_disk_size} tmpfs at {settings.pgdisk}")
     postgres.mount_pgdisk(settings)
     _say("initdb")
     postgres.initdb(settings, pg_bindir)
     prometheus_config.render(settings)
-    (settings.state_dir / "skipped.json").write_text(json.dumps(sorted(skip)))
-    supervisord.render_conf(settings, layout.programs(settings, pg_bindir, os.environ, skip))
+    supervisord.render_conf(settings, layout.programs(settings, pg_bindir, os.environ))
     _say(f"starting supervisord (XML-RPC {settings.supervisor_url})")
     supervisord.start_supervisord(settings)
     postgres.wait_ready(settings)
@@ -127,17 +123,16 @@ def _start(settings: StackSettings, pg_bindir, skip: frozenset[str]) -> None:
     _say("postgres ready, database checkout created")
     rpc = supervisord.client(settings)
     for name in layout.APP_START_ORDER:
-        if name not in skip:
-            rpc.start(name, wait=False)
-    _wait_healthy(settings, skip)
-    save_registry(layout.registry(settings, skip), settings.registry_file)
+        rpc.start(name, wait=False)
+    _wait_healthy(settings)
+    save_registry(layout.registry(settings), settings.registry_file)
 
 
-def _wait_healthy(settings: StackSettings, skip: frozenset[str]) -> None:
+def _wait_healthy(settings: StackSettings) -> None:
     deadline = time.monotonic() + UP_TIMEOUT_S
     reported: set[str] = set()
     while True:
-        results = health.check_all(settings, skip=skip)
+        results = health.check_all(settings)
         for r in results:
             if r.healthy and r.name not in reported:
                 reported.add(r.name)
@@ -173,12 +168,11 @@ def _teardown(settings: StackSettings, quiet: bool) -> None:
     if postgres.unmount_pgdisk(settings) and not quiet:
         _say(f"unmounted {settings.pgdisk}")
     settings.registry_file.unlink(missing_ok=True)
-    (settings.state_dir / "skipped.json").unlink(missing_ok=True)
     shutil.rmtree(settings.state_dir / "leases", ignore_errors=True)
 
 
 def _already_up(settings: StackSettings) -> int:
-    results = health.check_all(settings, skip=_skipped(settings))
+    results = health.check_all(settings)
     bad = [r.name for r in results if not r.healthy]
     if bad:
         _say(f"stack already running in {settings.state_dir} but unhealthy ({', '.join(bad)}): "
@@ -186,13 +180,6 @@ def _already_up(settings: StackSettings) -> int:
         return 1
     _say(f"stack already up in {settings.state_dir} (checkout http://127.0.0.1:{settings.port('checkout')})")
     return 0
-
-
-def _skipped(settings: StackSettings) -> frozenset[str]:
-    try:
-        return frozenset(json.loads((settings.state_dir / "skipped.json").read_text()))
-    except (OSError, ValueError):
-        return frozenset()
 
 
 def _one_line(exc: BaseException) -> str:

@@ -36,6 +36,12 @@ def run_all(settings: StackSettings) -> Path:
         raise PreflightError(
             f"{prometheus_config.PROMETHEUS_BIN} not found: run `make setup` or `apt-get install prometheus`"
         )
+    blocked = _blocked_ancestor(settings.state_dir)
+    if blocked is not None:
+        raise PreflightError(
+            f"user postgres cannot reach {settings.state_dir}: {blocked} is not world-searchable "
+            "(chmod o+x it, or pick another CHAOSCHECKOUT_STATE_DIR such as /var/tmp/chaoscheckout)"
+        )
     busy = busy_ports(settings)
     if busy:
         names = {v: k for k, v in settings.ports.items()}
@@ -54,6 +60,18 @@ def run_all(settings: StackSettings) -> Path:
 def busy_ports(settings: StackSettings) -> list[int]:
     """Ports of the stack that something is listening on (or otherwise bound)."""
     return [port for port in sorted(settings.ports.values()) if not _port_free(port)]
+
+
+def _blocked_ancestor(state_dir: Path) -> Path | None:
+    """The first existing ancestor of the state dir that others cannot traverse, if any."""
+    for parent in reversed(state_dir.parents):
+        try:
+            mode = parent.stat().st_mode
+        except FileNotFoundError:
+            return None
+        if not mode & 0o001:
+            return parent
+    return None
 
 
 def _port_free(port: int) -> bool:

@@ -40,6 +40,7 @@ class Program:
     environment: dict[str, str] = field(default_factory=dict)
     stopsignal: str = "TERM"
     startsecs: int = 1
+    startretries: int = 3
     directory: str | None = None
 
 
@@ -80,7 +81,7 @@ def render_conf(settings: StackSettings, programs: list[Program]) -> Path:
             f"autostart={'true' if prog.autostart else 'false'}",
             f"autorestart={'true' if prog.autorestart else 'false'}",
             f"startsecs={prog.startsecs}",
-            "startretries=3",
+            f"startretries={prog.startretries}",
             f"stopsignal={prog.stopsignal}",
             "stopwaitsecs=10",
             "stopasgroup=true",

@@ -18,6 +18,8 @@ import pytest
 from chaoscheckout.runtime.registry import Registry, load_registry
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # tests import the reference stack (stack/), which is not installed
+    sys.path.insert(0, str(ROOT))
 
 
 @dataclass
@@ -52,6 +54,7 @@ def stack() -> Iterator[StackHandle]:
         os.environ.get("CHAOSCHECKOUT_TEST_STATE_DIR", f"/var/tmp/chaoscheckout-test-{port_base}")
     )
     handle = StackHandle(state_dir, port_base, _stack_env(state_dir, port_base))
+    handle.manage("down", check=False)  # a stack left over by an interrupted session
     up = handle.manage("up", check=False)
     if up.returncode != 0:
         handle.manage("down", check=False)
