@@ -77,7 +77,8 @@ def programs(settings: StackSettings, pg_bindir: Path, env: Mapping[str, str]) -
             proxy_cmd += ["--route", f"{route}={p[listen]}:127.0.0.1:{p[svc.port_key]}"]
     out = [
         Program("postgres", postgres.server_command(settings, pg_bindir), autorestart=True,
-                user="postgres", stopsignal="INT", startsecs=2, startretries=10, directory=str(settings.pgdisk)),
+                user="postgres", stopsignal="INT", startsecs=2, startretries=10,
+                directory=str(settings.pgdisk)),
         Program("prometheus", prometheus_config.command(settings), autorestart=True,
                 directory=str(settings.state_dir / "prometheus")),
         Program("faultproxy", proxy_cmd, autorestart=True, environment=common),
