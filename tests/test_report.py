@@ -242,6 +242,22 @@ def test_never_overwrites_the_log_with_an_empty_one(tmp_path: Path) -> None:
     assert (folder / "experiment-log.md").read_text() == "previous log\n"
 
 
+def test_slo_lines_come_from_the_experiments_own_probes(tmp_path: Path) -> None:
+    journal = _raw("03-held")
+    assert load_journal(FIXTURES / "03-held.json").availability.objective == 0.99  # default
+    journal["experiment"]["steady-state-hypothesis"]["probes"] += [
+        {"type": "probe", "name": "availability", "tolerance": {"type": "range", "range": [0.95, 1.0]},
+         "provider": {"type": "python", "module": "chaoscheckout.sli.probes",
+                      "func": "checkout_availability"}},
+        {"type": "probe", "name": "p95", "tolerance": {"type": "range", "range": [0, 300]},
+         "provider": {"type": "python", "module": "chaoscheckout.sli.probes", "func": "checkout_latency_ms",
+                      "arguments": {"quantile": 0.95, "window": "30s"}}},
+    ]
+    (tmp_path / "j.json").write_text(json.dumps(journal))
+    run = load_journal(tmp_path / "j.json")
+    assert (run.availability.objective, run.latency.objective) == (0.95, 300.0)
+
+
 def test_interrupted_journal_loads_with_what_it_has() -> None:
     run = load_journal(FIXTURES / "04-interrupted.json")
     assert isinstance(run, Run) and run.after is None and run.rollbacks == []

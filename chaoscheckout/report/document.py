@@ -143,13 +143,35 @@ def _run_blocks(run: Run) -> list[Block]:
                                  + "; ".join(_revert_text(run, r) for r in run.safety_reverts)))
     blocks.append(Block("h", "Load (k6)", level=3))
     if run.k6:
-        blocks.append(Block("kv", rows=[[k, _number_text(v)] for k, v in run.k6.items()]))
+        blocks.append(Block("kv", rows=_k6_rows(run.k6)))
     else:
         blocks.append(Block("p", "No k6 summary in this journal."))
     if run.result:
         blocks.append(Block("kv", rows=[["Result noted in the experiment", _result_text(run.result)]]))
     blocks.append(Block("chart", run=run))
     return blocks
+
+
+K6_GROUPS = (
+    ("Traffic", ("requests", "rate_per_s", "failed_rate", "failed_requests", "dropped_iterations")),
+    ("Latency", ("p95_ms", "p99_ms", "max_ms")),
+    ("Thresholds", ("thresholds_ok", "thresholds")),
+    ("k6 run", ("exit_code", "exit_meaning", "stopped_by", "rate", "duration_s", "error")),
+)
+
+
+def _k6_rows(k6: dict[str, Any]) -> list[list[str]]:
+    """The k6 record grouped into a few readable lines; unknown keys go to "Other"."""
+    rows, used = [], set()
+    for label, names in K6_GROUPS:
+        parts = [f"{name} {_number_text(k6[name])}" for name in names if k6.get(name) is not None]
+        used.update(names)
+        if parts:
+            rows.append([label, " · ".join(parts)])
+    rest = [f"{k} {_number_text(v)}" for k, v in k6.items() if k not in used and v is not None]
+    if rest:
+        rows.append(["Other", " · ".join(rest)])
+    return rows
 
 
 def _number_text(value: Any) -> str:

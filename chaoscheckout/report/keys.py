@@ -34,6 +34,9 @@ LATENCY_SERIES = ("p95_ms_10s", "p95_ms_30s", "p95_ms", "p95_10s_ms")
 DEFAULT_AVAILABILITY_SLO = 0.99
 DEFAULT_P95_SLO_MS = 500.0
 
+AVAILABILITY_PROBE = "checkout_availability"  # chaoscheckout.sli.probes
+LATENCY_PROBE = "checkout_latency_ms"
+
 FAULT_KEYS = ("fault_id", "kind")
 TIME_KEYS_REVERTED = ("reverted_at", "at", "time", "ts")
 
@@ -71,15 +74,38 @@ def timeline_series(rec: dict[str, Any]) -> dict[str, Any]:
     return series if isinstance(series, dict) else {}
 
 
-def slo(rec: dict[str, Any], ext: dict[str, Any], name: str, default: float) -> float:
-    """An SLO objective: from the timeline record, then the extension, then the default."""
-    for source in (rec.get("timeline"), ext):
-        if isinstance(source, dict):
-            objectives = source.get("slo") or source.get("objectives") or {}
-            value = objectives.get(name) if isinstance(objectives, dict) else None
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                return float(value)
-    return default
+def objective(journal: dict[str, Any], rec: dict[str, Any], kind: str, series_name: str) -> float:
+    """The SLO drawn for a series ("availability" or "latency"): the timeline's own ``slo``, else
+    the bound of the experiment's steady-state probe on that SLI, else the default."""
+    timeline = rec.get("timeline")
+    if isinstance(timeline, dict) and isinstance(timeline.get("slo"), dict):
+        value = timeline["slo"].get(series_name)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    experiment = journal.get("experiment") or {}
+    hypothesis = experiment.get("steady-state-hypothesis") or {}
+    for probe in hypothesis.get("probes") or [] if isinstance(hypothesis, dict) else []:
+        bound = _probe_bound(probe, kind)
+        if bound is not None:
+            return bound
+    return DEFAULT_AVAILABILITY_SLO if kind == "availability" else DEFAULT_P95_SLO_MS
+
+
+def _probe_bound(probe: Any, kind: str) -> float | None:
+    if not isinstance(probe, dict) or not isinstance(probe.get("provider"), dict):
+        return None
+    provider = probe["provider"]
+    func, args = provider.get("func"), provider.get("arguments") or {}
+    tolerance = probe.get("tolerance")
+    bounds = tolerance.get("range") if isinstance(tolerance, dict) else tolerance
+    if not (isinstance(bounds, list) and len(bounds) == 2
+            and all(isinstance(b, int | float) and not isinstance(b, bool) for b in bounds)):
+        return None
+    if kind == "availability" and func == AVAILABILITY_PROBE:
+        return float(bounds[0])
+    if kind == "latency" and func == LATENCY_PROBE and float(args.get("quantile", 0.95)) == 0.95:
+        return float(bounds[1])
+    return None
 
 
 def timeline_error(rec: dict[str, Any]) -> str:

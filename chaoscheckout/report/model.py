@@ -191,9 +191,9 @@ def _parse(path: Path, journal: dict[str, Any]) -> Run:
         run_activities=[_activity(a) for a in activities],
         rollbacks=[_activity(a) for a in rollbacks],
         k6=keys.k6_summary(rec),
-        availability=_series(rec, ext, keys.AVAILABILITY_SERIES, "availability", "%",
-                             keys.DEFAULT_AVAILABILITY_SLO, "min"),
-        latency=_series(rec, ext, keys.LATENCY_SERIES, "p95 latency", "ms", keys.DEFAULT_P95_SLO_MS, "max"),
+        availability=_series(journal, rec, "availability", keys.AVAILABILITY_SERIES, "availability", "%",
+                             "min"),
+        latency=_series(journal, rec, "latency", keys.LATENCY_SERIES, "p95 latency", "ms", "max"),
         safety_reverts=keys.safety_reverts(rec),
         timeline_error=keys.timeline_error(rec),
     )
@@ -329,8 +329,8 @@ def _match_reverts(run: Run, entries: list[dict[str, Any]]) -> None:
 
 
 def _series(
-    rec: dict[str, Any], ext: dict[str, Any], names: tuple[str, ...], label: str, unit: str,
-    default_slo: float, direction: str,
+    journal: dict[str, Any], rec: dict[str, Any], kind: str, names: tuple[str, ...], label: str, unit: str,
+    direction: str,
 ) -> Series | None:
     series = keys.timeline_series(rec)
     for name in names:
@@ -341,12 +341,11 @@ def _series(
         for item in raw:
             if isinstance(item, list | tuple) and len(item) == 2:
                 t, v = parse_time(item[0]), _number(_maybe_float(item[1]))
-                if t is not None and v is not None:
+                if t is not None and v is not None:  # None: Prometheus had no value (a gap)
                     points.append((t, v))
         points.sort()
-        objective = keys.slo(rec, ext, name, default_slo)
-        return Series(name=name, label=label, unit=unit, points=points, objective=objective,
-                      direction=direction)
+        return Series(name=name, label=label, unit=unit, points=points,
+                      objective=keys.objective(journal, rec, kind, name), direction=direction)
     return None
 
 

@@ -143,9 +143,10 @@ def _panel(run: Run, series: Series, top: float, t0: float, t1: float) -> str:
                  f'stroke="{COLOURS["slo"]}" stroke-width="1.5" stroke-dasharray="6 4"/>')
     parts.append(f'<text x="{x1 - 4}" y="{slo_y - 5:.1f}" font-size="11" text-anchor="end" '
                  f'fill="{COLOURS["slo"]}">SLO {sign} {_fmt(objective)} {escape(series.unit)}</text>')
-    points = " ".join(f"{sx(t):.1f},{sy(v * factor):.1f}" for t, v in series.points)
-    parts.append(f'<polyline class="sli" points="{points}" fill="none" stroke="{COLOURS["line"]}" '
-                 'stroke-width="2" stroke-linejoin="round"/>')
+    for segment in _segments(series.points):
+        points = " ".join(f"{sx(t):.1f},{sy(v * factor):.1f}" for t, v in segment)
+        parts.append(f'<polyline class="sli" points="{points}" fill="none" stroke="{COLOURS["line"]}" '
+                     'stroke-width="2" stroke-linejoin="round"/>')
     if len(series.points) <= 80:
         for t, v in series.points:
             colour = COLOURS["line"] if series.good(v) else COLOURS["fault"]
@@ -158,6 +159,20 @@ def _panel(run: Run, series: Series, top: float, t0: float, t1: float) -> str:
                      f'fill="{COLOURS["abort"]}">abort</text>')
     parts.append("</g>")
     return "".join(parts)
+
+
+def _segments(points: list[tuple[float, float]]) -> list[list[tuple[float, float]]]:
+    """Split a series where samples are missing (a gap over 2.5 times the usual step)."""
+    if len(points) < 3:
+        return [points]
+    steps = sorted(b[0] - a[0] for a, b in zip(points, points[1:], strict=False))
+    limit = 2.5 * steps[len(steps) // 2]
+    segments = [[points[0]]]
+    for previous, point in zip(points, points[1:], strict=False):
+        if point[0] - previous[0] > limit > 0:
+            segments.append([])
+        segments[-1].append(point)
+    return segments
 
 
 def _legend(run: Run) -> str:
