@@ -162,7 +162,9 @@ def charges_without_order(grace_s: float = 5, since_s: float = 600,
     flight), and looks each ``order_ref`` up in Postgres ``orders``.
 
     :param grace_s: seconds a charge may legitimately precede its order row (>= 0).
-    :param since_s: how far back to look, seconds (> grace_s).
+    :param since_s: how far back to look, seconds (> grace_s). Charges stay in the
+        provider's log: an earlier run that broke money safety keeps failing this probe
+        until its charges are older than ``since_s``, so keep it close to the run length.
     :returns: the number of charges without an order; 0 is the steady state (use the
         tolerance ``0``).
     :raises ActivityFailed: Postgres or the provider unreachable (money safety unknown).
