@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from chaoscheckout.faults.leases import LeaseStore
 from chaoscheckout.service.actions import kill_service, start_service
 from chaoscheckout.service.probes import service_is_healthy
@@ -138,6 +140,43 @@ def test_sigkilled_run_is_reverted_by_the_reaper(stack, tmp_path):
         assert service_is_healthy(TARGET) and _leases(stack) == []
         assert reverted_after_s < 5, reverted_after_s
         print(f"SIGKILLed run: fault reverted {reverted_after_s:.2f} s after lease expiry")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        start_service(TARGET, timeout_s=30)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_terminated_run_reverts_at_once(stack, tmp_path, signum):
+    """SIGTERM / Ctrl-C: chaoslib skips or limits rollbacks, the safety control still reverts."""
+    path = tmp_path / "experiment.json"
+    path.write_text(json.dumps(_experiment([SAFETY], duration_s=60, pause_after_s=30)))
+    journal_path = tmp_path / "journal.json"
+    proc = subprocess.Popen(
+        [CHAOS, "--no-version-check", "--log-file", str(tmp_path / "chaostoolkit.log"), "run",
+         "--journal-path", str(journal_path), str(path)],
+        cwd=tmp_path, env=stack.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        # a background job inherits SIGINT ignored; give chaos the default (KeyboardInterrupt)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    log = tmp_path / "chaostoolkit.log"
+    try:
+        # signal during the observation pause: a signal that lands while an activity runs
+        # is turned into that activity's failure by chaoslib and the run carries on
+        deadline = time.time() + 30
+        while time.time() < deadline and not (log.exists() and "Pausing after activity" in log.read_text()):
+            time.sleep(0.05)
+        assert _leases(stack) and not service_is_healthy(TARGET), "chaos run never injected the fault"
+        sent = time.monotonic()
+        os.kill(proc.pid, signum)
+        proc.wait(timeout=30)
+        ended_after_s = time.monotonic() - sent
+        journal = json.loads(journal_path.read_text())
+        assert journal["status"] == "interrupted"
+        assert [r["kind"] for r in journal["chaoscheckout_safety"]["reverted"]] == ["kill"]
+        assert _leases(stack) == [] and service_is_healthy(TARGET, timeout_s=2)
+        assert ended_after_s < 10, f"the run took {ended_after_s:.1f} s to end (lease was 60 s)"
     finally:
         if proc.poll() is None:
             proc.kill()
