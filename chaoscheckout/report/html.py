@@ -71,6 +71,9 @@ def _block(block: Block) -> str:
             summary = block.headers[:1] == ["experiment"] and len(row) > 3
             cls = f' class="{escape(row[3])}"' if summary else ""
             cells = "".join(_cell(c) for c in row)
+            if summary:  # the run id links to its section
+                link = f'<td><a href="#{escape(row[1])}">{escape(row[1])}</a></td>'
+                cells = _cell(row[0]) + link + "".join(_cell(c) for c in row[2:])
             rows.append(f"<tr{cls}>{cells}</tr>")
         return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
     if block.kind == "chart" and block.run is not None:
