@@ -82,8 +82,12 @@ def configure_control(**kwargs: Any) -> None:
 
 
 def validate_control(control: dict[str, Any]) -> None:
-    """Reject bad arguments at ``chaos validate`` / before the run starts."""
-    _check_arguments(**control.get("provider", {}).get("arguments", {}))
+    """Reject bad arguments at ``chaos validate`` / before the run starts.
+
+    A ``"${key}"`` placeholder is checked at run time, once the configuration substituted it.
+    """
+    arguments = control.get("provider", {}).get("arguments", {})
+    _check_arguments(**{k: v for k, v in arguments.items() if not _is_placeholder(v)})
 
 
 def before_experiment_control(context: dict[str, Any], script: str = "load/baseline.js", rate: int = 10,
@@ -180,6 +184,10 @@ def _check_arguments(script: Any = "load/baseline.js", rate: Any = 10, duration_
         problems.append(f"env must be an object of strings, got {env!r}")
     if problems:
         raise InvalidActivity("load control: " + "; ".join(problems))
+
+
+def _is_placeholder(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith("${") and value.endswith("}")
 
 
 def _is_int(value: Any) -> bool:

@@ -56,16 +56,24 @@ class MoneyCheck:
 
 
 def find_charges_without_order(grace_s: float, since_s: float,
-                               configuration: dict[str, Any] | None = None) -> MoneyCheck:
-    """Join the provider's captured charges of the last ``since_s`` seconds to ``orders``."""
+                               configuration: dict[str, Any] | None = None,
+                               since: float | None = None) -> MoneyCheck:
+    """Join the provider's captured charges since ``since`` (a unix timestamp), else of the
+    last ``since_s`` seconds, to ``orders``."""
     if not (isinstance(grace_s, (int, float)) and grace_s >= 0):
         raise InvalidFaultArgument(f"grace_s must be a number >= 0, got {grace_s!r}")
-    if not (isinstance(since_s, (int, float)) and since_s > grace_s):
-        raise InvalidFaultArgument(f"since_s must be a number > grace_s ({grace_s}), got {since_s!r}")
+    now = time.time()
+    if since is not None:
+        if not (isinstance(since, (int, float)) and 0 < since <= now + 60):
+            raise InvalidFaultArgument(f"since must be a unix timestamp not in the future, got {since!r}")
+        start = float(since)
+    else:
+        if not (isinstance(since_s, (int, float)) and since_s > grace_s):
+            raise InvalidFaultArgument(f"since_s must be a number > grace_s ({grace_s}), got {since_s!r}")
+        start = now - since_s
     settings = settings_from(configuration)
     provider_url, database_url = _endpoints(configuration)
-    now = time.time()
-    charges = _fetch_charges(provider_url, now - since_s, settings.io_timeout_s)
+    charges = _fetch_charges(provider_url, start, settings.io_timeout_s)
     judged = [c for c in charges if c.captured_at <= now - grace_s]
     recorded = _recorded_refs(database_url, judged, settings.io_timeout_s)
     orphans = [c for c in judged if c.order_ref not in recorded]

@@ -153,7 +153,7 @@ def prometheus_range(query: str, start: float, end: float | None = None, step: f
     return prometheus_client_from(configuration).query_range(query, float(start), float(end), float(step))
 
 
-def charges_without_order(grace_s: float = 5, since_s: float = 600,
+def charges_without_order(grace_s: float = 5, since_s: float = 600, since: float | None = None,
                           configuration: dict[str, Any] | None = None) -> int:
     """Count captured payment-provider charges that have no recorded order (money safety).
 
@@ -172,10 +172,10 @@ def charges_without_order(grace_s: float = 5, since_s: float = 600,
     Configuration: ``provider_url`` and ``database_url``, else the registry's
     ``extra.provider_url`` / ``extra.database_url``. A probe: nothing to undo.
     """
-    return len(find_charges_without_order(grace_s, since_s, configuration).orphans)
+    return len(find_charges_without_order(grace_s, since_s, configuration, since=since).orphans)
 
 
-def charges_without_order_details(grace_s: float = 5, since_s: float = 600,
+def charges_without_order_details(grace_s: float = 5, since_s: float = 600, since: float | None = None,
                                   configuration: dict[str, Any] | None = None) -> dict[str, Any]:
     """Like :func:`charges_without_order`, but return the evidence for the journal.
 
@@ -186,7 +186,7 @@ def charges_without_order_details(grace_s: float = 5, since_s: float = 600,
 
     A probe: nothing to undo.
     """
-    return find_charges_without_order(grace_s, since_s, configuration).to_dict()
+    return find_charges_without_order(grace_s, since_s, configuration, since=since).to_dict()
 
 
 # ---------------------------------------------------------------------------

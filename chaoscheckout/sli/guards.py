@@ -1,0 +1,163 @@
+"""Abort-condition probes for chaostoolkit-addons ``safeguards``: thresholds as arguments.
+
+chaostoolkit-addons does not substitute ``${...}`` in a safeguard's tolerance, so a
+configurable threshold has to be an argument. Each guard returns ``True`` while the
+system is inside its abort threshold and ``False`` on a breach; use ``"tolerance": true``.
+Every breach is remembered in this process (time, guard, measured value) so the safety
+control can record when the first breaching sample was taken and how long it took to
+revert the fault (``chaoscheckout_safety.abort`` in the journal). Paste::
+
+    {
+      "name": "safeguards",
+      "provider": {
+        "type": "python", "module": "chaosaddons.controls.safeguards",
+        "arguments": {"probes": [
+          {"name": "abort-if-money-without-order", "type": "probe", "frequency": 1,
+           "tolerance": true,
+           "provider": {"type": "python", "module": "chaoscheckout.sli.guards",
+                        "func": "money_guard", "arguments": {"grace_s": 5}}},
+          {"name": "abort-if-availability-below-50pct", "type": "probe", "frequency": 1,
+           "tolerance": true,
+           "provider": {"type": "python", "module": "chaoscheckout.sli.guards",
+                        "func": "availability_guard",
+                        "arguments": {"min_ratio": 0.5, "window": "10s"}}}
+        ]}
+      }
+    }
+
+A guard whose measurement fails (Prometheus or Postgres unreachable) raises, and
+safeguards treat that as a breach: when the system cannot be observed, stop.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from chaoscheckout.config import settings_from
+from chaoscheckout.errors import InvalidFaultArgument
+from chaoscheckout.faults.leases import LeaseStore
+from chaoscheckout.sli.probes import charges_without_order, checkout_availability, checkout_latency_ms
+
+__all__ = ["availability_guard", "latency_guard", "money_guard", "unix_time"]
+
+logger = logging.getLogger("chaostoolkit")
+
+
+def availability_guard(min_ratio: float = 0.5, window: str = "10s", during_fault: bool = False,
+                       configuration: dict[str, Any] | None = None) -> bool:
+    """Abort condition: checkout availability over ``window`` fell below ``min_ratio``.
+
+    :param min_ratio: the abort threshold in [0, 1] (e.g. 0.5: abort when more than half
+        of checkouts fail).
+    :param window: Prometheus duration of the availability window (``10s`` reads a
+        recording rule).
+    :param during_fault: judge only while a fault of this package is live (a lease
+        exists); outside a fault the guard passes without measuring.
+    :returns: ``True`` while availability >= ``min_ratio``, ``False`` on a breach.
+
+    A probe: changes nothing.
+    """
+    _check_ratio(min_ratio)
+    if during_fault and not _fault_live(configuration):
+        return True
+    value = checkout_availability(window=window, configuration=configuration)
+    return _judge("availability_guard", value >= min_ratio, value, f">= {min_ratio}")
+
+
+def latency_guard(max_ms: float = 1000, quantile: float = 0.95, window: str = "10s",
+                  during_fault: bool = False, configuration: dict[str, Any] | None = None) -> bool:
+    """Abort condition: a checkout latency quantile over ``window`` rose above ``max_ms``.
+
+    :param max_ms: the abort threshold in milliseconds (> 0).
+    :param quantile: e.g. 0.95 or 0.99.
+    :param window: Prometheus duration (``10s``/``30s`` read recording rules).
+    :param during_fault: judge only while a fault of this package is live.
+    :returns: ``True`` while the quantile <= ``max_ms``, ``False`` on a breach.
+
+    A probe: changes nothing.
+    """
+    if during_fault and not _fault_live(configuration):
+        return True
+    if not (isinstance(max_ms, (int, float)) and max_ms > 0):
+        raise InvalidFaultArgument(f"max_ms must be a number > 0, got {max_ms!r}")
+    value = checkout_latency_ms(quantile=quantile, window=window, configuration=configuration)
+    return _judge("latency_guard", value <= max_ms, value, f"<= {max_ms} ms")
+
+
+def money_guard(grace_s: float = 5, since: float | None = None, since_s: float = 600,
+                configuration: dict[str, Any] | None = None) -> bool:
+    """Abort condition: any captured charge without a recorded order (money safety).
+
+    :param grace_s: seconds a charge may precede its order row (in-flight checkouts).
+    :param since: unix timestamp to look back to (e.g. the run's start); overrides
+        ``since_s``.
+    :param since_s: how far back to look when ``since`` is not given.
+    :returns: ``True`` while no such charge exists, ``False`` at the first one.
+
+    A probe: changes nothing.
+    """
+    count = charges_without_order(grace_s=grace_s, since_s=since_s, since=since,
+                                  configuration=configuration)
+    return _judge("money_guard", count == 0, count, "== 0")
+
+
+def unix_time() -> float:
+    """The current unix time: a dynamic-configuration probe that marks the run's start.
+
+    Chaos Toolkit runs configuration probes once when the run starts, so::
+
+        "configuration": {"run_started_at": {"name": "run-started-at", "type": "probe",
+            "provider": {"type": "python", "module": "chaoscheckout.sli.guards",
+                         "func": "unix_time"}}}
+
+    lets the money probes judge only this run's charges (``"since": "${run_started_at}"``).
+    """
+    return time.time()
+
+
+@dataclass(frozen=True)
+class Breach:
+    guard: str
+    at: float
+    value: float
+    threshold: str
+
+
+def breaches() -> list[dict[str, Any]]:
+    """The breaches seen in this process since the last :func:`reset` (oldest first)."""
+    with _LOCK:
+        return [asdict(b) for b in _BREACHES]
+
+
+def reset() -> None:
+    """Forget recorded breaches (the safety control calls it before each experiment)."""
+    with _LOCK:
+        _BREACHES.clear()
+
+
+# ---------------------------------------------------------------------------
+# Internals
+# ---------------------------------------------------------------------------
+_LOCK = threading.Lock()
+_BREACHES: list[Breach] = []
+
+
+def _judge(guard: str, ok: bool, value: float, threshold: str) -> bool:
+    if not ok:
+        with _LOCK:
+            _BREACHES.append(Breach(guard, time.time(), float(value), threshold))
+        logger.warning(f"{guard}: breach, measured {value:g} (abort threshold {threshold})")
+    return ok
+
+
+def _fault_live(configuration: dict[str, Any] | None) -> bool:
+    return bool(LeaseStore(settings_from(configuration).leases_dir).live())
+
+
+def _check_ratio(value: Any) -> None:
+    if not (isinstance(value, (int, float)) and 0 <= value <= 1):
+        raise InvalidFaultArgument(f"min_ratio must be a number in [0, 1], got {value!r}")
