@@ -101,3 +101,20 @@ def test_runtime_selection(stack):
     assert get_runtime({"chaoscheckout_runtime": "local"}).name == "local"
     with pytest.raises(InvalidFaultArgument, match="unknown runtime 'podman'"):
         get_runtime({"chaoscheckout_runtime": "podman"})
+
+
+def test_chaos_validate_checks_the_safety_control_arguments(stack, tmp_path):
+    experiment = {
+        "version": "1.0.0", "title": "t", "description": "d",
+        "controls": [{"name": "safety", "provider": {
+            "type": "python", "module": "chaoscheckout.controls.safety",
+            "arguments": {"on_stale": "ignore"}}}],
+        "method": [{"type": "probe", "name": "p", "provider": {
+            "type": "python", "module": "chaoscheckout.service.probes", "func": "service_is_healthy",
+            "arguments": {"service": "catalog"}}}],
+    }
+    path = tmp_path / "experiment.json"
+    path.write_text(json.dumps(experiment))
+    proc = subprocess.run([CHAOS, "--no-version-check", "validate", str(path)], cwd=tmp_path,
+                          env=stack.env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "on_stale must be one of" in proc.stdout + proc.stderr

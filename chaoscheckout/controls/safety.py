@@ -84,8 +84,13 @@ def after_experiment_control(
     After the experiment, whatever its status: revert every live lease and record
     `{status, reverted: [...], at}` in the journal under `chaoscheckout_safety`.
     """
-    reverted = revert_all(configuration)
     status = state.get("status") if isinstance(state, dict) else None
+    try:
+        reverted = revert_all(configuration)
+    except Exception as exc:  # noqa: BLE001 - chaoslib would swallow it at debug level
+        logger.error("safety control: could not revert live faults: %s (the reaper reverts them at "
+                     "lease expiry)", exc)
+        reverted = [{"error": str(exc)}]
     if reverted:
         logger.warning("safety control: reverted %d live fault(s) at the end of a %s run",
                        len(reverted), status)

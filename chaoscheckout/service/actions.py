@@ -46,7 +46,11 @@ def kill_service(
     try:
         killed = runtime.kill(service, timeout_s=settings.io_timeout_s)
     except Exception:
-        if runtime.pid(service) is not None:  # nothing was killed: drop the lease
+        try:
+            still_up = runtime.pid(service) is not None
+        except Exception:  # noqa: BLE001 - cannot tell: keep the lease, the reaper will start it
+            still_up = False
+        if still_up:  # nothing is left killed: drop the lease
             LeaseStore(settings.leases_dir).remove(lease.fault_id)
         raise
     logger.info("killed %s (pid %s), lease %s for %g s", service, killed.pid, lease.fault_id, duration)
