@@ -16,6 +16,7 @@ from chaoscheckout.errors import InvalidFaultArgument, TargetRefused, UnknownSer
 from chaoscheckout.faults.leases import LeaseStore
 from chaoscheckout.runtime import get_runtime
 from chaoscheckout.service.actions import kill_service, start_service
+from chaoscheckout.service.probes import service_is_healthy
 
 CHAOS = str(Path(sys.executable).parent / "chaos")
 NAN, INF = float("nan"), float("inf")
@@ -30,6 +31,10 @@ CASES = [
     ("text duration", kill_service, {"service": "catalog", "duration_s": "soon"}, None, "number of seconds"),
     ("duration above max", kill_service, {"service": "catalog", "duration_s": 601}, None,
      "exceeds the maximum"),
+    ("bool duration", kill_service, {"service": "catalog", "duration_s": True}, None, "number of seconds"),
+    ("probe bad timeout", service_is_healthy, {"service": "catalog", "timeout_s": "x"}, None,
+     "must be a number"),
+    ("probe unknown", service_is_healthy, {"service": "nope"}, UnknownService, "unknown service"),
     ("start unknown", start_service, {"service": "nope"}, UnknownService, "unknown service"),
     ("start negative timeout", start_service, {"service": "catalog", "timeout_s": -5}, None, "must be > 0"),
     ("start NaN timeout", start_service, {"service": "catalog", "timeout_s": NAN}, None, "must be > 0"),

@@ -20,7 +20,7 @@ from typing import Any
 
 from chaoscheckout.errors import InvalidFaultArgument
 
-__all__ = ["Lease", "LeaseStore", "check_duration", "iso_utc"]
+__all__ = ["Lease", "LeaseStore", "check_duration", "check_positive", "iso_utc"]
 
 KINDS = ("kill", "latency", "disk")
 
@@ -62,6 +62,8 @@ def iso_utc(ts: float) -> str:
 
 def check_duration(duration_s: Any, max_duration_s: float) -> float:
     """Validate a fault duration: a positive number no longer than the configured maximum."""
+    if isinstance(duration_s, bool):
+        raise InvalidFaultArgument(f"duration_s must be a number of seconds, got {duration_s!r}")
     try:
         value = float(duration_s)
     except (TypeError, ValueError):
@@ -74,6 +76,19 @@ def check_duration(duration_s: Any, max_duration_s: float) -> float:
             "(chaoscheckout_max_fault_duration_s)"
         )
     return value
+
+
+def check_positive(name: str, value: Any) -> float:
+    """Validate a finite number > 0 (timeouts, intervals)."""
+    if isinstance(value, bool):
+        raise InvalidFaultArgument(f"{name} must be a number, got {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InvalidFaultArgument(f"{name} must be a number, got {value!r}") from None
+    if not (math.isfinite(number) and number > 0):
+        raise InvalidFaultArgument(f"{name} must be > 0 and finite, got {value!r}")
+    return number
 
 
 class LeaseStore:

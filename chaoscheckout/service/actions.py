@@ -8,8 +8,8 @@ from typing import Any
 from chaoslib.types import Configuration
 
 from chaoscheckout.config import settings_from
-from chaoscheckout.errors import ChaosCheckoutError, InvalidFaultArgument
-from chaoscheckout.faults.leases import Lease, LeaseStore, check_duration
+from chaoscheckout.errors import ChaosCheckoutError
+from chaoscheckout.faults.leases import Lease, LeaseStore, check_duration, check_positive
 from chaoscheckout.runtime import get_runtime
 
 __all__ = ["kill_service", "start_service"]
@@ -73,7 +73,7 @@ def start_service(
     Returns `{service, started, already_running, healthy_after_s, pid, reverted_leases}`.
     Raises ActivityFailed when the service is not healthy within `timeout_s`.
     """
-    timeout = _positive("timeout_s", timeout_s)
+    timeout = check_positive("timeout_s", timeout_s)
     settings = settings_from(configuration)
     runtime = get_runtime(configuration)
     runtime.entry(service)
@@ -103,16 +103,3 @@ def revert_kill_lease(lease: Lease, configuration: dict[str, Any] | None = None)
         "action": "started" if result.started else "already running",
         "healthy_after_s": round(result.healthy_after_s, 3),
     }
-
-
-###############################################################################
-# Internals
-###############################################################################
-def _positive(name: str, value: Any) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise InvalidFaultArgument(f"{name} must be a number, got {value!r}") from None
-    if not (number > 0 and number < float("inf")):
-        raise InvalidFaultArgument(f"{name} must be > 0 and finite, got {value!r}")
-    return number

@@ -7,6 +7,7 @@ from typing import Any
 
 from chaoslib.types import Configuration
 
+from chaoscheckout.faults.leases import check_positive
 from chaoscheckout.runtime import get_runtime
 
 __all__ = ["service_is_healthy", "service_pid", "describe_service"]
@@ -22,7 +23,7 @@ def service_is_healthy(service: str, timeout_s: float = 2, configuration: Config
     Returns `true`/`false` (use tolerance `true` in a steady-state hypothesis).
     Changes nothing.
     """
-    return get_runtime(configuration).is_healthy(service, timeout_s=float(timeout_s))
+    return get_runtime(configuration).is_healthy(service, timeout_s=check_positive("timeout_s", timeout_s))
 
 
 def service_pid(service: str, configuration: Configuration = None) -> int | None:
