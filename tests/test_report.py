@@ -31,6 +31,8 @@ EXPECTED_VERDICTS = {
     "03-held": "held",
     "04-interrupted": "aborted",
     "05-foreign": "held",
+    "06-stack-kill-catalog": "held",  # these two: the real stack, load and safety controls
+    "07-stack-kill-catalog-guarded": "aborted",
 }
 RENDERING_MODULES = {
     "chaoscheckout.report.build",
@@ -107,6 +109,14 @@ def test_fault_windows_come_from_the_action_outputs(journals: Path) -> None:
     assert safety["reverted"][0]["fault_id"] == runs["04-interrupted"].faults[0].fault_id
     assert runs["04-interrupted"].faults[0].reverted_at == parse_time(safety["at"])
     assert runs["04-interrupted"].faults[0].reverted_by == "safety control"
+    stack = _raw("06-stack-kill-catalog")  # start_service names the leases it reverted
+    start = next(a for a in stack["run"] if a["activity"]["name"] == "start-catalog")
+    assert runs["06-stack-kill-catalog"].faults[0].fault_id in start["output"]["reverted_leases"]
+    assert runs["06-stack-kill-catalog"].faults[0].reverted_at == parse_time(start["end"])
+    guarded = runs["07-stack-kill-catalog-guarded"].faults[0]
+    assert guarded.reverted_at == _raw("07-stack-kill-catalog-guarded")["chaoscheckout_safety"]["at"]
+    assert guarded.reverted_by == "safety control"
+    assert "availability reached" in runs["06-stack-kill-catalog"].reason  # held, yet the SLI broke meanwhile
     held_run = runs["03-held"]  # the SLI fell during the fault and came back: both times are measured
     assert held_run.time_to_detect_s is not None and 0 <= held_run.time_to_detect_s < 2
     assert held_run.time_to_recover_s is not None and 0 <= held_run.time_to_recover_s < 2

@@ -31,6 +31,10 @@ def analyse(run: Run) -> Run:
         s.name: _phases(s, window) for s in (run.availability, run.latency) if s is not None and s.points
     }
     run.time_to_detect_s, run.time_to_recover_s = _detect_recover(run, window)
+    if run.verdict == "held":
+        breached = _breached_during(run)
+        if breached:
+            run.reason += f"; but {breached} during the fault (the checks before/after did not see it)"
     return run
 
 
@@ -93,6 +97,18 @@ def _verdict(run: Run) -> tuple[str, str]:
             return "held", "completed; no steady-state check after the method"
         return "held", f"all {len(run.after.probes)} steady-state probe(s) within tolerance before and after"
     return run.status, f"chaostoolkit status {run.status}"
+
+
+def _breached_during(run: Run) -> str:
+    notes = []
+    for series in (run.availability, run.latency):
+        worst = run.sli_phases.get(series.name, {}).get("during") if series else None
+        if series is not None and worst is not None and not series.good(worst):
+            factor = 100.0 if series.unit == "%" else 1.0
+            sign = "≥" if series.direction == "min" else "≤"
+            notes.append(f"{series.label} reached {worst * factor:.1f} {series.unit} "
+                         f"(SLO {sign} {series.objective * factor:g} {series.unit})")
+    return " and ".join(notes)
 
 
 def _phases(series: Series, window: tuple[float, float] | None) -> dict[str, float | None]:

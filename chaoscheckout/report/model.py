@@ -220,6 +220,27 @@ def compact(value: Any, limit: int = 90) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def round_value(value: Any) -> Any:
+    """Floats to 4 significant digits (probe outputs like 46.58333333333332)."""
+    if isinstance(value, float) and math.isfinite(value):
+        return float(f"{value:.4g}")
+    return value
+
+
+def tolerance_text(tolerance: Any) -> str:
+    """A tolerance as a reader writes it: ranges as "range [min, max]"; others compact."""
+    if not isinstance(tolerance, dict):
+        return compact(tolerance)
+    kind = tolerance.get("type")
+    if kind == "range" and isinstance(tolerance.get("range"), list):
+        target = f" of {tolerance['target']}" if tolerance.get("target") else ""
+        return f"range {compact(tolerance['range'])}{target}"
+    if kind in ("probe", "regex", "jsonpath"):
+        detail = tolerance.get("pattern") or tolerance.get("path") or tolerance.get("name") or ""
+        return compact(f"{kind} {detail}".strip())
+    return compact(tolerance)
+
+
 def _steady(block: Any) -> SteadyState | None:
     if not isinstance(block, dict):
         return None
@@ -234,8 +255,8 @@ def _steady(block: Any) -> SteadyState | None:
             value = (value[-1] if value else "").strip() if probe.get("status") != "succeeded" else value
         probes.append(ProbeResult(
             name=str(activity.get("name", "?")),
-            value=compact(value),
-            tolerance=compact(activity.get("tolerance")),
+            value=compact(round_value(value)),
+            tolerance=tolerance_text(activity.get("tolerance")),
             met=met if isinstance(met, bool) else None,
             status=str(probe.get("status", "?")),
         ))
@@ -289,6 +310,8 @@ def _mentions(output: Any, fault: Fault, depth: int = 0) -> bool:
         return False
     if output.get("fault_id") == fault.fault_id:
         return True
+    if isinstance(output.get("reverted_leases"), list):  # start_service & co: the ids it reverted
+        return fault.fault_id in output["reverted_leases"]
     if "fault_id" not in output and fault.target in (output.get("service"), output.get("target")):
         return True
     return any(_mentions(v, fault, depth + 1) for v in output.values() if isinstance(v, dict | list))
