@@ -42,8 +42,10 @@ class Document:
     histories: list[HistoryEntry]
 
 
-SUMMARY_HEADERS = ["experiment", "run", "date (UTC)", "verdict", "availability before / during / after",
-                   "p95 before / during / after"]
+SUMMARY_HEADERS = ["experiment", "run", "date (UTC)", "verdict", "availability before / worst during / after",
+                   "p95 before / worst during / after"]
+SUMMARY_NOTE = ("Before and after: mean over the timeline before the fault and after its revert; "
+                "during: the worst sample in the fault window; ✗: outside the SLO.")
 
 
 def fmt_time(ts: float | None, with_date: bool = False) -> str:
@@ -72,6 +74,7 @@ def build_document(runs: list[Run], skipped: list[Skipped], title: str = "Experi
     summary = [_summary_row(r) for r in runs]
     blocks.append(Block("h", "Summary", level=2, anchor="summary"))
     blocks.append(Block("table", headers=SUMMARY_HEADERS, rows=summary))
+    blocks.append(Block("p", SUMMARY_NOTE))
     entries = history(runs)
     blocks.append(Block("h", "History of experiments run several times", level=2, anchor="history"))
     if entries:
@@ -235,8 +238,15 @@ def _phase_text(run: Run, name: str | None, factor: float, unit: str) -> str:
     phases = run.sli_phases.get(name or "")
     if not phases:
         return "—"
-    parts = ["—" if phases[k] is None else f"{phases[k] * factor:.{1 if factor == 100 else 0}f}"
-             for k in ("before", "during", "after")]
+    series = run.availability if factor == 100.0 else run.latency
+    parts = []
+    for key in ("before", "during", "after"):
+        value = phases[key]
+        if value is None:
+            parts.append("—")
+            continue
+        mark = " ✗" if series is not None and not series.good(value) else ""
+        parts.append(f"{value * factor:.{1 if factor == 100 else 0}f}{mark}")
     return " / ".join(parts) + f" {unit}"
 
 
