@@ -23,6 +23,8 @@ import pytest
 from chaoslib.exceptions import InvalidActivity
 
 from chaoscheckout.load import control
+from chaoscheckout.load import k6 as k6_module
+from chaoscheckout.load.k6 import K6Options, K6Process
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAOS = str(Path(sys.executable).parent / "chaos")
@@ -328,3 +330,33 @@ def test_baseline_load_against_the_stack_records_summary_and_timeline(stack, tmp
 def _iso_ts(value: str) -> float:
     dt = datetime.fromisoformat(value)
     return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
+
+
+def test_k6_stops_by_itself_at_its_duration(workdir: Path, target: str) -> None:
+    k6 = K6Process(K6Options(workdir / "load" / "tiny.js", rate=5, duration_s=2, checkout_url=target,
+                             run_dir=workdir / "state" / "self"))
+    k6.start()
+    try:
+        k6.wait_for_traffic(15)
+        _wait_for(lambda: not k6.running(), 20, "k6 to end at its DURATION")
+    finally:
+        k6.stop()
+    result = k6.result()
+    assert result["stopped_by"] == "self" and result["exit_code"] == 0
+    assert 5 <= result["summary"]["requests"] <= 15  # 2 s at 5 req/s
+
+
+def test_watchdog_stops_a_script_that_ignores_duration(workdir: Path, target: str, monkeypatch) -> None:
+    (workdir / "load" / "stubborn.js").write_text(SCRIPT.replace("__ENV.DURATION", '"120s"'))
+    monkeypatch.setattr(k6_module, "WATCHDOG_GRACE_S", 1.0)
+    k6 = K6Process(K6Options(workdir / "load" / "stubborn.js", rate=5, duration_s=2, checkout_url=target,
+                             run_dir=workdir / "state" / "stubborn"))
+    k6.start()
+    try:
+        k6.wait_for_traffic(15)
+        _wait_for(lambda: not k6.running(), 20, "the watchdog to stop k6")
+        assert time.time() - k6.started_at < 15
+    finally:
+        k6.stop()
+    assert k6.result()["stopped_by"] == "watchdog" and k6.result()["exit_code"] == 105
+    assert _k6_pids(workdir) == []

@@ -146,15 +146,18 @@ class K6Process:
                 raise K6Error(f"k6 exited with code {self.exit_code()} during warm-up: {self.log_tail()}")
             time.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
 
-    def stop(self, timeout_s: float = 15.0) -> None:
-        """Stop k6: SIGINT, wait up to ``timeout_s``, then SIGKILL. Idempotent."""
+    def stop(self, timeout_s: float = 15.0, reason: str = "sigint") -> None:
+        """Stop k6: SIGINT, wait up to ``timeout_s``, then SIGKILL. Idempotent.
+
+        ``stopped_by`` becomes ``reason`` (SIGINT worked), ``"sigkill"``, or ``"self"``
+        when k6 had already ended on its own."""
         with self._lock:
             if self._watchdog is not None:
                 self._watchdog.cancel()
             if self.proc is None or self.stopped_at is not None:
                 return
             if self.proc.poll() is None:
-                self.stopped_by = "sigint"
+                self.stopped_by = reason
                 _signal(self.proc, signal.SIGINT)
                 try:
                     self.proc.wait(timeout=timeout_s)
@@ -205,7 +208,7 @@ class K6Process:
     def _overdue(self) -> None:
         if self.running():
             logger.warning("k6 outlived its duration; stopping it")
-            self.stop()
+            self.stop(reason="watchdog")
 
 
 def find_k6() -> str:
