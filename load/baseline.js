@@ -1,6 +1,6 @@
 // Baseline checkout load for k6: a constant arrival rate of POST /checkout.
 //
-// Env: CHECKOUT_URL (default http://127.0.0.1:18100), RATE (checkouts/s, default 10),
+// Env: CHECKOUT_URL (default http://127.0.0.1:18100), RATE (checkouts/s, default 5 = the baseline),
 // DURATION (default "30s"), PRE_ALLOCATED_VUS (default 10), MAX_VUS (default 50),
 // REQUEST_TIMEOUT (default "2s").
 // Thresholds are the checkout SLOs: < 1 % failed requests, p95 latency < 300 ms.
@@ -9,7 +9,7 @@ import http from "k6/http";
 import { check } from "k6";
 
 const CHECKOUT_URL = __ENV.CHECKOUT_URL || "http://127.0.0.1:18100";
-const RATE = parseInt(__ENV.RATE || "10", 10);
+const RATE = parseInt(__ENV.RATE || "5", 10);
 const DURATION = __ENV.DURATION || "30s";
 const PRE_ALLOCATED_VUS = parseInt(__ENV.PRE_ALLOCATED_VUS || "10", 10);
 const MAX_VUS = parseInt(__ENV.MAX_VUS || "50", 10);
