@@ -34,7 +34,7 @@ def analyse(run: Run) -> Run:
     if run.verdict == "held":
         breached = _breached_during(run)
         if breached:
-            run.reason += f"; but {breached} during the fault (the checks before/after did not see it)"
+            run.reason += f"; but {breached} during the fault, between the before and after checks"
     return run
 
 

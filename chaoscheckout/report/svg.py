@@ -141,7 +141,8 @@ def _panel(run: Run, series: Series, top: float, t0: float, t1: float) -> str:
     sign = "≥" if series.direction == "min" else "≤"
     parts.append(f'<line class="slo" x1="{x0}" y1="{slo_y:.1f}" x2="{x1}" y2="{slo_y:.1f}" '
                  f'stroke="{COLOURS["slo"]}" stroke-width="1.5" stroke-dasharray="6 4"/>')
-    parts.append(f'<text x="{x0 + 4}" y="{slo_y - 5:.1f}" font-size="11" font-weight="bold" '
+    label_y = slo_y + 13 if slo_y - y1 < 16 else slo_y - 5  # below the line when it hugs the top
+    parts.append(f'<text x="{x0 + 4}" y="{label_y:.1f}" font-size="11" font-weight="bold" '
                  f'fill="{COLOURS["slo"]}">SLO {sign} {_fmt(objective)} {escape(series.unit)}</text>')
     for segment in _segments(series.points):
         points = " ".join(f"{sx(t):.1f},{sy(v * factor):.1f}" for t, v in segment)
