@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from statistics import fmean
 
 from chaoscheckout.report.model import Run, Series
@@ -70,8 +71,6 @@ def history(runs: list[Run]) -> list[HistoryEntry]:
 
 
 def _stamp(ts: float | None) -> str:
-    from datetime import UTC, datetime
-
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M UTC") if ts else "undated"
 
 
