@@ -13,6 +13,7 @@ A cold image build takes minutes (debootstrap + wheels); a cached one seconds. R
 
 from __future__ import annotations
 
+import builtins
 import importlib.util
 import json
 import os
@@ -44,14 +45,22 @@ BOOT_TIMEOUT_S = 600
 
 
 @pytest.fixture(scope="module")
-def vm_run():
+def vm_run(pytestconfig):
+    capture = pytestconfig.pluginmanager.getplugin("capturemanager")
+
+    def print(*args, **kwargs):  # noqa: A001 - progress reaches the terminal even without -s
+        with capture.global_and_fixture_disabled():
+            builtins.print(*args, **kwargs)
+            sys.stdout.flush()
+
     reason = qemu_usable()
     if reason:
         print(f"[vm] SKIP: {reason}")
         pytest.skip(reason)
     build = load_build_module()
     started = time.monotonic()
-    image = build.build_image()
+    with capture.global_and_fixture_disabled():  # the build prints its own progress
+        image = build.build_image()
     print(f"[vm] image {'cached' if image.cached else 'built'} in {time.monotonic() - started:.1f} s: "
           f"{image.directory} (kernel {image.kernel_version})", flush=True)
     booted = boot(image, mode="package", delay_ms=DELAY_MS, jitter_ms=JITTER_MS, samples=SAMPLES,
@@ -66,7 +75,7 @@ def vm_run():
     assert not booted.timed_out, f"VM did not finish within {BOOT_TIMEOUT_S} s; console:\n{tail}"
     assert booted.result is not None, f"no result from the guest; console:\n{booted.console[-3000:]}"
     result = booted.result
-    _summary(result, booted, image)
+    print(_summary(result, booted, image))
     return result
 
 
@@ -135,11 +144,11 @@ def test_reaper_removes_netem_at_lease_expiry_after_sigkill(vm_run):
     assert lease["leases_after_expiry"] == []
 
 
-def _summary(result, booted, image) -> None:
+def _summary(result, booted, image) -> str:
     def med(key):
         return (result.get(key) or {}).get("request_ms_median")
 
-    print(json.dumps({
+    return json.dumps({
         "image_cached": image.cached, "image_build_s": image.build_s,
         "qemu_wall_s": booted.wall_s, "init_up_uptime_s": booted.init_up_uptime_s,
         "guest_harness_s": result.get("elapsed_s"),
@@ -148,4 +157,30 @@ def _summary(result, booted, image) -> None:
         "catalog_ms": {"baseline": med("control_baseline"), "netem": med("control_with_netem")},
         "reaper_after_expiry_s": (result.get("lease") or {}).get("removed_after_expiry_s"),
         "errors": result.get("errors"),
-    }, indent=2), flush=True)
+    }, indent=2)
+
+
+def test_chaos_run_in_the_vm_injects_netem_measures_it_and_leaves_nothing(vm_run):
+    run = vm_run["chaos_runs"]["netem-in-vm"]
+    journal = run["journal"]
+    assert journal is not None, run["stderr_tail"]
+    assert run["returncode"] == 0, run["stderr_tail"]
+    assert journal["status"] == "completed" and journal["deviated"] is False
+    before = {p["activity"]["name"]: p["output"] for p in journal["steady_states"]["before"]["probes"]}
+    assert journal["steady_states"]["before"]["steady_state_met"] is True, before
+    assert journal["steady_states"]["after"]["steady_state_met"] is True
+    method = {r["activity"]["name"]: r for r in journal["run"]}
+    assert all(r["status"] == "succeeded" for r in method.values()), method
+    assert method["netem-100ms-on-payments"]["output"]["backend"] == "netem"
+    live = method["latency-fault-on-payments"]["output"]
+    assert [q["device"] for q in live["netem"]] == ["veth-pay"], live
+    slower = method["payments-round-trip-ms-during-netem"]["output"] - before["payments-round-trip-ms"]
+    catalog = method["catalog-round-trip-ms-during-netem"]["output"] - before["catalog-round-trip-ms"]
+    print(f"[vm] chaos run: payments +{slower:.1f} ms, catalog {catalog:+.1f} ms during netem "
+          f"(run {run['duration_s']} s)")
+    assert slower >= 0.8 * 2 * DELAY_MS, f"payments only {slower:.1f} ms slower under netem"
+    assert catalog < DELAY_MS, f"catalog {catalog:.1f} ms slower: netem leaked beyond payments"
+    assert method["remove-netem-from-payments"]["output"]["netem_removed"] == ["veth-pay"]
+    assert all(r["status"] == "succeeded" for r in journal["rollbacks"])
+    assert run["qdiscs_after"]["netem_in_netns"] == 0 and run["qdiscs_after"]["netem_in_root"] == 0
+    assert run["leases_after"] == []

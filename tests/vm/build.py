@@ -8,7 +8,7 @@ installed into ``/opt/cc`` (a venv) from wheels built on the host, and the guest
 ``$CHAOSCHECKOUT_VM_CACHE`` (default ``/var/cache/chaoscheckout-vm``) by a hash of its
 inputs, so nothing is rebuilt when nothing changed:
 
-- ``base-<hash>/``: the debootstrap rootfs (suite, package list, kernel version, this script);
+- ``base-<hash>/``: the debootstrap rootfs (suite, mirror, package list, kernel version, recipe);
 - ``wheels-<hash>/``: the dependency wheels (``setup.cfg``, ``pyproject.toml``);
 - ``image-<hash>/``: ``rootfs.img``, ``vmlinuz``, ``initrd.img``, ``meta.json`` (all of the
   above plus the package sources and the guest harness).
@@ -20,7 +20,10 @@ host tools it needs with apt (only when missing). Run as root (debootstrap, chro
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import hashlib
+import inspect
 import json
 import os
 import shutil
@@ -52,6 +55,8 @@ HOST_TOOLS = {
 PACKAGE_FILES = ["setup.cfg", "pyproject.toml"]
 PACKAGE_TREES = ["chaoscheckout"]
 
+KEEP_PER_LAYER = 3  # cache entries of each layer kept (newest first); older ones are pruned
+LOCK_TIMEOUT_S = 1800
 APT_TIMEOUT_S = 900
 DEBOOTSTRAP_TIMEOUT_S = 900
 PIP_TIMEOUT_S = 900
@@ -77,26 +82,70 @@ class Image:
 
 
 def build_image(cache_dir: Path = DEFAULT_CACHE_DIR, force: bool = False) -> Image:
-    """Return the cached image for the current inputs, building what is missing."""
+    """Return the cached image for the current inputs, building what is missing.
+
+    The inputs (package sources, guest harness) are copied to a snapshot first and both
+    the key and the image come from that snapshot, so edits made meanwhile in the work
+    tree cannot end up in an image cached under another key.
+    """
     started = time.monotonic()
     _require_root()
     _ensure_host_tools()
     kernel_version = _pick_kernel()
-    key = image_key(kernel_version)
-    image_dir = cache_dir / f"image-{key}"
-    if (image_dir / "meta.json").is_file() and not force:
-        _progress(f"image cached: {image_dir}")
-        return _image(image_dir, key, kernel_version, cached=True, build_s=time.monotonic() - started)
+    with tempfile.TemporaryDirectory(prefix="ccvm-inputs-") as snapshot_dir:
+        inputs = Path(snapshot_dir)
+        _snapshot_inputs(inputs)
+        key = image_key(kernel_version, inputs)
+        image_dir = cache_dir / f"image-{key}"
+        if (image_dir / "meta.json").is_file() and not force:
+            _progress(f"image cached: {image_dir}")
+            return _image(image_dir, key, kernel_version, cached=True,
+                          build_s=time.monotonic() - started)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        with _locked(cache_dir):  # another test run may be building the same image right now
+            if (image_dir / "meta.json").is_file() and not force:
+                _progress(f"image built meanwhile by another process: {image_dir}")
+                return _image(image_dir, key, kernel_version, cached=True,
+                              build_s=time.monotonic() - started)
+            _build(cache_dir, image_dir, inputs, key, kernel_version, force, started)
+            _prune(cache_dir)
+    build_s = time.monotonic() - started
+    _progress(f"image built in {build_s:.1f} s: {image_dir}")
+    return _image(image_dir, key, kernel_version, cached=False, build_s=build_s)
 
-    cache_dir.mkdir(parents=True, exist_ok=True)
+
+def image_key(kernel_version: str, inputs: Path | None = None) -> str:
+    """Hash of every input of the image: base inputs, this script, sources, guest harness.
+
+    ``inputs`` is a snapshot made by the build (default: a fresh one of the work tree).
+    """
+    if inputs is None:
+        with tempfile.TemporaryDirectory(prefix="ccvm-inputs-") as snapshot_dir:
+            _snapshot_inputs(Path(snapshot_dir))
+            return image_key(kernel_version, Path(snapshot_dir))
+    digest = hashlib.sha256()
+    digest.update(_base_key(kernel_version).encode())
+    digest.update(Path(__file__).read_bytes())
+    for path in sorted(p for p in inputs.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(inputs)).encode() + b"\0")
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------
+# Internals
+# ---------------------------------------------------------------------------
+
+def _build(cache_dir: Path, image_dir: Path, inputs: Path, key: str, kernel_version: str,
+           force: bool, started: float) -> None:
     base = _base_rootfs(cache_dir, kernel_version, force)
-    wheels = _wheels(cache_dir, force)
+    wheels = _wheels(cache_dir, inputs / "src", force)
     work = Path(tempfile.mkdtemp(prefix="image-build-", dir=cache_dir))
     try:
         rootfs = work / "rootfs"
         _step("copy base rootfs", ["cp", "-a", str(base), str(rootfs)])
-        _install_package(rootfs, wheels)
-        _install_guest_harness(rootfs)
+        _install_package(rootfs, wheels, inputs / "src")
+        _install_guest_harness(rootfs, inputs / "guest")
         _make_ext4(rootfs, work / "rootfs.img")
         shutil.copy2(f"/boot/vmlinuz-{kernel_version}", work / "vmlinuz")
         shutil.copy2(f"/boot/initrd.img-{kernel_version}", work / "initrd.img")
@@ -110,26 +159,37 @@ def build_image(cache_dir: Path = DEFAULT_CACHE_DIR, force: bool = False) -> Ima
     finally:
         if work.exists():
             shutil.rmtree(work, ignore_errors=True)
-    build_s = time.monotonic() - started
-    _progress(f"image built in {build_s:.1f} s: {image_dir}")
-    return _image(image_dir, key, kernel_version, cached=False, build_s=build_s)
 
 
-def image_key(kernel_version: str) -> str:
-    """Hash of every input of the image: base inputs, dependency set, sources, guest harness."""
-    digest = hashlib.sha256()
-    digest.update(_base_key(kernel_version).encode())
-    for path in _package_sources() + sorted(p for p in GUEST_DIR.rglob("*") if p.is_file()):
-        if "__pycache__" in path.parts:
-            continue
-        digest.update(str(path.relative_to(ROOT)).encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
+@contextlib.contextmanager
+def _locked(cache_dir: Path):
+    with open(cache_dir / ".lock", "w") as fh:
+        deadline = time.monotonic() + LOCK_TIMEOUT_S
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{cache_dir}/.lock held for over {LOCK_TIMEOUT_S} s") from None
+                time.sleep(1)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-# ---------------------------------------------------------------------------
-# Internals
-# ---------------------------------------------------------------------------
+def _prune(cache_dir: Path) -> None:
+    """Keep the newest KEEP_PER_LAYER entries of each layer; delete older ones and leftovers."""
+    for leftover in cache_dir.glob("image-build-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    for layer in ("image", "base", "wheels"):
+        entries = sorted((p for p in cache_dir.glob(f"{layer}-*") if p.is_dir()),
+                         key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in entries[KEEP_PER_LAYER:]:
+            _progress(f"pruning old cache entry {old.name}")
+            shutil.rmtree(old, ignore_errors=True)
+
 
 def _progress(message: str) -> None:
     print(f"[vm-build {time.strftime('%H:%M:%S')}] {message}", flush=True)
@@ -190,23 +250,17 @@ def _base_key(kernel_version: str) -> str:
     digest = hashlib.sha256()
     for item in (SUITE, MIRROR, kernel_version, *GUEST_PACKAGES):
         digest.update(item.encode() + b"\0")
-    digest.update(Path(__file__).read_bytes())
+    digest.update(inspect.getsource(_base_rootfs).encode())  # the recipe, not the whole script
     return digest.hexdigest()[:16]
 
 
-def _wheels_key() -> str:
+def _wheels_key(src: Path) -> str:
     digest = hashlib.sha256()
     for name in PACKAGE_FILES:
-        digest.update((ROOT / name).read_bytes())
+        digest.update((src / name).read_bytes())
     digest.update(sys.version.split()[0].rsplit(".", 1)[0].encode())
+    digest.update(inspect.getsource(_wheels).encode())
     return digest.hexdigest()[:16]
-
-
-def _package_sources() -> list[Path]:
-    files = [ROOT / name for name in PACKAGE_FILES]
-    for tree in PACKAGE_TREES:
-        files += sorted(p for p in (ROOT / tree).rglob("*.py") if "__pycache__" not in p.parts)
-    return files
 
 
 def _base_rootfs(cache_dir: Path, kernel_version: str, force: bool) -> Path:
@@ -238,19 +292,20 @@ def _base_rootfs(cache_dir: Path, kernel_version: str, force: bool) -> Path:
     return rootfs
 
 
-def _wheels(cache_dir: Path, force: bool) -> Path:
+def _wheels(cache_dir: Path, src: Path, force: bool) -> Path:
     """Dependency wheels for the package (built/downloaded with the host's pip)."""
-    wheels = cache_dir / f"wheels-{_wheels_key()}"
+    wheels = cache_dir / f"wheels-{_wheels_key(src)}"
     if (wheels / "done").exists() and not force:
         _progress(f"dependency wheels cached: {wheels}")
         return wheels
     if wheels.exists():
         shutil.rmtree(wheels)
     wheels.mkdir(parents=True)
-    with tempfile.TemporaryDirectory(prefix="ccsrc-") as src:
-        _copy_sources(Path(src))
+    with tempfile.TemporaryDirectory(prefix="ccsrc-") as tmp:
+        build_src = Path(tmp) / "src"  # pip may write build files next to the sources
+        shutil.copytree(src, build_src)
         _step("pip wheel (package + dependencies)",
-              [sys.executable, "-m", "pip", "wheel", "-q", "--wheel-dir", str(wheels), src],
+              [sys.executable, "-m", "pip", "wheel", "-q", "--wheel-dir", str(wheels), str(build_src)],
               timeout=PIP_TIMEOUT_S)
     for own in wheels.glob("chaostoolkit_checkout-*.whl"):
         own.unlink()  # rebuilt from the current sources for every image
@@ -258,23 +313,33 @@ def _wheels(cache_dir: Path, force: bool) -> Path:
     return wheels
 
 
-def _copy_sources(dst: Path) -> None:
-    """Copy only the package sources, so building never writes into the work tree."""
+def _snapshot_inputs(dst: Path) -> None:
+    """Copy the image's inputs: package sources to ``dst/src``, guest harness to ``dst/guest``.
+
+    Only the package (never the work tree itself) is built, so building writes nothing
+    into the work tree.
+    """
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    src = dst / "src"
+    src.mkdir(parents=True)
     for name in PACKAGE_FILES:
-        shutil.copy2(ROOT / name, dst / name)
+        shutil.copy2(ROOT / name, src / name)
     readme = ROOT / "README.md"
-    (dst / "README.md").write_text(readme.read_text() if readme.exists() else "chaoscheckout\n")
+    (src / "README.md").write_text(readme.read_text() if readme.exists() else "chaoscheckout\n")
     for tree in PACKAGE_TREES:
-        shutil.copytree(ROOT / tree, dst / tree, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        shutil.copytree(ROOT / tree, src / tree, ignore=ignore)
+    shutil.copytree(GUEST_DIR, dst / "guest", ignore=ignore)
 
 
-def _install_package(rootfs: Path, wheels: Path) -> None:
+def _install_package(rootfs: Path, wheels: Path, src: Path) -> None:
     staging = rootfs / "tmp" / "wheels"
     shutil.copytree(wheels, staging)
-    with tempfile.TemporaryDirectory(prefix="ccsrc-") as src:
-        _copy_sources(Path(src))
+    with tempfile.TemporaryDirectory(prefix="ccsrc-") as tmp:
+        build_src = Path(tmp) / "src"
+        shutil.copytree(src, build_src)
         _step("pip wheel (package only)",
-              [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--wheel-dir", str(staging), src],
+              [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--wheel-dir", str(staging),
+               str(build_src)],
               timeout=PIP_TIMEOUT_S)
     _step("guest venv /opt/cc", ["chroot", str(rootfs), "/usr/bin/python3", "-m", "venv", "/opt/cc"])
     _step(
@@ -286,9 +351,9 @@ def _install_package(rootfs: Path, wheels: Path) -> None:
     shutil.rmtree(staging)
 
 
-def _install_guest_harness(rootfs: Path) -> None:
+def _install_guest_harness(rootfs: Path, guest: Path) -> None:
     dst = rootfs / "opt" / "ccvm"
-    shutil.copytree(GUEST_DIR, dst, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copytree(guest, dst)
     os.chmod(dst / "init", 0o755)
 
 

@@ -71,7 +71,7 @@ def boot(
     jitter_ms: int = 10,
     samples: int = 15,
     lease_s: float = 8,
-    experiment: bool = False,
+    chaos_run: bool = True,
     memory_mb: int = 1024,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     progress=print,
@@ -84,7 +84,7 @@ def boot(
         "loglevel=3", "fsck.mode=skip", "init=/opt/ccvm/init",
         f"ccvm.mode={mode}", f"ccvm.delay_ms={int(delay_ms)}", f"ccvm.jitter_ms={int(jitter_ms)}",
         f"ccvm.samples={int(samples)}", f"ccvm.lease_s={float(lease_s):g}",
-        f"ccvm.experiment={1 if experiment else 0}",
+        f"ccvm.chaos_run={1 if chaos_run else 0}",
     ])
     with tempfile.TemporaryDirectory(prefix="ccvm-run-") as tmp:
         results_disk = Path(tmp) / "results.img"
@@ -177,14 +177,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jitter-ms", type=int, default=10)
     parser.add_argument("--samples", type=int, default=15)
     parser.add_argument("--lease-s", type=float, default=8)
-    parser.add_argument("--experiment", action="store_true")
+    parser.add_argument("--no-chaos-run", action="store_true", help="skip the in-VM `chaos run`")
     parser.add_argument("--timeout-s", type=float, default=DEFAULT_TIMEOUT_S)
     parser.add_argument("--console", action="store_true", help="print the whole console log")
     args = parser.parse_args(argv)
     build = load_build_module()
     image = build.build_image()
     booted = boot(image, mode=args.mode, delay_ms=args.delay_ms, jitter_ms=args.jitter_ms,
-                  samples=args.samples, lease_s=args.lease_s, experiment=args.experiment,
+                  samples=args.samples, lease_s=args.lease_s, chaos_run=not args.no_chaos_run,
                   timeout_s=args.timeout_s)
     if args.console or booted.result is None:
         print(booted.console)

@@ -13,11 +13,13 @@ Layout inside the VM (its own isolated network, so any address is fine):
 Steps: baseline round trips; add_latency (package) or plain ``tc`` (mode ``plain``);
 timed round trips; remove_latency and count netem qdiscs; inject again with a short
 duration from a child process, SIGKILL it, run the reaper, and time the qdisc's removal
-against the lease expiry. The caller times fresh-connection HTTP requests (TCP connect +
+against the lease expiry; then ``chaos run`` the experiments of /opt/ccvm/experiments.
+The caller times fresh-connection HTTP requests (TCP connect +
 request/response = 2 round trips, so netem on the payments side adds ≈ 2 × delay).
 
 Parameters come from the kernel command line: ``ccvm.mode=package|plain``,
-``ccvm.delay_ms``, ``ccvm.jitter_ms``, ``ccvm.samples``, ``ccvm.lease_s``. The result is
+``ccvm.delay_ms``, ``ccvm.jitter_ms``, ``ccvm.samples``, ``ccvm.lease_s``,
+``ccvm.chaos_run`` (1: also ``chaos run`` each experiment in /opt/ccvm/experiments). The result is
 one JSON document written to /dev/vdb (raw results disk) and to the console between
 ``CCVM-RESULT-BEGIN`` / ``CCVM-RESULT-END`` markers.
 """
@@ -44,7 +46,7 @@ PAY_ADDR = ("10.77.0.2", 18102)
 CATALOG_ADDR = ("10.77.0.1", 18101)
 RESULTS_DEV = "/dev/vdb"
 CMD_TIMEOUT_S = 30
-EXPERIMENT = Path("/opt/ccvm/experiments/payments-latency.json")
+EXPERIMENTS_DIR = Path("/opt/ccvm/experiments")
 
 T0 = time.monotonic()
 result: dict[str, Any] = {"errors": [], "steps": {}}
@@ -74,7 +76,7 @@ def params() -> dict[str, Any]:
         "jitter_ms": int(raw.get("jitter_ms", 10)),
         "samples": max(3, min(int(raw.get("samples", 15)), 100)),
         "lease_s": float(raw.get("lease_s", 8)),
-        "experiment": raw.get("experiment", "0") == "1",
+        "chaos_run": raw.get("chaos_run", "1") == "1",
     }
 
 
@@ -235,20 +237,60 @@ time.sleep(600)
 
 
 def lease_expiry_test(p: dict[str, Any]) -> dict[str, Any]:
-    """Inject from a child, SIGKILL it, and time the reaper's revert against the expiry."""
+    """Inject from a child, SIGKILL it, and time the reaper's revert against the expiry.
+
+    The reaper runs before the fault exists, as it does under the stack's supervisor.
+    """
     out: dict[str, Any] = {"lease_s": p["lease_s"]}
+    reaper_log = Path("/run/cc/logs/reaper.log")
+    reaper = subprocess.Popen([PY, "-m", "chaoscheckout.faults.reaper", "--state-dir", str(STATE_DIR)],
+                              stdout=open(reaper_log, "w"), stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while "watching" not in reaper_log.read_text():
+            if reaper.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"reaper did not start: {reaper_log.read_text()[-1500:]}")
+            time.sleep(0.2)
+        _inject_and_kill(p, out)
+        removed_at = None
+        deadline = time.monotonic() + p["lease_s"] + 60
+        while time.monotonic() < deadline:
+            if qdiscs()["netem_in_netns"] == 0:
+                removed_at = time.time()
+                break
+            if reaper.poll() is not None:
+                break
+            time.sleep(0.2)
+    finally:
+        out["reaper_exited_early"] = reaper.poll()
+        if reaper.poll() is None:
+            reaper.terminate()
+            try:
+                reaper.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                reaper.kill()
+                reaper.wait(timeout=10)
+    out["reaper_log_tail"] = reaper_log.read_text()[-1500:]
+    out["removed_at"] = removed_at
+    out["removed_after_expiry_s"] = None if removed_at is None else round(removed_at - out["expires_at"], 2)
+    out["qdiscs_after_expiry"] = qdiscs()
+    out["leases_after_expiry"] = lease_files()
+    return out
+
+
+def _inject_and_kill(p: dict[str, Any], out: dict[str, Any]) -> None:
     code = CHILD.format(delay=p["delay_ms"], jitter=p["jitter_ms"], lease=p["lease_s"])
     child = subprocess.Popen([PY, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     ready, _, _ = select.select([child.stdout], [], [], 60)
     if not ready:
         child.kill()
+        child.wait(timeout=10)
         raise RuntimeError("the injecting child printed nothing in 60 s")
     line = child.stdout.readline().decode()
     if not line.strip():
         child.wait(timeout=10)
         raise RuntimeError(f"injecting child failed: {child.stderr.read().decode()[-1500:]}")
-    injected = json.loads(line)
-    out["injected"] = injected
+    out["injected"] = json.loads(line)
     out["qdiscs_before_kill"] = qdiscs()
     out["leases_before_kill"] = lease_files()
     child.send_signal(signal.SIGKILL)
@@ -256,61 +298,34 @@ def lease_expiry_test(p: dict[str, Any]) -> dict[str, Any]:
     out["child_killed_at"] = time.time()
     out["child_returncode"] = child.returncode
     out["qdiscs_after_kill"] = qdiscs()
-    leases = STATE_DIR / "leases"
-    expires_at = max(json.loads(f.read_text())["expires_at"] for f in leases.glob("*.json"))
-    out["expires_at"] = expires_at
-
-    reaper = subprocess.Popen([PY, "-m", "chaoscheckout.faults.reaper", "--state-dir", str(STATE_DIR)],
-                              stdout=open("/run/cc/logs/reaper.log", "w"), stderr=subprocess.STDOUT)
-    removed_at = None
-    deadline = time.monotonic() + p["lease_s"] + 60
-    try:
-        while time.monotonic() < deadline:
-            if qdiscs()["netem_in_netns"] == 0:
-                removed_at = time.time()
-                break
-            if reaper.poll() is not None and reaper.returncode != 0:
-                break
-            time.sleep(0.25)
-    finally:
-        reaper_rc = reaper.poll()
-        if reaper_rc is None:
-            reaper.terminate()
-            try:
-                reaper.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                reaper.kill()
-                reaper.wait(timeout=10)
-    out["reaper_exited_early"] = reaper_rc
-    out["reaper_log_tail"] = Path("/run/cc/logs/reaper.log").read_text()[-1500:]
-    out["removed_at"] = removed_at
-    out["removed_after_expiry_s"] = None if removed_at is None else round(removed_at - expires_at, 2)
-    out["qdiscs_after_expiry"] = qdiscs()
-    out["leases_after_expiry"] = lease_files()
-    return out
+    out["expires_at"] = out["injected"]["expires_at"]
+    if time.time() >= out["expires_at"]:
+        raise RuntimeError("the lease expired before the SIGKILL: raise ccvm.lease_s")
 
 
-def experiment_hook(p: dict[str, Any]) -> dict[str, Any]:
-    """Hook for issue 7 part 3: `chaos run` the payments-latency experiment in the VM.
+def chaos_run(path: Path) -> dict[str, Any]:
+    """`chaos run` one experiment in the VM; return its journal and the qdiscs left after it.
 
-    Runs only with ``ccvm.experiment=1`` on the kernel command line and when the build
-    copied ``experiments/payments-latency.json`` into /opt/ccvm/experiments. The journal is
-    returned inside the result so the host can keep it in journals/.
+    Every ``*.json`` of /opt/ccvm/experiments (a copy of tests/vm/guest/experiments/) runs
+    unless ``ccvm.chaos_run=0``. This is also the hook for ``payments-latency.json`` once
+    the stack can run in the guest (see docs/netem.md).
     """
-    if not EXPERIMENT.is_file():
-        return {"skipped": f"{EXPERIMENT} not in the image"}
-    journal = Path("/run/cc/journal-payments-latency.json")
+    journal = Path(f"/run/cc/journal-{path.stem}.json")
     started = time.monotonic()
     proc = subprocess.run(
-        ["/opt/cc/bin/chaos", "run", "--journal-path", str(journal), str(EXPERIMENT)],
+        ["/opt/cc/bin/chaos", "--log-file", f"/run/cc/logs/chaos-{path.stem}.log", "run",
+         "--journal-path", str(journal), str(path)],
         capture_output=True, text=True, timeout=900,
-        env=dict(os.environ, CHAOSCHECKOUT_LATENCY_BACKEND="netem"),
+        env=dict(os.environ, PYTHONPATH="/opt/ccvm"),  # the experiment's own probes (ccvm_probes)
     )
     return {
+        "experiment": path.name,
         "returncode": proc.returncode,
         "duration_s": round(time.monotonic() - started, 1),
         "journal": json.loads(journal.read_text()) if journal.is_file() else None,
         "stderr_tail": proc.stderr[-2000:],
+        "qdiscs_after": qdiscs(),
+        "leases_after": lease_files(),
     }
 
 
@@ -355,8 +370,11 @@ def main() -> None:
             result["after_revert"] = step("after_revert", measure, PAY_ADDR, p["samples"])
             if p["mode"] != "plain":
                 result["lease"] = step("lease_expiry", lease_expiry_test, p)
-            if p["experiment"]:
-                result["experiment"] = step("experiment", experiment_hook, p)
+            if p["chaos_run"] and p["mode"] != "plain":
+                result["chaos_runs"] = {
+                    path.stem: step(f"chaos run {path.name}", chaos_run, path)
+                    for path in sorted(EXPERIMENTS_DIR.glob("*.json"))
+                }
     finally:
         for proc in procs:
             proc.kill()
