@@ -21,6 +21,7 @@ ACTIVITY_MODULES = (
     "chaoscheckout.disk.actions",
     "chaoscheckout.disk.probes",
     "chaoscheckout.sli.probes",
+    "chaoscheckout.sli.guards",
 )
 CONTROL_MODULES = (
     "chaoscheckout.load.control",

@@ -37,6 +37,7 @@ from chaoslib.types import Configuration, Control, Experiment, Journal
 from chaoscheckout.config import settings_from
 from chaoscheckout.faults.leases import LeaseStore
 from chaoscheckout.faults.revert import revert_all
+from chaoscheckout.sli import guards
 
 __all__ = ["validate_control", "before_experiment_control", "after_experiment_control"]
 
@@ -61,6 +62,7 @@ def before_experiment_control(
     (`on_stale: "revert"`, the default) or stop this run before it starts
     (`on_stale: "refuse"`).
     """
+    guards.reset()
     if on_stale not in ON_STALE:
         raise InterruptExecution(f"safety control: on_stale must be one of {ON_STALE}, got {on_stale!r}")
     stale = LeaseStore(settings_from(configuration).leases_dir).live()
@@ -97,4 +99,16 @@ def after_experiment_control(
     else:
         logger.info("safety control: no live fault at the end of the experiment")
     if isinstance(state, dict):
-        state[JOURNAL_KEY] = {"status_seen": status, "reverted": reverted, "at": time.time()}
+        now = time.time()
+        state[JOURNAL_KEY] = {"status_seen": status, "reverted": reverted, "at": now,
+                              "abort": _abort_record(now)}
+
+
+def _abort_record(reverted_at: float) -> dict[str, Any] | None:
+    """When a guard of ``chaoscheckout.sli.guards`` breached: first breach and time to revert."""
+    breaches = guards.breaches()
+    if not breaches:
+        return None
+    first = breaches[0]
+    return {"first_breach": first, "breaches": len(breaches),
+            "breach_to_revert_s": round(reverted_at - first["at"], 3)}
