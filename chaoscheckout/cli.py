@@ -87,3 +87,34 @@ def _manage(project_dir: Path, command: str, *extra: str) -> int:
         click.echo(f"chaoscheckout stack {command}: error: no answer within {timeout}s", err=True)
         return 1
     return proc.returncode
+
+
+@main.group()
+def experiments() -> None:
+    """Run the chaos experiments (the injection runner)."""
+
+
+@experiments.command("run")
+@click.argument("names", nargs=-1)
+@click.option("--experiments-dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("experiments"), show_default=True)
+@click.option("--journals-dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("journals"), show_default=True)
+@click.option("--no-report", is_flag=True, help="Do not run `chaos report` at the end.")
+def run_cmd(names: tuple[str, ...], experiments_dir: Path, journals_dir: Path, no_report: bool) -> None:
+    """Run NAMES (default: kill-catalog, payments-latency, fill-pg-disk) in order under load.
+
+    Exit 0 when every experiment held, else 1 (broke, aborted, failed, or the stack is not healthy).
+    """
+    from chaoscheckout.errors import ChaosCheckoutError
+    from chaoscheckout.runner import DEFAULT_ORDER, run_experiments
+
+    files = [experiments_dir / f"{name.removesuffix('.json')}.json" for name in (names or DEFAULT_ORDER)]
+    try:
+        outcomes = run_experiments(files, journals_dir, report=not no_report, echo=click.echo)
+    except ChaosCheckoutError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo("verdicts:")
+    for outcome in outcomes:
+        click.echo(f"  {outcome.line()}")
+    sys.exit(0 if all(o.verdict == "held" for o in outcomes) else 1)
