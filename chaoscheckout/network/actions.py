@@ -4,7 +4,8 @@ Two backends:
 
 - ``proxy``: the fault proxy (``python -m chaoscheckout.network.proxy``) that callers
   already go through delays the request direction of the service's route; ``fraction``
-  picks the share of connections affected (the blast radius).
+  is the blast radius, a share of connections (``scope="connection"``) or of requests
+  (``scope="request"``).
 - ``netem``: ``tc qdisc ... netem`` on the interfaces of the service's own network
   namespace (the registry entry's ``netns``); needs a kernel with ``sch_netem``.
 
@@ -34,6 +35,7 @@ __all__ = ["add_latency", "remove_latency"]
 logger = logging.getLogger("chaostoolkit")
 
 BACKENDS = ("auto", "proxy", "netem")
+SCOPES = ("connection", "request")
 
 
 def add_latency(
@@ -43,6 +45,7 @@ def add_latency(
     fraction: float = 1.0,
     duration_s: float = 60,
     backend: str = "auto",
+    scope: str = "connection",
     configuration: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Add latency on the path from callers to `service`, for at most `duration_s`.
@@ -52,9 +55,8 @@ def add_latency(
     - `service`: a chaos target of the service registry.
     - `delay_ms`: added delay in milliseconds, > 0 and at most 60000.
     - `jitter_ms`: ± jitter, uniform in [delay - jitter, delay + jitter]; 0 ≤ jitter ≤ delay.
-    - `fraction`: share of connections delayed, in (0, 1] (proxy backend only; netem
-      delays all traffic, so netem requires 1). Each connection is decided at random,
-      keep-alive connections again whenever the fault changes.
+    - `fraction`: the share of traffic delayed, in (0, 1] (proxy backend only; netem
+      delays all traffic, so netem requires 1). What it is a share of is `scope`.
     - `duration_s`: lease length; the fault is reverted at expiry even if `chaos run`
       dies (reaper; the proxy also drops its toxic at expiry). At most
       `chaoscheckout_max_fault_duration_s`.
@@ -62,16 +64,27 @@ def add_latency(
       fault proxy), `netem` (tc netem on the egress of the interfaces of the service's
       network namespace; needs the kernel's sch_netem) or `auto` (netem when possible,
       else proxy). Either way a request/response exchange gains `delay_ms` once.
+    - `scope`: `connection` (default): each connection is picked with probability
+      `fraction` (keep-alive connections again whenever the fault changes) and every
+      request on a picked connection is delayed. `request`: each request/response
+      exchange on any connection is picked independently with probability `fraction`.
+      For an HTTP experiment `request` is usually what "30 % of calls are slow" means:
+      a client's keep-alive pool holds a few connections, the slow one stays busy and
+      the pool routes the next requests around it, so 30 % of connections measured
+      as about 0.3 % of requests (2 of ~700) in a real run. Check what really happened
+      with the probe `latency_fault_effect`. Irrelevant for netem (fraction 1).
 
     Invalid arguments, an unknown or non-target service, a service that already has a
     latency fault or an unusable backend are refused before anything is changed.
 
     Returns `{fault_id, kind, backend, target, parameters, injected_at, expires_at}`
-    (unix seconds); `backend` is the one actually used. Undo with
-    `remove_latency(service)`.
+    (unix seconds); `backend` is the one actually used, `parameters` include `scope`.
+    Undo with `remove_latency(service)`, which returns the fault's final `effect`.
     """
     settings = settings_from(configuration)
     delay, jitter, share = _check_latency(delay_ms, jitter_ms, fraction)
+    if not isinstance(scope, str) or scope not in SCOPES:
+        raise InvalidFaultArgument(f"scope must be one of {', '.join(SCOPES)}, got {scope!r}")
     if backend not in BACKENDS:
         raise InvalidFaultArgument(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     duration = check_duration(duration_s, settings.max_fault_duration_s)
@@ -88,28 +101,30 @@ def add_latency(
             "remove_latency first"
         )
     chosen, target = _plan(registry, entry, backend, share, settings)
-    params = {"delay_ms": delay, "jitter_ms": jitter, "fraction": share, "duration_s": duration,
+    params = {"delay_ms": delay, "jitter_ms": jitter, "fraction": share, "scope": scope,
+              "duration_s": duration,
               "distribution": "uniform", "requested_backend": backend, "backend": chosen, **target}
     lease = store.create("latency", service, chosen, params, duration)
     try:
         if chosen == "proxy":
             control = ProxyControl(target["proxy_control_url"], settings.io_timeout_s)
-            control.set_latency(target["route"], delay, jitter, share, lease.expires_at, lease.fault_id)
+            control.set_latency(target["route"], delay, jitter, share, lease.expires_at, lease.fault_id,
+                                scope)
         else:
             target["devices"] = netem.add_netem(target["netns"], delay, jitter, settings.io_timeout_s)
     except Exception:
         store.remove(lease.fault_id)
         raise
     injected_at = time.time()
-    logger.info("latency %g±%g ms (fraction %g) on %s via %s until %.0f (%s)",
-                delay, jitter, share, service, chosen, lease.expires_at, lease.fault_id)
+    logger.info("latency %g±%g ms (fraction %g of %ss) on %s via %s until %.0f (%s)",
+                delay, jitter, share, scope, service, chosen, lease.expires_at, lease.fault_id)
     return {
         "fault_id": lease.fault_id,
         "kind": "latency",
         "backend": chosen,
         "target": {"service": service, **target},
-        "parameters": {k: params[k] for k in ("delay_ms", "jitter_ms", "fraction", "duration_s",
-                                               "distribution", "requested_backend")},
+        "parameters": {k: params[k] for k in ("delay_ms", "jitter_ms", "fraction", "scope",
+                                               "duration_s", "distribution", "requested_backend")},
         "injected_at": injected_at,
         "expires_at": lease.expires_at,
     }
@@ -125,27 +140,32 @@ def remove_latency(service: str, configuration: dict[str, Any] | None = None) ->
     - `service`: a service of the registry.
 
     Returns `{service, reverted: [fault ids], proxy_toxic_removed, netem_removed:
-    [devices], message}`.
+    [devices], effect, message}`; `effect` is what the removed fault did, read at revert
+    (the `latency_fault_effect` dict, or null when no fault was live), so the journal
+    shows how much traffic was really slowed.
     """
     settings = settings_from(configuration)
     registry = load_registry(settings.registry_file)
     entry = registry.service(service)
     store = LeaseStore(settings.leases_dir)
-    reverted, proxy_removed, netem_removed = [], False, []
+    reverted, proxy_removed, netem_removed, effect = [], False, [], None
     for lease in store.for_service(service, "latency"):
         result = revert_lease(lease, configuration)
         reverted.append(lease.fault_id)
         proxy_removed |= bool(result.get("proxy_toxic_removed"))
         netem_removed += result.get("netem_removed", [])
+        effect = result.get("effect") or effect
     leftover = _clear(entry, registry, {}, settings)
     proxy_removed |= leftover["proxy_toxic_removed"]
     netem_removed += leftover["netem_removed"]
+    effect = effect or leftover.get("effect")
     nothing = not (reverted or proxy_removed or netem_removed)
     return {
         "service": service,
         "reverted": reverted,
         "proxy_toxic_removed": proxy_removed,
         "netem_removed": netem_removed,
+        "effect": effect,
         "message": "nothing to remove" if nothing else f"latency removed from {service}",
     }
 
@@ -158,7 +178,7 @@ def revert_latency_lease(lease: Lease, configuration: dict[str, Any] | None = No
     settings = settings_from(configuration)
     registry = load_registry(settings.registry_file)
     entry = registry.services.get(lease.service)
-    return _clear(entry, registry, lease.params, settings)
+    return _clear(entry, registry, {**lease.params, "fault_id": lease.fault_id}, settings)
 
 
 ###############################################################################
@@ -257,20 +277,50 @@ def _proxy_target(registry: Registry, entry: ServiceEntry, settings: Settings) -
 def _clear(
     entry: ServiceEntry | None, registry: Registry, params: dict[str, Any], settings: Settings
 ) -> dict[str, Any]:
-    """Remove the proxy toxic and netem qdiscs of a service, whichever is present."""
+    """Remove the proxy toxic and netem qdiscs of a service, whichever is present.
+
+    ``effect`` in the result is what the removed fault did (proxy counters, or netem
+    qdisc statistics read just before deletion), or None when nothing was live.
+    """
     route = params.get("route") or (entry.proxy.route if entry and entry.proxy else None)
     control_url = params.get("proxy_control_url") or registry.proxy_control_url
     netns = params.get("netns") or (entry.netns if entry else None)
-    result: dict[str, Any] = {"proxy_toxic_removed": False, "netem_removed": []}
+    result: dict[str, Any] = {"proxy_toxic_removed": False, "netem_removed": [], "effect": None}
     if route and control_url:
         try:
-            result["proxy_toxic_removed"] = bool(
-                ProxyControl(control_url, settings.io_timeout_s).clear_latency(route)["removed"]
-            )
+            cleared = ProxyControl(control_url, settings.io_timeout_s).clear_latency(route)
+            result["proxy_toxic_removed"] = bool(cleared["removed"])
+            if cleared.get("latency"):
+                result["effect"] = proxy_effect(cleared["latency"])
         except ProxyUnreachable as exc:
             if not exc.refused:
                 raise
             result["proxy"] = "not running: it holds no toxic"
     if netns:
-        result["netem_removed"] = netem.remove_netem(netem.check_netns_name(netns), settings.io_timeout_s)
+        netns = netem.check_netns_name(netns)
+        stats = netem.netem_stats(netns, settings.io_timeout_s)
+        result["netem_removed"] = netem.remove_netem(netns, settings.io_timeout_s)
+        if result["netem_removed"] and result["effect"] is None:
+            result["effect"] = netem_effect(stats, params)
     return result
+
+
+def proxy_effect(toxic: dict[str, Any]) -> dict[str, Any]:
+    """The probe's effect dict from a proxy toxic as the control API describes it."""
+    effect = toxic.get("effect") or {}
+    return {"fault_id": toxic.get("fault_id"), "backend": "proxy", "scope": toxic.get("scope"),
+            "fraction": toxic.get("fraction"),
+            **{k: effect.get(k) for k in _EFFECT_KEYS}, "reason": None}
+
+
+def netem_effect(stats: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """The probe's effect dict for netem: no per-request counts, the qdisc statistics."""
+    return {"fault_id": params.get("fault_id"), "backend": "netem", "scope": params.get("scope"),
+            "fraction": 1.0, **dict.fromkeys(_EFFECT_KEYS), "netem_stats": stats.get("qdiscs"),
+            "reason": stats.get("reason") or "netem delays every packet of the namespace's "
+                      "interfaces; packets counted by tc -s are in netem_stats"}
+
+
+_EFFECT_KEYS = ("chunks_seen", "chunks_delayed", "delayed_ratio", "exchanges_seen",
+                "exchanges_delayed", "exchanges_delayed_ratio", "connections_decided",
+                "connections_picked", "set_at")

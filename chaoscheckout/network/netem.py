@@ -35,6 +35,7 @@ __all__ = [
     "show_netem",
     "add_netem",
     "remove_netem",
+    "netem_stats",
     "check_netns_name",
 ]
 
@@ -148,6 +149,26 @@ def remove_netem(netns: str, timeout_s: float = 5.0) -> list[str]:
             )
         removed.append(qdisc.device)
     return removed
+
+
+def netem_stats(netns: str, timeout_s: float = 5.0) -> dict[str, Any]:
+    """``tc -s`` statistics of the root netem qdiscs of ``netns``.
+
+    Returns ``{"qdiscs": [{device, packets, bytes, drops}], "reason": None}``, or
+    ``{"qdiscs": None, "reason": why}`` when they cannot be read. Never raises.
+    """
+    try:
+        if not netns_exists(netns):
+            return {"qdiscs": None, "reason": f"network namespace {netns!r} does not exist"}
+        out = _checked(["tc", "-s", "-n", check_netns_name(netns), "-j", "qdisc", "show"], timeout_s)
+        qdiscs = [{"device": q.get("dev"), "packets": q.get("packets"), "bytes": q.get("bytes"),
+                   "drops": q.get("drops")}
+                  for q in json.loads(out or "[]") if q.get("kind") == "netem" and q.get("root")]
+    except (ChaosCheckoutError, ValueError) as exc:
+        return {"qdiscs": None, "reason": f"tc -s qdisc show: {exc}"}
+    if not qdiscs:
+        return {"qdiscs": None, "reason": f"no netem qdisc in {netns!r}"}
+    return {"qdiscs": qdiscs, "reason": None}
 
 
 ###############################################################################

@@ -13,10 +13,11 @@ from chaoscheckout.config import settings_from
 from chaoscheckout.errors import ChaosCheckoutError, InvalidFaultArgument
 from chaoscheckout.faults.leases import LeaseStore
 from chaoscheckout.network import netem
+from chaoscheckout.network.actions import netem_effect, proxy_effect
 from chaoscheckout.network.proxy_client import ProxyControl, ProxyUnreachable
 from chaoscheckout.runtime.registry import load_registry
 
-__all__ = ["latency_fault", "measure_latency_ms"]
+__all__ = ["latency_fault", "latency_fault_effect", "measure_latency_ms"]
 
 logger = logging.getLogger("chaostoolkit")
 
@@ -53,6 +54,45 @@ def latency_fault(service: str, configuration: dict[str, Any] | None = None) -> 
     if not (leases or toxic or qdiscs):
         return None
     return {"service": service, "leases": leases, "proxy": toxic, "netem": qdiscs}
+
+
+def latency_fault_effect(service: str, configuration: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """How much traffic the live latency fault on `service` has really slowed so far.
+
+    Evidence that the fault bit: a fault on 30 % of connections can slow far fewer
+    requests (a keep-alive pool routes around its slow connection), so read this during
+    or at the end of the fault window, e.g. as a probe before the rollback.
+
+    - `service`: a service of the registry.
+
+    Returns null when no latency fault is live, else `{fault_id, backend, scope,
+    fraction, chunks_seen, chunks_delayed, delayed_ratio, exchanges_seen,
+    exchanges_delayed, exchanges_delayed_ratio, connections_decided, connections_picked,
+    set_at, reason}`, counted by the fault proxy since the fault was set. A chunk is one
+    read of request-direction bytes; `chunks_delayed` includes chunks held behind a
+    delayed one. An exchange starts with the first chunk after the service answered, so
+    for HTTP `exchanges_delayed_ratio` is the share of requests delayed; `delayed_ratio`
+    is chunks_delayed / chunks_seen. Ratios are null before any traffic. For netem the
+    counts are null, `reason` says why, and `netem_stats` holds the qdiscs' `tc -s`
+    packet counts. `remove_latency` returns the same dict with the final counts.
+    """
+    settings = settings_from(configuration)
+    registry = load_registry(settings.registry_file)
+    entry = registry.service(service)
+    if entry.proxy is not None and registry.proxy_control_url:
+        try:
+            toxic = ProxyControl(registry.proxy_control_url, settings.io_timeout_s).latency(entry.proxy.route)
+        except ProxyUnreachable as exc:
+            if not exc.refused:
+                raise
+            toxic = None
+        if toxic is not None:
+            return proxy_effect(toxic)
+    if entry.netns and netem.show_netem(entry.netns, settings.io_timeout_s):
+        leases = LeaseStore(settings.leases_dir).for_service(service, "latency")
+        params = {**leases[0].params, "fault_id": leases[0].fault_id} if leases else {}
+        return netem_effect(netem.netem_stats(entry.netns, settings.io_timeout_s), params)
+    return None
 
 
 def measure_latency_ms(

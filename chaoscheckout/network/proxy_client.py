@@ -55,13 +55,19 @@ class ProxyControl:
         fraction: float = 1.0,
         expires_at: float | None = None,
         fault_id: str | None = None,
+        scope: str = "connection",
     ) -> dict[str, Any]:
         body = {"delay_ms": delay_ms, "jitter_ms": jitter_ms, "fraction": fraction,
-                "expires_at": expires_at, "fault_id": fault_id}
+                "expires_at": expires_at, "fault_id": fault_id, "scope": scope}
         return self._call("PUT", f"/routes/{route}/latency", body)
 
+    def latency(self, route: str) -> dict[str, Any] | None:
+        """The route's live toxic (with its ``effect`` counters) or None."""
+        return self._call("GET", f"/routes/{route}/latency")["latency"]
+
     def clear_latency(self, route: str) -> dict[str, Any]:
-        """Remove the route's toxic; ``removed`` says whether there was one."""
+        """Remove the route's toxic; ``removed`` says whether there was one, ``latency`` is
+        the old toxic with its final ``effect`` counters."""
         return self._call("DELETE", f"/routes/{route}/latency")
 
     def metrics(self) -> str:

@@ -4,9 +4,15 @@ per connection, ``Connection: close``).
 - ``GET /healthz`` → ``{"status": "ok", "routes": N}``
 - ``GET /routes`` → ``{"routes": [{name, listen, upstream, latency|null, connections_active}]}``
 - ``GET /routes/<name>`` → one route
-- ``PUT /routes/<name>/latency`` ``{"delay_ms", "jitter_ms", "fraction", "expires_at", "fault_id"}``
-  → the route with its new toxic (400 with ``{"error"}`` on a bad body, nothing changed)
+- ``PUT /routes/<name>/latency`` ``{"delay_ms", "jitter_ms", "fraction", "scope", "expires_at",
+  "fault_id"}`` (``scope``: ``connection`` (default) | ``request``) → the route with its new
+  toxic (400 with ``{"error"}`` on a bad body, nothing changed)
+- ``GET /routes/<name>/latency`` → ``{"route", "latency": <toxic>|null}``; a toxic carries
+  ``effect``: ``{fault_id, scope, fraction, set_at, chunks_seen, chunks_delayed,
+  exchanges_seen, exchanges_delayed, connections_decided, connections_picked,
+  delayed_ratio, exchanges_delayed_ratio}`` counted since it was set
 - ``DELETE /routes/<name>/latency`` → ``{"route", "removed": bool, "latency": <old>|null}``
+  (the old toxic with its final ``effect``)
 - ``GET /metrics`` → Prometheus text format
 """
 

@@ -2,10 +2,12 @@
 
 Built on asyncio protocols (callbacks, no coroutine per chunk): passthrough writes each
 received chunk straight to the other transport, with the transports' own flow control
-(a full write buffer pauses reading on the other side). On an affected connection each
-upstream-bound chunk is queued with its due time (arrival + drawn delay) and a timer
-writes queued chunks in arrival order, so bytes keep their order and a streamed body is
-not delayed cumulatively. Responses are never delayed.
+(a full write buffer pauses reading on the other side). A chunk the toxic picks (see
+:mod:`.toxic` for the ``connection`` and ``request`` scopes) is queued with its due time
+(arrival + drawn delay), and so is any chunk arriving behind it; a timer writes queued
+chunks in arrival order, so bytes keep their order and a streamed body is not delayed
+cumulatively. Responses are never delayed; a response chunk marks the connection as
+"answered", so its next upstream chunk starts a new exchange.
 """
 
 from __future__ import annotations
@@ -87,6 +89,7 @@ class _Connection(asyncio.Protocol):
         self.upstream: asyncio.Transport | None = None
         self.generation = -1
         self.affected = False
+        self.answered = True  # the upstream spoke since our last upstream chunk (or none yet)
         self.pending: collections.deque[tuple[float, bytes]] = collections.deque()
         self.pending_bytes = 0
         self.timer: asyncio.TimerHandle | None = None
@@ -125,18 +128,20 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         route = self.route
         route.stats.bytes_upstream += len(data)
-        delay = 0.0
         toxic = route.live_toxic()
-        if toxic is not None:
-            if toxic.generation != self.generation:  # a new toxic: decide this connection again
-                self.generation, self.affected = toxic.generation, toxic.pick(route.rng)
-                if self.affected:
-                    route.stats.delayed_connections += 1
-            if self.affected:
-                delay = toxic.draw_delay_s(route.rng)
-        if delay <= 0 and not self.pending:
-            self.upstream.write(data)
-            return
+        starts = self.answered  # first chunk after the upstream answered: a new exchange?
+        self.answered = False
+        if toxic is None:
+            if not self.pending:
+                self.upstream.write(data)
+                return
+            delay = 0.0
+        else:
+            delay = self._toxic_delay(toxic, starts and not self.pending)
+            if delay <= 0 and not self.pending:
+                self.upstream.write(data)
+                return
+            toxic.counters.chunks_delayed += 1  # own delay, or held behind a delayed chunk
         # queued (even undelayed) behind earlier delayed chunks: keeps the byte order
         if delay > 0:
             route.stats.delayed_chunks += 1
@@ -146,6 +151,25 @@ class _Connection(asyncio.Protocol):
             self._pause_client("pending")
         if self.timer is None:
             self.timer = self.loop.call_at(self.pending[0][0], self._flush)
+
+    def _toxic_delay(self, toxic: LatencyToxic, new_exchange: bool) -> float:
+        """This chunk's own delay under ``toxic`` (0: none); counts what it sees."""
+        route, counters = self.route, toxic.counters
+        counters.chunks_seen += 1
+        if toxic.scope == "request":
+            picked = new_exchange and toxic.pick(route.rng)
+        else:
+            if toxic.generation != self.generation:  # a new toxic: decide this connection again
+                self.generation, self.affected = toxic.generation, toxic.pick(route.rng)
+                counters.connections_decided += 1
+                if self.affected:
+                    counters.connections_picked += 1
+                    route.stats.delayed_connections += 1
+            picked = self.affected
+        if new_exchange:
+            counters.exchanges_seen += 1
+            counters.exchanges_delayed += picked
+        return toxic.draw_delay_s(route.rng) if picked else 0.0
 
     def _flush(self) -> None:
         self.timer = None
@@ -230,6 +254,7 @@ class _Upstream(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.stats.bytes_downstream += len(data)
+        self.conn.answered = True
         client = self.conn.client
         if client is not None and not client.is_closing():
             client.write(data)
