@@ -70,6 +70,9 @@ def vm_run(pytestconfig):
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "console.log").write_text(booted.console)
     (out_dir / "result.json").write_text(json.dumps(booted.result, indent=2, default=str))
+    for name, run in ((booted.result or {}).get("chaos_runs") or {}).items():
+        if run and run.get("journal"):  # the in-VM `chaos run` journal, as netem evidence
+            (out_dir / f"journal-{name}.json").write_text(json.dumps(run["journal"], indent=2))
     print(f"[vm] console and result kept in {out_dir}", flush=True)
     tail = booted.console[-3000:]
     assert not booted.timed_out, f"VM did not finish within {BOOT_TIMEOUT_S} s; console:\n{tail}"

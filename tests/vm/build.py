@@ -8,7 +8,8 @@ installed into ``/opt/cc`` (a venv) from wheels built on the host, and the guest
 ``$CHAOSCHECKOUT_VM_CACHE`` (default ``/var/cache/chaoscheckout-vm``) by a hash of its
 inputs, so nothing is rebuilt when nothing changed:
 
-- ``base-<hash>/``: the debootstrap rootfs (suite, mirror, package list, kernel version, recipe);
+- ``base-<hash>/``: the debootstrap rootfs with the guest's kernel modules (suite, mirror,
+  package and module lists, kernel version, recipe);
 - ``wheels-<hash>/``: the dependency wheels (``setup.cfg``, ``pyproject.toml``);
 - ``image-<hash>/``: ``rootfs.img``, ``vmlinuz``, ``initrd.img``, ``meta.json`` (all of the
   above plus the package sources and the guest harness).
@@ -44,6 +45,8 @@ DEFAULT_CACHE_DIR = Path(os.environ.get("CHAOSCHECKOUT_VM_CACHE", "/var/cache/ch
 SUITE = "bookworm"
 MIRROR = os.environ.get("CHAOSCHECKOUT_VM_MIRROR", "http://deb.debian.org/debian")
 GUEST_PACKAGES = ["python3", "python3-venv", "iproute2", "kmod", "procps"]
+# kernel modules the guest loads (copied with their dependencies; the initrd has the disk ones)
+GUEST_MODULES = ["sch_netem", "veth"]
 # host tool -> Debian package providing it
 HOST_TOOLS = {
     "qemu-system-x86_64": "qemu-system-x86",
@@ -55,7 +58,7 @@ HOST_TOOLS = {
 PACKAGE_FILES = ["setup.cfg", "pyproject.toml"]
 PACKAGE_TREES = ["chaoscheckout"]
 
-KEEP_PER_LAYER = 3  # cache entries of each layer kept (newest first); older ones are pruned
+KEEP_PER_LAYER = 2  # cache entries of each layer kept (newest first); older ones are pruned
 LOCK_TIMEOUT_S = 1800
 APT_TIMEOUT_S = 900
 DEBOOTSTRAP_TIMEOUT_S = 900
@@ -248,9 +251,10 @@ def _version_tuple(version: str) -> tuple:
 
 def _base_key(kernel_version: str) -> str:
     digest = hashlib.sha256()
-    for item in (SUITE, MIRROR, kernel_version, *GUEST_PACKAGES):
+    for item in (SUITE, MIRROR, kernel_version, *GUEST_PACKAGES, *GUEST_MODULES):
         digest.update(item.encode() + b"\0")
-    digest.update(inspect.getsource(_base_rootfs).encode())  # the recipe, not the whole script
+    for recipe in (_base_rootfs, _copy_modules):  # the recipe, not the whole script
+        digest.update(inspect.getsource(recipe).encode())
     return digest.hexdigest()[:16]
 
 
@@ -283,13 +287,38 @@ def _base_rootfs(cache_dir: Path, kernel_version: str, force: bool) -> Path:
         for path in (rootfs / junk).glob("*"):
             if path.is_file():
                 path.unlink()
-    modules_dst = rootfs / "lib/modules" / kernel_version
-    _step(f"copy kernel modules {kernel_version}",
-          ["cp", "-a", f"/lib/modules/{kernel_version}", str(modules_dst)])
+    _copy_modules(rootfs, kernel_version, GUEST_MODULES)
     _step("depmod", ["depmod", "-b", str(rootfs), kernel_version])
     (rootfs / "etc/hostname").write_text("ccvm\n")
     (base / "done").write_text(str(time.time()))
     return rootfs
+
+
+def _copy_modules(rootfs: Path, kernel_version: str, names: list[str]) -> None:
+    """Copy the named modules of the host's kernel, their dependencies and its index files."""
+    src = Path("/lib/modules") / kernel_version
+    dst = rootfs / "lib/modules" / kernel_version
+    todo, done = list(names), set()
+    while todo:
+        name = todo.pop()
+        if name in done:
+            continue
+        done.add(name)
+        info = {}
+        for field_name in ("filename", "depends"):
+            info[field_name] = subprocess.run(
+                ["modinfo", "-k", kernel_version, "-F", field_name, name],
+                capture_output=True, text=True, timeout=STEP_TIMEOUT_S, check=True,
+            ).stdout.strip()
+        module = Path(info["filename"])
+        target = dst / module.relative_to(src)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(module, target)
+        todo += [dep for dep in info["depends"].split(",") if dep]
+    for index in src.glob("modules.builtin*"):
+        shutil.copy2(index, dst / index.name)
+    shutil.copy2(src / "modules.order", dst / "modules.order")
+    _progress(f"kernel modules {kernel_version}: {', '.join(sorted(done))}")
 
 
 def _wheels(cache_dir: Path, src: Path, force: bool) -> Path:
