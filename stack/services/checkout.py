@@ -1,4 +1,4 @@
-"""checkout: POST /checkout — price the cart, charge it, record the order. A first version.
+"""checkout: POST /checkout — price the cart, record the order, charge it.
 
 Run: ``python -m stack.services.checkout`` (from the repo root). Settings (environment):
 
@@ -8,39 +8,88 @@ Run: ``python -m stack.services.checkout`` (from the repo root). Settings (envir
 - ``CHECKOUT_PAYMENTS_URL`` (required): base URL of payments (fault proxy, base+12).
 - ``CHECKOUT_DATABASE_URL`` (required): Postgres DSN, e.g.
   ``postgresql://postgres@127.0.0.1:18120/checkout``.
-- ``CHECKOUT_CATALOG_TIMEOUT_S`` (default 2): deadline of one catalog call.
-- ``CHECKOUT_PAYMENTS_TIMEOUT_S`` (default 5): deadline of the payments call.
 - ``CHECKOUT_RETRIES`` (default 0): extra attempts of the catalog call after a timeout,
-  a connection error or a 5xx (the payments call is never retried).
+  a connection error or a 5xx.
 - ``CHECKOUT_DB_POOL_SIZE`` (default 10): Postgres connections kept open.
 
-A pooled connection is checked before use, so connections broken by a Postgres restart
-are replaced instead of failing a request. Fixed limits (not settings): Postgres connect
-timeout 3 s, wait for a pooled connection 2 s, ``statement_timeout`` 5 s, health check
-1 s; at start-up checkout waits up to 20 s for Postgres, then exits (supervisord restarts
-it). The ``orders`` table is created on start-up if missing (schema in docs/architecture.md).
+Resilience settings. ``CHECKOUT_RESILIENCE`` (1|0, default 1) is a master switch: 0 gives
+every setting below its first-version default (the weakened variant, on purpose:
+``CHECKOUT_RESILIENCE=0 chaoscheckout stack up``); each setting set explicitly still wins.
 
-``POST /checkout {"items": [{"sku": "sku-001", "qty": 1}, ...]}`` does, in this order:
+| setting | default (resilience 1) | first version (0) |
+| --- | --- | --- |
+| ``CHECKOUT_PRICE_CACHE`` | 1 | 0 |
+| ``CHECKOUT_PRICE_CACHE_MAX_AGE_S`` | 600 | 600 (unused) |
+| ``CHECKOUT_PRICE_REFRESH_S`` | 30 (0 when the cache is off) | 0 |
+| ``CHECKOUT_CATALOG_TIMEOUT_S`` | 0.3 when the cache is on, else 2 | 2 |
+| ``CHECKOUT_ORDER_FIRST`` | 1 | 0 |
+| ``CHECKOUT_PAYMENTS_TIMEOUT_S`` | 0.15 (per attempt) | 5 |
+| ``CHECKOUT_PAYMENTS_RETRIES`` | 2 | 0 |
+| ``CHECKOUT_BUDGET_S`` | 0.25 (0 = no budget) | 0 |
 
-1. ``GET <catalog>/prices?skus=...`` (unknown sku → 422, catalog failing → 503);
-2. computes ``amount_cents`` and a new ``order_ref`` (uuid4);
-3. ``POST <payments>/payments`` with ``idempotency_key = order_ref`` (failing → 502);
-4. ``INSERT`` the order into ``orders`` with status ``paid`` (failing → 500);
-5. answers 200 ``{"order_ref", "amount_cents", "status": "paid"}``.
+1. **Price cache (stale-if-error).** Every price catalog returns is remembered per sku.
+   When the catalog call fails (connection error, timeout, 5xx, malformed answer) and
+   every requested sku is cached and younger than ``CHECKOUT_PRICE_CACHE_MAX_AGE_S``,
+   the cached prices are used (metric ``checkout_price_cache_served_total``); otherwise
+   503 as before. An unknown sku (catalog 404) is still 422, never served from cache.
+   ``CHECKOUT_PRICE_REFRESH_S`` > 0 warms the cache in the background with
+   ``GET /products`` at start-up and then every that many seconds (timeout 2 s; it never
+   blocks a request), so a catalog that dies right after a checkout restart is survivable.
+   Because the catalog call is on the request path, its timeout defaults to 0.3 s when the
+   cache is on: a hung catalog costs each request at most 0.3 s (per attempt), then the
+   cache answers.
+2. **Order before charge.** ``INSERT`` the order with status ``pending`` BEFORE charging;
+   if that fails → 503 ``order not recorded`` and NO charge is attempted. Then charge, then
+   ``UPDATE`` to ``paid``. If that update fails (a full disk, say) the order row already
+   exists: the answer is 200 with ``"status": "pending"`` and the order is logged and
+   counted (``checkout_orders_left_pending_total``) — money safety holds because every
+   charge has its order row. When payments answers with a failure, the order becomes
+   ``failed`` (best effort); when payments never answered (timeouts) it stays
+   ``pending``: the charge may or may not have happened, a reconciler decides.
+   ``CHECKOUT_ORDER_FIRST=0`` is the first version: charge, then ``INSERT`` as ``paid``
+   (failing → 500 after the money was taken).
+3. **Timeout budget for payments.** Each payments attempt is bounded by
+   ``CHECKOUT_PAYMENTS_TIMEOUT_S``; on a timeout or a connection error up to
+   ``CHECKOUT_PAYMENTS_RETRIES`` more attempts are made with the SAME idempotency key
+   (``order_ref``; the provider deduplicates, so a retry never charges twice). All attempts
+   share ``CHECKOUT_BUDGET_S``: an attempt's timeout is min(per-attempt, budget left) and
+   no retry starts with less than 50 ms left. A timed-out attempt's connection is closed
+   by httpx, so a retry goes over a new connection. Caution: a slow attempt that checkout
+   gave up on may still reach the provider and charge later. With order-first that charge
+   has its (``pending``) order row; with ``CHECKOUT_ORDER_FIRST=0`` it is a charge with no
+   order — which is exactly why order-first matters once timeouts are short.
 
-There is deliberately no resilience here yet: no price cache, no fallback, the charge is
-taken before the order is recorded. A malformed body → 400. Every failure answers with a
-JSON ``{"error", "detail"}``.
+Fixed limits (not settings): Postgres connect timeout 3 s, wait for a pooled connection
+2 s, ``statement_timeout`` 5 s, each order ``UPDATE`` bounded by 1 s, health check 1 s; at
+start-up checkout waits up to 20 s for Postgres, then exits (supervisord restarts it). A
+pooled connection is checked before use, so connections broken by a Postgres restart are
+replaced. The ``orders`` table is created on start-up if missing (docs/architecture.md).
+
+``POST /checkout {"items": [{"sku": "sku-001", "qty": 1}, ...]}`` (order-first on):
+
+1. prices from ``GET <catalog>/prices?skus=...`` or the cache (unknown sku → 422,
+   catalog failing and no usable cache → 503);
+2. ``amount_cents`` and a new ``order_ref`` (uuid4);
+3. ``INSERT`` the order as ``pending`` (failing → 503, nothing charged);
+4. ``POST <payments>/payments`` with ``idempotency_key = order_ref`` (failing → 502);
+5. ``UPDATE`` to ``paid`` → 200 ``{"order_ref", "amount_cents", "status": "paid"}``
+   (update failing → 200 with ``"status": "pending"``).
+
+A malformed body → 400. Every failure answers with a JSON ``{"error", "detail"}``.
 
 ``GET /healthz`` → 200 only when Postgres answers ``SELECT 1`` within 1 s.
-``GET /metrics`` → ``checkout_requests_total{outcome="ok|error|client_error"}`` and the
-histogram ``checkout_request_duration_seconds{outcome}``; ``ok`` and ``error`` are the
-availability SLI's outcomes, ``client_error`` (400/422) does not count against it.
+``GET /metrics`` → ``checkout_requests_total{outcome="ok|error|client_error"}``, the
+histogram ``checkout_request_duration_seconds{outcome}`` (``ok`` and ``error`` are the
+availability SLI's outcomes, ``client_error`` (400/422) does not count against it),
+``checkout_price_cache_served_total``, ``checkout_price_cache_skus``,
+``checkout_payments_attempts_total{result="ok|refused|timeout|unreachable"}`` and
+``checkout_orders_left_pending_total``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -51,7 +100,7 @@ from typing import Any
 
 import httpx
 import psycopg
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from starlette.applications import Starlette
@@ -59,8 +108,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from stack.services.checkout_resilience import Budget, PriceCache
 from stack.services.common import (
+    ConfigError,
     default_port,
+    env_bool,
     env_float,
     env_int,
     env_str,
@@ -82,7 +134,10 @@ DB_CONNECT_TIMEOUT_S = 3
 DB_POOL_WAIT_S = 2.0
 DB_STATEMENT_TIMEOUT_MS = 5000
 DB_STARTUP_WAIT_S = 20.0
+DB_UPDATE_TIMEOUT_S = 1.0
 HEALTH_TIMEOUT_S = 1.0
+REFRESH_TIMEOUT_S = 2.0
+MIN_ATTEMPT_S = 0.05
 MAX_ITEMS = 50
 MAX_QTY = 100
 
@@ -100,9 +155,18 @@ DURATION = Histogram(
     "checkout_request_duration_seconds", "Checkout request duration by outcome", ["outcome"],
     buckets=(.005, .01, .025, .05, .075, .1, .15, .2, .25, .3, .4, .5, .75, 1, 1.5, 2, 3, 5, 10),
 )
+CACHE_SERVED = Counter("checkout_price_cache_served_total",
+                       "Checkouts priced from the cache because catalog failed")
+CACHE_SKUS = Gauge("checkout_price_cache_skus", "Skus held in the price cache")
+PAYMENT_ATTEMPTS = Counter("checkout_payments_attempts_total", "Payments attempts by result",
+                           ["result"])
+LEFT_PENDING = Counter("checkout_orders_left_pending_total",
+                       "Charged orders whose UPDATE to paid failed (row stays pending)")
 for _outcome in ("ok", "error", "client_error"):
     REQUESTS.labels(_outcome)
     DURATION.labels(_outcome)
+for _result in ("ok", "refused", "timeout", "unreachable"):
+    PAYMENT_ATTEMPTS.labels(_result)
 
 
 @dataclass(frozen=True)
@@ -115,18 +179,39 @@ class CheckoutSettings:
     payments_timeout_s: float
     retries: int
     db_pool_size: int
+    price_cache: bool = False
+    price_cache_max_age_s: float = 600.0
+    price_refresh_s: float = 0.0
+    order_first: bool = False
+    payments_retries: int = 0
+    budget_s: float = 0.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> CheckoutSettings:
+        resilient = env_bool(environ, "CHECKOUT_RESILIENCE", True)
+        cache = env_bool(environ, "CHECKOUT_PRICE_CACHE", resilient)
+        refresh_s = env_float(environ, "CHECKOUT_PRICE_REFRESH_S", 30.0 if cache else 0.0, 0, 86400)
+        if 0 < refresh_s < 1:
+            raise ConfigError(f"CHECKOUT_PRICE_REFRESH_S: must be 0 (off) or >= 1, got {refresh_s}")
         return cls(
             port=env_int(environ, "CHECKOUT_PORT", default_port(PORT_OFFSET), 1, 65535),
             catalog_url=env_url(environ, "CHECKOUT_CATALOG_URL"),
             payments_url=env_url(environ, "CHECKOUT_PAYMENTS_URL"),
             database_url=env_str(environ, "CHECKOUT_DATABASE_URL"),
-            catalog_timeout_s=env_float(environ, "CHECKOUT_CATALOG_TIMEOUT_S", 2.0, 0.001, 300),
-            payments_timeout_s=env_float(environ, "CHECKOUT_PAYMENTS_TIMEOUT_S", 5.0, 0.001, 300),
+            catalog_timeout_s=env_float(environ, "CHECKOUT_CATALOG_TIMEOUT_S",
+                                        0.3 if cache else 2.0, 0.001, 300),
+            payments_timeout_s=env_float(environ, "CHECKOUT_PAYMENTS_TIMEOUT_S",
+                                         0.15 if resilient else 5.0, 0.001, 300),
             retries=env_int(environ, "CHECKOUT_RETRIES", 0, 0, 10),
             db_pool_size=env_int(environ, "CHECKOUT_DB_POOL_SIZE", 10, 1, 200),
+            price_cache=cache,
+            price_cache_max_age_s=env_float(environ, "CHECKOUT_PRICE_CACHE_MAX_AGE_S", 600.0,
+                                            1, 7 * 86400),
+            price_refresh_s=refresh_s,
+            order_first=env_bool(environ, "CHECKOUT_ORDER_FIRST", resilient),
+            payments_retries=env_int(environ, "CHECKOUT_PAYMENTS_RETRIES", 2 if resilient else 0,
+                                     0, 10),
+            budget_s=env_float(environ, "CHECKOUT_BUDGET_S", 0.25 if resilient else 0.0, 0, 300),
         )
 
 
@@ -150,6 +235,14 @@ class CheckoutFailed(Exception):
         return "client_error" if 400 <= self.status < 500 else "error"
 
 
+class PaymentFailed(CheckoutFailed):
+    """The charge failed; ``answered`` is True when payments said no (a definite failure)."""
+
+    def __init__(self, detail: str, answered: bool) -> None:
+        super().__init__(502, "payment failed", detail)
+        self.answered = answered
+
+
 class Checkout:
     """The checkout steps, over one HTTP client and one Postgres pool."""
 
@@ -157,10 +250,12 @@ class Checkout:
         self.settings = settings
         self.client: httpx.AsyncClient | None = None
         self.pool: AsyncConnectionPool | None = None
+        self.cache = PriceCache(settings.price_cache_max_age_s)
+        self._refresher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         s = self.settings
-        self.client = http_client(max(s.catalog_timeout_s, s.payments_timeout_s))
+        self.client = http_client(max(s.catalog_timeout_s, s.payments_timeout_s, REFRESH_TIMEOUT_S))
         self.pool = AsyncConnectionPool(
             s.database_url, min_size=s.db_pool_size, max_size=s.db_pool_size,
             timeout=DB_POOL_WAIT_S, open=False, name="checkout",
@@ -174,9 +269,16 @@ class Checkout:
         await self.pool.open(wait=True, timeout=DB_STARTUP_WAIT_S)
         async with self.pool.connection() as conn:
             await conn.execute(CREATE_ORDERS_TABLE)
-        logger.info("checkout ready: pool of %d Postgres connections", s.db_pool_size)
+        if s.price_cache and s.price_refresh_s > 0:
+            self._refresher = asyncio.create_task(self._refresh_prices_forever())
+        logger.info("checkout ready: pool of %d Postgres connections; %s", s.db_pool_size,
+                    _describe(s))
 
     async def stop(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresher
         if self.client is not None:
             await self.client.aclose()
         if self.pool is not None:
@@ -186,11 +288,115 @@ class Checkout:
         prices = await self.fetch_prices(sorted({item.sku for item in items}))
         amount_cents = sum(prices[item.sku] * item.qty for item in items)
         order_ref = str(uuid.uuid4())
-        await self.charge(order_ref, amount_cents)
-        await self.record_order(order_ref, items, prices, amount_cents)
+        if not self.settings.order_first:  # the first version: money first, order after
+            await self.charge(order_ref, amount_cents)
+            await self.insert_order(order_ref, items, prices, amount_cents, "paid", charged=True)
+            return {"order_ref": order_ref, "amount_cents": amount_cents, "status": "paid"}
+        await self.insert_order(order_ref, items, prices, amount_cents, "pending", charged=False)
+        try:
+            await self.charge(order_ref, amount_cents)
+        except PaymentFailed as exc:
+            if exc.answered:
+                await self.set_status(order_ref, "failed")
+            raise
+        if not await self.set_status(order_ref, "paid"):
+            LEFT_PENDING.inc()
+            return {"order_ref": order_ref, "amount_cents": amount_cents, "status": "pending"}
         return {"order_ref": order_ref, "amount_cents": amount_cents, "status": "paid"}
 
     async def fetch_prices(self, skus: list[str]) -> dict[str, int]:
+        try:
+            prices = await self._prices_from_catalog(skus)
+        except CheckoutFailed as exc:
+            if exc.status != 503 or not self.settings.price_cache:
+                raise
+            cached = self.cache.lookup(skus)
+            if cached is None:
+                raise
+            CACHE_SERVED.inc()
+            logger.info("catalog failed (%s): priced %d skus from the cache", exc.detail, len(skus))
+            return cached
+        if self.settings.price_cache:
+            self._remember(prices.items())
+        return prices
+
+    async def charge(self, order_ref: str, amount_cents: int) -> dict[str, Any]:
+        """POST /payments, retried on timeouts / connection errors within the budget."""
+        s = self.settings
+        body = {"idempotency_key": order_ref, "order_ref": order_ref, "amount_cents": amount_cents}
+        budget = Budget(s.budget_s, MIN_ATTEMPT_S)
+        failures: list[str] = []
+        for _attempt in range(1 + s.payments_retries):
+            timeout_s = budget.next_timeout(s.payments_timeout_s)
+            if timeout_s is None:
+                failures.append(f"budget of {s.budget_s}s spent")
+                break
+            try:
+                async with asyncio.timeout(timeout_s):
+                    response = await self._http.post(f"{s.payments_url}/payments", json=body,
+                                                     timeout=timeout_s)
+            except (TimeoutError, httpx.TimeoutException):
+                PAYMENT_ATTEMPTS.labels("timeout").inc()
+                failures.append(f"payments gave no answer within {timeout_s:.3g}s")
+                continue
+            except httpx.HTTPError as exc:
+                PAYMENT_ATTEMPTS.labels("unreachable").inc()
+                failures.append(f"payments unreachable: {exc!r}")
+                continue
+            if response.status_code != 200:
+                PAYMENT_ATTEMPTS.labels("refused").inc()
+                raise PaymentFailed(f"payments answered {response.status_code}: "
+                                    f"{response.text[:200]}", answered=True)
+            PAYMENT_ATTEMPTS.labels("ok").inc()
+            return response.json()
+        raise PaymentFailed("; ".join(failures), answered=False)
+
+    async def insert_order(self, order_ref: str, items: list[LineItem], prices: dict[str, int],
+                           amount_cents: int, status: str, charged: bool) -> None:
+        rows = [{"sku": i.sku, "qty": i.qty, "price_cents": prices[i.sku]} for i in items]
+        try:
+            async with self._pool.connection() as conn:
+                await conn.execute(
+                    "INSERT INTO orders (order_ref, items, amount_cents, status)"
+                    " VALUES (%s, %s, %s, %s)",
+                    (order_ref, Jsonb(rows), amount_cents, status),
+                )
+        except (psycopg.Error, PoolTimeout) as exc:
+            if charged:
+                logger.error("order %s was charged but could not be recorded: %s", order_ref, exc)
+                raise CheckoutFailed(500, "order not recorded", str(exc)[:300]) from None
+            raise CheckoutFailed(503, "order not recorded",
+                                 f"nothing was charged: {str(exc)[:300]}") from None
+
+    async def set_status(self, order_ref: str, status: str) -> bool:
+        """UPDATE the order's status; False (logged) when Postgres refused or was too slow."""
+        try:
+            async with asyncio.timeout(DB_UPDATE_TIMEOUT_S):
+                async with self._pool.connection(timeout=DB_UPDATE_TIMEOUT_S) as conn:
+                    await conn.execute("UPDATE orders SET status = %s WHERE order_ref = %s",
+                                       (status, order_ref))
+        except (psycopg.Error, PoolTimeout, TimeoutError) as exc:
+            logger.error("order %s stays pending: could not set it %s: %r", order_ref, status, exc)
+            return False
+        return True
+
+    async def database_answers(self, _: Request) -> str | None:
+        async with asyncio.timeout(HEALTH_TIMEOUT_S):
+            async with self._pool.connection(timeout=HEALTH_TIMEOUT_S) as conn:
+                await conn.execute("SELECT 1")
+        return None
+
+    async def refresh_prices(self) -> int:
+        """GET /products once and remember every price; the number of skus remembered."""
+        async with asyncio.timeout(REFRESH_TIMEOUT_S):
+            response = await self._http.get(f"{self.settings.catalog_url}/products",
+                                            timeout=REFRESH_TIMEOUT_S)
+        response.raise_for_status()
+        products = response.json()["products"]
+        self._remember((p["sku"], int(p["price_cents"])) for p in products)
+        return len(products)
+
+    async def _prices_from_catalog(self, skus: list[str]) -> dict[str, int]:
         url = f"{self.settings.catalog_url}/prices"
         timeout_s = self.settings.catalog_timeout_s
         last = ""
@@ -218,42 +424,18 @@ class Checkout:
                                      f"unexpected catalog answer: {exc!r}") from None
         raise CheckoutFailed(503, "catalog unavailable", last)
 
-    async def charge(self, order_ref: str, amount_cents: int) -> dict[str, Any]:
-        timeout_s = self.settings.payments_timeout_s
-        body = {"idempotency_key": order_ref, "order_ref": order_ref, "amount_cents": amount_cents}
-        try:
-            async with asyncio.timeout(timeout_s):
-                response = await self._http.post(f"{self.settings.payments_url}/payments",
-                                                 json=body, timeout=timeout_s)
-        except (TimeoutError, httpx.TimeoutException):
-            raise CheckoutFailed(502, "payment failed",
-                                 f"payments gave no answer within {timeout_s}s") from None
-        except httpx.HTTPError as exc:
-            raise CheckoutFailed(502, "payment failed", f"payments unreachable: {exc!r}") from None
-        if response.status_code != 200:
-            raise CheckoutFailed(502, "payment failed",
-                                 f"payments answered {response.status_code}: {response.text[:200]}")
-        return response.json()
+    async def _refresh_prices_forever(self) -> None:
+        while True:
+            try:
+                count = await self.refresh_prices()
+                logger.debug("price cache refreshed: %d skus", count)
+            except (TimeoutError, httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+                logger.warning("price cache refresh failed (cache kept): %r", exc)
+            await asyncio.sleep(self.settings.price_refresh_s)
 
-    async def record_order(self, order_ref: str, items: list[LineItem], prices: dict[str, int],
-                           amount_cents: int) -> None:
-        rows = [{"sku": i.sku, "qty": i.qty, "price_cents": prices[i.sku]} for i in items]
-        try:
-            async with self._pool.connection() as conn:
-                await conn.execute(
-                    "INSERT INTO orders (order_ref, items, amount_cents, status)"
-                    " VALUES (%s, %s, %s, 'paid')",
-                    (order_ref, Jsonb(rows), amount_cents),
-                )
-        except (psycopg.Error, PoolTimeout) as exc:
-            logger.error("order %s was charged but could not be recorded: %s", order_ref, exc)
-            raise CheckoutFailed(500, "order not recorded", str(exc)[:300]) from None
-
-    async def database_answers(self, _: Request) -> str | None:
-        async with asyncio.timeout(HEALTH_TIMEOUT_S):
-            async with self._pool.connection(timeout=HEALTH_TIMEOUT_S) as conn:
-                await conn.execute("SELECT 1")
-        return None
+    def _remember(self, prices: Any) -> None:
+        self.cache.remember(prices)
+        CACHE_SKUS.set(len(self.cache))
 
     @property
     def _http(self) -> httpx.AsyncClient:
@@ -325,6 +507,15 @@ def main() -> None:
 # ---------------------------------------------------------------------------
 # Internals
 # ---------------------------------------------------------------------------
+
+
+def _describe(s: CheckoutSettings) -> str:
+    cache = (f"price cache on (max age {s.price_cache_max_age_s:g}s, refresh "
+             f"{s.price_refresh_s:g}s)" if s.price_cache else "price cache off")
+    budget = f"budget {s.budget_s:g}s" if s.budget_s > 0 else "no budget"
+    return (f"{cache}, catalog timeout {s.catalog_timeout_s:g}s, "
+            f"order {'before' if s.order_first else 'after'} charge, payments "
+            f"{s.payments_timeout_s:g}s x {1 + s.payments_retries} attempts, {budget}")
 
 
 def _parse_items(body: Any) -> list[LineItem] | str:
