@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 
@@ -131,6 +133,8 @@ def test_proxy_enforces_expires_at(rig: ProxyRig, control: ProxyControl) -> None
     {"delay_ms": 100, "jitter_ms": 101}, {"delay_ms": 100, "jitter_ms": -1},
     {"delay_ms": 100, "fraction": 0}, {"delay_ms": 100, "fraction": 1.5},
     {"delay_ms": 100, "expires_at": 1.0}, {"delay_ms": 100, "color": "red"}, {"jitter_ms": 1}, [1],
+    {"delay_ms": 100, "scope": "pipe"}, {"delay_ms": 100, "scope": 1},
+    {"delay_ms": 100, "scope": ["request"]},
 ])
 def test_bad_toxic_rejected_and_live_toxic_unchanged(rig: ProxyRig, control: ProxyControl, body) -> None:
     control.set_latency(rig.route, delay_ms=77, fault_id="keep")
@@ -172,3 +176,141 @@ def test_cli_rejects_bad_routes(argv: list[str], message: str) -> None:
         cwd=ROOT, capture_output=True, text=True, timeout=20,
     )
     assert result.returncode == 2 and message in result.stderr
+
+
+def _pooled_posts(url: str, total: int, connections: int) -> list[float]:
+    """``total`` small POSTs (JSON body, as checkout calls payments) from ``connections`` threads
+    sharing one keep-alive pool of ``connections`` connections; each request's duration."""
+    times: list[float] = []
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    with httpx.Client(timeout=10, limits=limits) as client:
+        def work() -> None:
+            for _ in range(total // connections):
+                start = time.perf_counter()
+                client.post(f"{url}/echo", json={"amount_cents": 1200}).raise_for_status()
+                times.append(time.perf_counter() - start)
+
+        threads = [threading.Thread(target=work) for _ in range(connections)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    assert len(times) == total
+    return times
+
+
+def _connections_total(control: ProxyControl) -> float:
+    for line in control.metrics().splitlines():
+        if line.startswith('chaoscheckout_proxy_connections_total{route="up"}'):
+            return float(line.split()[-1])
+    raise AssertionError("metric missing")
+
+
+def test_request_scope_delays_a_fraction_of_keepalive_requests(rig: ProxyRig, control: ProxyControl) -> None:
+    n, delay_s = 300, 0.1
+    conns_before = _connections_total(control)
+    control.set_latency(rig.route, delay_ms=delay_s * 1000, fraction=0.3, scope="request", fault_id="req")
+    times = _pooled_posts(rig.proxy_url, n, connections=4)
+    effect = control.latency(rig.route)["effect"]
+    removed = control.clear_latency(rig.route)["latency"]["effect"]
+    delayed = sum(t >= delay_s * 0.9 for t in times)
+    print(f"request scope 0.3 over {n} POSTs on 4 keep-alive connections: {delayed} delayed "
+          f"({delayed / n:.1%}); effect {effect}")
+    assert _connections_total(control) - conns_before <= 4  # really a pool of keep-alive connections
+    # Binomial(300, 0.3): mean 90, sd 7.9; [58, 122] is ±4 sd
+    assert 58 <= delayed <= 122, delayed
+    # every POST is one exchange, even when its head and body arrive as separate chunks
+    assert effect["exchanges_seen"] == n and effect["chunks_seen"] >= n, effect
+    assert abs(effect["exchanges_delayed"] - delayed) <= 3, (effect, delayed)  # 3: timing noise
+    assert effect["fault_id"] == "req" and effect["scope"] == "request" and effect["connections_decided"] == 0
+    assert removed["exchanges_seen"] == n and removed["exchanges_delayed"] == effect["exchanges_delayed"]
+
+
+def test_connection_scope_picks_whole_connections(rig: ProxyRig, control: ProxyControl) -> None:
+    conns, per_conn, delay_s = 8, 10, 0.06
+    control.set_latency(rig.route, delay_ms=delay_s * 1000, fraction=0.5, scope="connection")
+    picked = 0
+    for _ in range(conns):
+        conn = http.client.HTTPConnection("127.0.0.1", rig.listen_port, timeout=10)
+        try:
+            slow = []
+            for _ in range(per_conn):
+                start = time.perf_counter()
+                conn.request("GET", "/healthz")
+                conn.getresponse().read()
+                slow.append(time.perf_counter() - start >= delay_s * 0.9)
+        finally:
+            conn.close()
+        assert all(slow) or not any(slow), slow  # a connection is picked as a whole
+        picked += all(slow)
+    effect = control.clear_latency(rig.route)["latency"]["effect"]
+    assert effect["connections_decided"] == conns and effect["connections_picked"] == picked, effect
+    assert effect["exchanges_seen"] == conns * per_conn
+    assert effect["exchanges_delayed"] == picked * per_conn == effect["chunks_delayed"], effect
+
+
+def test_request_scope_mixes_delays_within_a_connection(rig: ProxyRig, control: ProxyControl) -> None:
+    delay_s = 0.06
+    control.set_latency(rig.route, delay_ms=delay_s * 1000, fraction=0.5, scope="request")
+    conn = http.client.HTTPConnection("127.0.0.1", rig.listen_port, timeout=10)
+    slow = []
+    try:
+        for _ in range(30):
+            start = time.perf_counter()
+            conn.request("GET", "/healthz")
+            conn.getresponse().read()
+            slow.append(time.perf_counter() - start >= delay_s * 0.9)
+    finally:
+        conn.close()
+    effect = control.latency(rig.route)["effect"]
+    # one connection, both outcomes: P(all 30 equal) = 2 * 0.5**30
+    assert any(slow) and not all(slow), slow
+    assert effect["exchanges_seen"] == 30 and abs(effect["exchanges_delayed"] - sum(slow)) <= 1, effect
+
+
+def test_connection_scope_pool_effect_is_visible_in_the_counters(
+    rig: ProxyRig, control: ProxyControl
+) -> None:
+    """Connection scope on a pool: the share of requests slowed is not ``fraction``; the counters say
+    how many were. With fraction 1 on 4 connections every request is delayed (the control)."""
+    # 100 ms, well above the ~40 ms a client's Nagle + delayed-ACK stall can add on its own
+    control.set_latency(rig.route, delay_ms=100, fraction=0.3, scope="connection")
+    times = _pooled_posts(rig.proxy_url, 120, connections=4)
+    effect = control.clear_latency(rig.route)["latency"]["effect"]
+    delayed = sum(t >= 0.09 for t in times)
+    print(f"connection scope 0.3 on 4 pooled connections: {effect['connections_picked']}/"
+          f"{effect['connections_decided']} connections picked, {delayed}/120 requests delayed; {effect}")
+    assert effect["connections_decided"] <= 4 and effect["exchanges_seen"] == 120
+    assert abs(effect["exchanges_delayed"] - delayed) <= 3, (effect, delayed)  # 3: timing noise
+    if effect["connections_picked"] == 0:
+        assert effect["exchanges_delayed"] == 0 and effect["delayed_ratio"] == 0
+    control.set_latency(rig.route, delay_ms=50, fraction=1.0, scope="connection")
+    _pooled_posts(rig.proxy_url, 40, connections=4)
+    effect = control.clear_latency(rig.route)["latency"]["effect"]
+    assert effect["exchanges_delayed"] == effect["exchanges_seen"] == 40 and effect["delayed_ratio"] == 1.0
+
+
+def test_effect_counters_start_at_zero_for_each_toxic(rig: ProxyRig, control: ProxyControl) -> None:
+    control.set_latency(rig.route, delay_ms=30, fault_id="one")
+    for _ in range(5):
+        timed_get(f"{rig.proxy_url}/healthz")
+    first = control.latency(rig.route)["effect"]
+    assert (first["fault_id"], first["chunks_seen"], first["chunks_delayed"]) == ("one", 5, 5), first
+    assert first["exchanges_delayed_ratio"] == 1.0 and first["connections_decided"] == 5
+    control.set_latency(rig.route, delay_ms=30, fraction=0.5, scope="request", fault_id="two")
+    fresh = control.latency(rig.route)["effect"]
+    assert (fresh["fault_id"], fresh["chunks_seen"], fresh["delayed_ratio"]) == ("two", 0, None), fresh
+    timed_get(f"{rig.proxy_url}/healthz")
+    final = control.clear_latency(rig.route)["latency"]
+    assert final["scope"] == "request" and final["effect"]["chunks_seen"] == 1
+    assert control.latency(rig.route) is None
+
+
+def test_order_of_bytes_kept_under_request_scope(rig: ProxyRig, control: ProxyControl) -> None:
+    control.set_latency(rig.route, delay_ms=20, jitter_ms=20, fraction=0.5, scope="request")
+    with httpx.Client(timeout=60) as client:
+        for size in (3 * 1024 * 1024 + 1, 200_001, 17):
+            upload = pattern_bytes(size)[::-1]
+            assert client.post(f"{rig.proxy_url}/echo", content=upload).content == upload
+    effect = control.latency(rig.route)["effect"]
+    assert effect["chunks_seen"] > 3  # the large body really went in several chunks
