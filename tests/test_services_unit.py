@@ -311,7 +311,8 @@ def test_checkout_charges_before_recording_so_a_db_failure_leaves_a_charge(chain
     """The first version's known weakness: INSERT fails after the charge → 500, money taken."""
     broken = f"{postgres}/checkout_broken"
     env = {"CHECKOUT_PORT": str(PORT["checkout2"]), "CHECKOUT_CATALOG_URL": url("catalog"),
-           "CHECKOUT_PAYMENTS_URL": url("payments"), "CHECKOUT_DATABASE_URL": broken}
+           "CHECKOUT_PAYMENTS_URL": url("payments"), "CHECKOUT_DATABASE_URL": broken,
+           "CHECKOUT_ORDER_FIRST": "0"}  # the first version; order-first: test_checkout_resilience
     with service("checkout", env, PORT["checkout2"]):
         with psycopg.connect(broken, connect_timeout=5, autocommit=True) as conn:
             conn.execute("CREATE OR REPLACE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS"
