@@ -344,3 +344,5 @@ def test_render_committed_experiment_journals(tmp_path: Path) -> None:
                     else "broke" if raw["deviated"] else "held")
         assert run.verdict == expected, run.path
         assert [f.fault_id for f in run.faults] == [f["fault_id"] for f in _fault_outputs(raw)]
+        if "chaoscheckout_safety" in raw:  # the safety control runs last: every fault has a recorded revert
+            assert all(f.reverted_at is not None for f in run.faults), run.path

@@ -186,7 +186,8 @@ def _number_text(value: Any) -> str:
 def _fault_row(run: Run, f: Fault) -> list[str]:
     reverted = (_rel(run, f.reverted_at) if f.reverted_at
                 else f"not recorded (lease expires {fmt_time(f.expires_at)})")
-    return [f.kind, f.backend, f.target, compact(f.parameters, 120), _rel(run, f.injected_at), reverted,
+    target = f"{f.target} ({f.target_detail})" if f.target_detail else f.target
+    return [f.kind, f.backend, target, compact(f.parameters, 120), _rel(run, f.injected_at), reverted,
             f.reverted_by or "—"]
 
 
@@ -199,15 +200,28 @@ def _timing_rows(run: Run) -> list[list[str]]:
     if run.aborted_at is not None:
         after = f", {run.aborted_at - window[0]:.1f} s after injection" if window else ""
         rows.append(["Safeguard fired", f"yes: run {run.status} at {_rel(run, run.aborted_at)}{after}"])
+        breach = run.abort.get("first_breach") if isinstance(run.abort.get("first_breach"), dict) else {}
+        if breach:
+            when = _rel(run, parse_time(breach.get("at")))
+            text = (f"{breach.get('guard', '?')} measured {_number_text(breach.get('value'))} "
+                    f"(abort threshold {breach.get('threshold', '?')}) at {when}")
+            to_revert = run.abort.get("breach_to_revert_s")
+            if to_revert is not None:
+                text += f"; first breach → fault reverted in {_number_text(to_revert)} s"
+            rows.append(["First guard breach", text])
     else:
         rows.append(["Safeguard fired", "no"])
     if window:
         detect = (f"{run.time_to_detect_s:.1f} s (first SLI sample outside its SLO after injection)"
                   if run.time_to_detect_s is not None else "no SLI sample outside its SLO")
+        last_sample = max((s.points[-1][0] for s in (run.availability, run.latency) if s and s.points),
+                          default=None)
         if run.time_to_recover_s is not None:
             recover = f"{run.time_to_recover_s:.1f} s (revert → first sample with every SLI within SLO)"
         elif run.time_to_detect_s is None:
             recover = "n/a (no breach)"
+        elif last_sample is not None and last_sample < window[1]:
+            recover = "not measured: the recorded timeline ends before the revert"
         else:
             recover = "not recovered within the recorded timeline"
         rows += [["Time to detect", detect], ["Time to recover", recover]]

@@ -39,6 +39,7 @@ LATENCY_PROBE = "checkout_latency_ms"
 
 FAULT_KEYS = ("fault_id", "kind")
 TIME_KEYS_REVERTED = ("reverted_at", "at", "time", "ts")
+REVERTED_ID_LISTS = ("reverted", "reverted_leases")  # revert outputs naming the fault ids they undid
 
 
 def extension(experiment: dict[str, Any]) -> dict[str, Any]:
@@ -136,6 +137,14 @@ def safety_reverts(rec: dict[str, Any]) -> list[dict[str, Any]]:
             has_time = any(revert.get(k) for k in TIME_KEYS_REVERTED)
             out.append(revert if has_time or at is None else {**revert, "at": at})
     return out
+
+
+def abort_record(rec: dict[str, Any]) -> dict[str, Any]:
+    """The safety control's ``abort`` record: ``{first_breach: {guard, at, value, threshold},
+    breaches, breach_to_revert_s}`` ({} when no chaoscheckout guard breached)."""
+    safety = rec.get("safety")
+    abort = safety.get("abort") if isinstance(safety, dict) else None
+    return abort if isinstance(abort, dict) else {}
 
 
 def is_fault_output(output: Any) -> bool:

@@ -51,6 +51,7 @@ class Fault:
     injected_at: float | None
     expires_at: float | None
     action: str
+    target_detail: str = ""
     reverted_at: float | None = None
     reverted_by: str = ""
 
@@ -102,6 +103,7 @@ class Run:
     latency: Series | None
     safety_reverts: list[dict[str, Any]]
     timeline_error: str = ""
+    abort: dict[str, Any] = field(default_factory=dict)
     verdict: str = ""
     reason: str = ""
     aborted_at: float | None = None
@@ -196,6 +198,7 @@ def _parse(path: Path, journal: dict[str, Any]) -> Run:
         latency=_series(journal, rec, "latency", keys.LATENCY_SERIES, "p95 latency", "ms", "max"),
         safety_reverts=keys.safety_reverts(rec),
         timeline_error=keys.timeline_error(rec),
+        abort=keys.abort_record(rec),
     )
     _match_reverts(run, activities + rollbacks)
     return run
@@ -287,17 +290,28 @@ def _faults(activities: list[dict[str, Any]]) -> list[Fault]:
         if not keys.is_fault_output(output):
             continue
         params = output.get("parameters")
+        target, detail = _target(output.get("target", output.get("service", "?")))
         faults.append(Fault(
             fault_id=str(output.get("fault_id")),
             kind=str(output.get("kind")),
             backend=str(output.get("backend", "?")),
-            target=str(output.get("target", output.get("service", "?"))),
+            target=target,
+            target_detail=detail,
             parameters=params if isinstance(params, dict) else {},
             injected_at=parse_time(output.get("injected_at")) or parse_time(entry.get("end")),
             expires_at=parse_time(output.get("expires_at")),
             action=str((entry.get("activity") or {}).get("name", "?")),
         ))
     return faults
+
+
+def _target(value: Any) -> tuple[str, str]:
+    """A fault target as (service name, details): targets may be a name or a dict (proxy route)."""
+    if isinstance(value, dict):
+        name = value.get("service") or value.get("name") or value.get("route") or "?"
+        rest = {k: v for k, v in value.items() if k not in ("service", "name")}
+        return str(name), compact(rest, 160) if rest else ""
+    return str(value), ""
 
 
 def _mentions(output: Any, fault: Fault, depth: int = 0) -> bool:
@@ -310,8 +324,10 @@ def _mentions(output: Any, fault: Fault, depth: int = 0) -> bool:
         return False
     if output.get("fault_id") == fault.fault_id:
         return True
-    if isinstance(output.get("reverted_leases"), list):  # start_service & co: the ids it reverted
-        return fault.fault_id in output["reverted_leases"]
+    for key in keys.REVERTED_ID_LISTS:  # revert outputs that name the fault ids they undid
+        ids = output.get(key)
+        if isinstance(ids, list) and all(isinstance(i, str) for i in ids):
+            return fault.fault_id in ids
     if "fault_id" not in output and fault.target in (output.get("service"), output.get("target")):
         return True
     return any(_mentions(v, fault, depth + 1) for v in output.values() if isinstance(v, dict | list))

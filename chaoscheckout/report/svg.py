@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from html import escape
 
 from chaoscheckout.report.analysis import fault_window
-from chaoscheckout.report.model import Run, Series
+from chaoscheckout.report.model import Run, Series, parse_time
 
 __all__ = ["sli_chart"]
 
@@ -152,12 +152,22 @@ def _panel(run: Run, series: Series, top: float, t0: float, t1: float) -> str:
         for t, v in series.points:
             colour = COLOURS["line"] if series.good(v) else COLOURS["fault"]
             parts.append(f'<circle cx="{sx(t):.1f}" cy="{sy(v * factor):.1f}" r="2.6" fill="{colour}"/>')
+    breach = run.abort.get("first_breach") if isinstance(run.abort.get("first_breach"), dict) else {}
+    breach_at = parse_time(breach.get("at")) if breach else None
+    if breach_at is not None and t0 <= breach_at <= t1:
+        bx = sx(breach_at)
+        parts.append(f'<line class="breach" x1="{bx:.1f}" y1="{y1}" x2="{bx:.1f}" y2="{y0}" '
+                     f'stroke="{COLOURS["slo"]}" stroke-width="1.5" stroke-dasharray="2 2"/>')
+        parts.append(f'<text x="{bx - 4:.1f}" y="{y1 + 28}" font-size="11" text-anchor="end" '
+                     f'fill="{COLOURS["slo"]}">guard breach</text>')
     if run.aborted_at is not None:
         ax = sx(min(run.aborted_at, t1))
         parts.append(f'<line class="abort" x1="{ax:.1f}" y1="{y1}" x2="{ax:.1f}" y2="{y0}" '
                      f'stroke="{COLOURS["abort"]}" stroke-width="2" stroke-dasharray="3 3"/>')
-        parts.append(f'<text x="{ax + 4:.1f}" y="{y0 - 6}" font-size="11" font-weight="bold" '
-                     f'fill="{COLOURS["abort"]}">abort</text>')
+        left = ax > x1 - 40  # near the right edge: label on the left of the line
+        lx, anchor = (ax - 4, "end") if left else (ax + 4, "start")
+        parts.append(f'<text x="{lx:.1f}" y="{y0 - 6}" font-size="11" font-weight="bold" '
+                     f'text-anchor="{anchor}" fill="{COLOURS["abort"]}">abort</text>')
     parts.append("</g>")
     return "".join(parts)
 
