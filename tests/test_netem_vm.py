@@ -40,7 +40,7 @@ boot, load_build_module, qemu_usable = _harness.boot, _harness.load_build_module
 DELAY_MS = 100
 JITTER_MS = 10
 SAMPLES = 15
-LEASE_S = 8
+LEASE_S = 10
 BOOT_TIMEOUT_S = 600
 
 
@@ -117,7 +117,8 @@ def test_netem_adds_the_configured_delay_to_a_round_trip(vm_run):
 def test_netem_on_payments_does_not_slow_other_services(vm_run):
     base = vm_run["control_baseline"]["request_ms_median"]
     during = vm_run["control_with_netem"]["request_ms_median"]
-    assert during - base < 0.25 * DELAY_MS, f"catalog went from {base:.1f} to {during:.1f} ms"
+    # netem leaking to catalog would add ≈ 2 × delay; half a delay leaves room for emulation noise
+    assert during - base < 0.5 * DELAY_MS, f"catalog went from {base:.1f} to {during:.1f} ms"
 
 
 def test_remove_latency_leaves_zero_netem_qdiscs(vm_run):

@@ -70,7 +70,7 @@ def boot(
     delay_ms: int = 100,
     jitter_ms: int = 10,
     samples: int = 15,
-    lease_s: float = 8,
+    lease_s: float = 10,
     chaos_run: bool = True,
     memory_mb: int = 1024,
     timeout_s: float = DEFAULT_TIMEOUT_S,
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delay-ms", type=int, default=100)
     parser.add_argument("--jitter-ms", type=int, default=10)
     parser.add_argument("--samples", type=int, default=15)
-    parser.add_argument("--lease-s", type=float, default=8)
+    parser.add_argument("--lease-s", type=float, default=10)
     parser.add_argument("--no-chaos-run", action="store_true", help="skip the in-VM `chaos run`")
     parser.add_argument("--timeout-s", type=float, default=DEFAULT_TIMEOUT_S)
     parser.add_argument("--console", action="store_true", help="print the whole console log")

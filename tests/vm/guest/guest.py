@@ -75,7 +75,7 @@ def params() -> dict[str, Any]:
         "delay_ms": int(raw.get("delay_ms", 100)),
         "jitter_ms": int(raw.get("jitter_ms", 10)),
         "samples": max(3, min(int(raw.get("samples", 15)), 100)),
-        "lease_s": float(raw.get("lease_s", 8)),
+        "lease_s": float(raw.get("lease_s", 10)),
         "chaos_run": raw.get("chaos_run", "1") == "1",
     }
 
