@@ -25,8 +25,10 @@ revert the fault (``chaoscheckout_safety.abort`` in the journal). Paste::
       }
     }
 
-A guard whose measurement fails (Prometheus or Postgres unreachable) raises, and
-safeguards treat that as a breach: when the system cannot be observed, stop.
+A guard whose measurement fails (Prometheus unreachable, no traffic) raises, and
+safeguards treat that as a breach: when the system cannot be observed, stop. The money
+guard alone tolerates ``max_unobserved_s`` of blindness (a Postgres that PANICs on a full
+disk restarts in a loop until space returns); past that it fails too.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from chaoslib.exceptions import ActivityFailed
 
 from chaoscheckout.config import settings_from
 from chaoscheckout.errors import InvalidFaultArgument
@@ -89,19 +93,27 @@ def latency_guard(max_ms: float = 1000, quantile: float = 0.95, window: str = "1
 
 
 def money_guard(grace_s: float = 5, since: float | None = None, since_s: float = 600,
-                configuration: dict[str, Any] | None = None) -> bool:
+                max_unobserved_s: float = 30, configuration: dict[str, Any] | None = None) -> bool:
     """Abort condition: any captured charge without a recorded order (money safety).
 
     :param grace_s: seconds a charge may precede its order row (in-flight checkouts).
     :param since: unix timestamp to look back to (e.g. the run's start); overrides
         ``since_s``.
     :param since_s: how far back to look when ``since`` is not given.
+    :param max_unobserved_s: how long money safety may stay unknown (Postgres or the
+        provider unreachable, e.g. Postgres restarting after a PANIC on a full disk)
+        before the guard fails. Both stores are durable, so a breach that happened while
+        unobserved is still caught once they answer again (and by the after-check).
     :returns: ``True`` while no such charge exists, ``False`` at the first one.
 
     A probe: changes nothing.
     """
-    count = charges_without_order(grace_s=grace_s, since_s=since_s, since=since,
-                                  configuration=configuration)
+    try:
+        count = charges_without_order(grace_s=grace_s, since_s=since_s, since=since,
+                                      configuration=configuration)
+    except ActivityFailed as exc:
+        return _unobserved("money_guard", exc, max_unobserved_s)
+    _UNOBSERVED_SINCE.pop("money_guard", None)
     return _judge("money_guard", count == 0, count, "== 0")
 
 
@@ -123,7 +135,7 @@ def unix_time() -> float:
 class Breach:
     guard: str
     at: float
-    value: float
+    value: float | None
     threshold: str
 
 
@@ -137,6 +149,7 @@ def reset() -> None:
     """Forget recorded breaches (the safety control calls it before each experiment)."""
     with _LOCK:
         _BREACHES.clear()
+        _UNOBSERVED_SINCE.clear()
 
 
 # ---------------------------------------------------------------------------
@@ -144,6 +157,7 @@ def reset() -> None:
 # ---------------------------------------------------------------------------
 _LOCK = threading.Lock()
 _BREACHES: list[Breach] = []
+_UNOBSERVED_SINCE: dict[str, float] = {}
 
 
 def _judge(guard: str, ok: bool, value: float, threshold: str) -> bool:
@@ -152,6 +166,19 @@ def _judge(guard: str, ok: bool, value: float, threshold: str) -> bool:
             _BREACHES.append(Breach(guard, time.time(), float(value), threshold))
         logger.warning(f"{guard}: breach, measured {value:g} (abort threshold {threshold})")
     return ok
+
+
+def _unobserved(guard: str, exc: Exception, max_unobserved_s: float) -> bool:
+    now = time.time()
+    with _LOCK:
+        since = _UNOBSERVED_SINCE.setdefault(guard, now)
+    if now - since <= max_unobserved_s:
+        logger.warning(f"{guard}: cannot observe for {now - since:.1f} s "
+                       f"(fails after {max_unobserved_s:g} s): {exc}")
+        return True
+    with _LOCK:
+        _BREACHES.append(Breach(guard, now, None, f"unobservable for > {max_unobserved_s:g} s"))
+    raise ActivityFailed(f"{guard}: unobservable for {now - since:.1f} s: {exc}")
 
 
 def _fault_live(configuration: dict[str, Any] | None) -> bool:
