@@ -26,7 +26,7 @@ from chaoscheckout.faults.leases import LeaseStore
 from chaoscheckout.faults.revert import revert_all
 from chaoscheckout.network import netem
 from chaoscheckout.network.actions import add_latency, remove_latency
-from chaoscheckout.network.probes import latency_fault, measure_latency_ms
+from chaoscheckout.network.probes import latency_fault, latency_fault_effect, measure_latency_ms
 from chaoscheckout.network.proxy_client import ProxyControl
 from chaoscheckout.runtime.registry import ProxyRoute, Registry, ServiceEntry, save_registry
 
@@ -179,6 +179,9 @@ def test_netem_refused_without_a_netns_or_with_a_fraction(conf: dict, rig: Proxy
     ({"delay_ms": 100, "duration_s": 0}, InvalidFaultArgument, "duration_s"),
     ({"delay_ms": 100, "duration_s": 121}, InvalidFaultArgument, "maximum fault duration"),
     ({"delay_ms": 100, "backend": "tc"}, InvalidFaultArgument, "backend must be one of"),
+    ({"delay_ms": 100, "scope": "packet"}, InvalidFaultArgument, "scope must be one of"),
+    ({"delay_ms": 100, "scope": None}, InvalidFaultArgument, "scope must be one of"),
+    ({"delay_ms": 100, "scope": ["request"]}, InvalidFaultArgument, "scope must be one of"),
     ({"delay_ms": 100, "service": "nope"}, UnknownService, "unknown service 'nope'"),
     ({"delay_ms": 100, "service": "guarded"}, TargetRefused, "not a chaos target"),
 ])
@@ -225,6 +228,49 @@ def test_proxy_drops_toxic_at_lease_expiry_and_leftovers_are_cleaned(conf: dict,
     cleaned = remove_latency("up", conf)
     assert cleaned["reverted"] == [] and cleaned["proxy_toxic_removed"] is True
     assert _toxics(rig)["up"] is None
+
+
+def test_request_scope_effect_probe_and_final_effect_at_remove(conf: dict, rig: ProxyRig) -> None:
+    assert latency_fault_effect("up", conf) is None  # no fault: null
+    fault = add_latency("up", delay_ms=100, fraction=0.3, scope="request", duration_s=30,
+                        backend="proxy", configuration=conf)
+    assert fault["parameters"]["scope"] == "request"
+    [lease] = _leases(conf)
+    assert lease.params["scope"] == "request" and _toxics(rig)["up"]["scope"] == "request"
+    fresh = latency_fault_effect("up", conf)
+    json.dumps(fresh)
+    assert fresh["fault_id"] == fault["fault_id"] and fresh["backend"] == "proxy"
+    assert (fresh["scope"], fresh["fraction"], fresh["chunks_seen"], fresh["delayed_ratio"]) == \
+        ("request", 0.3, 0, None)
+    limits = httpx.Limits(max_connections=2, max_keepalive_connections=2)
+    slow = 0
+    with httpx.Client(timeout=10, limits=limits) as client:
+        for _ in range(100):
+            start = time.perf_counter()
+            client.get(f"{rig.proxy_url}/healthz").raise_for_status()
+            slow += time.perf_counter() - start >= 0.09
+    during = latency_fault_effect("up", conf)
+    assert during["exchanges_seen"] == 100, during
+    assert abs(during["exchanges_delayed"] - slow) <= 3, (during, slow)  # 3: timing noise
+    assert 0.12 <= during["exchanges_delayed_ratio"] <= 0.48, during  # Binomial(100, 0.3) ± 4 sd
+    removed = remove_latency("up", conf)
+    assert removed["reverted"] == [fault["fault_id"]]
+    assert removed["effect"]["fault_id"] == fault["fault_id"]
+    assert removed["effect"]["exchanges_seen"] == 100
+    assert removed["effect"]["exchanges_delayed"] == during["exchanges_delayed"]
+    assert latency_fault_effect("up", conf) is None
+    assert remove_latency("up", conf)["effect"] is None  # nothing live: no effect
+
+
+def test_revert_all_reports_the_final_effect(conf: dict, rig: ProxyRig) -> None:
+    fault = add_latency("up", delay_ms=40, duration_s=30, configuration=conf)
+    assert fault["parameters"]["scope"] == "connection"  # the default
+    for _ in range(3):
+        timed_get(f"{rig.proxy_url}/healthz")
+    [result] = revert_all(conf, service="up")
+    effect = result["effect"]
+    assert effect["fault_id"] == fault["fault_id"] and effect["scope"] == "connection"
+    assert (effect["chunks_seen"], effect["chunks_delayed"], effect["connections_picked"]) == (3, 3, 3)
 
 
 def test_payments_latency_raises_checkout_latency_on_the_stack(stack) -> None:
