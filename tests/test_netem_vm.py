@@ -3,8 +3,9 @@
 This machine's kernel has no ``sch_netem``, so the netem latency backend is exercised in a
 VM running Debian's kernel under software emulation (``-accel tcg``). The image is built
 (or reused from its content-hash cache) by ``tests/vm/build.py``; ``tests/vm/guest/guest.py``
-runs inside it with a stand-in payments service in its own network namespace and calls the
-real ``chaoscheckout.network.actions.add_latency(..., backend="netem")``,
+runs inside it and calls the
+real ``chaoscheckout.network.actions.add_latency(..., backend="netem")`` on the stack's
+real payments service (in its own network namespace, charging through the real provider),
 ``remove_latency`` and the real reaper. See docs/netem.md.
 
 A cold image build takes minutes (debootstrap + wheels); a cached one seconds. Run with
@@ -114,6 +115,18 @@ def test_netem_adds_the_configured_delay_to_a_round_trip(vm_run):
     assert added <= 2 * 2 * (DELAY_MS + JITTER_MS), f"added {added:.1f} ms: far more than configured"
 
 
+def test_netem_slows_a_real_payment_through_the_provider(vm_run):
+    base = vm_run["baseline_post"]["request_ms_median"]
+    slow = vm_run["with_netem_post"]["request_ms_median"]
+    added = slow - base
+    # caller <-> payments: 2 round trips; payments -> provider leaves the namespace too (≈ +1
+    # delay on a kept-alive connection): ≈ 3 × delay, at least the caller's 2 × delay
+    print(f"[vm] POST /payments median {base:.1f} ms -> {slow:.1f} ms with netem: +{added:.1f} ms")
+    assert added >= 0.8 * 2 * DELAY_MS, f"a payment only {added:.1f} ms slower under netem"
+    back = vm_run["after_revert_post"]["request_ms_median"] - base
+    assert back < 0.5 * DELAY_MS, f"payments still {back:.1f} ms slower after remove_latency"
+
+
 def test_netem_on_payments_does_not_slow_other_services(vm_run):
     base = vm_run["control_baseline"]["request_ms_median"]
     during = vm_run["control_with_netem"]["request_ms_median"]
@@ -158,6 +171,8 @@ def _summary(result, booted, image) -> str:
         "guest_harness_s": result.get("elapsed_s"),
         "payments_ms": {"baseline": med("baseline"), "netem": med("with_netem"),
                         "after_revert": med("after_revert")},
+        "payments_post_ms": {"baseline": med("baseline_post"), "netem": med("with_netem_post"),
+                             "after_revert": med("after_revert_post")},
         "catalog_ms": {"baseline": med("control_baseline"), "netem": med("control_with_netem")},
         "reaper_after_expiry_s": (result.get("lease") or {}).get("removed_after_expiry_s"),
         "errors": result.get("errors"),

@@ -10,9 +10,10 @@ inputs, so nothing is rebuilt when nothing changed:
 
 - ``base-<hash>/``: the debootstrap rootfs with the guest's kernel modules (suite, mirror,
   package and module lists, kernel version, recipe);
-- ``wheels-<hash>/``: the dependency wheels (``setup.cfg``, ``pyproject.toml``);
+- ``wheels-<hash>/``: the dependency wheels, ``stack`` extra included (``setup.cfg``,
+  ``pyproject.toml``);
 - ``image-<hash>/``: ``rootfs.img``, ``vmlinuz``, ``initrd.img``, ``meta.json`` (all of the
-  above plus the package sources and the guest harness).
+  above plus the package sources, ``stack/services`` and the guest harness).
 
 Usage: ``python tests/vm/build.py [--cache-dir DIR] [--force] [--json]``. It installs the
 host tools it needs with apt (only when missing). Run as root (debootstrap, chroot).
@@ -57,6 +58,10 @@ HOST_TOOLS = {
 # package sources whose content goes into the image key
 PACKAGE_FILES = ["setup.cfg", "pyproject.toml"]
 PACKAGE_TREES = ["chaoscheckout"]
+# the stack's services the guest runs for real (payments, provider); run from /opt/ccvm/repo
+STACK_FILES = ["stack/__init__.py"]
+STACK_TREES = ["stack/services"]
+EXTRAS = "stack"  # the package is installed in the guest with this extra
 
 KEEP_PER_LAYER = 2  # cache entries of each layer kept (newest first); older ones are pruned
 LOCK_TIMEOUT_S = 1800
@@ -148,7 +153,7 @@ def _build(cache_dir: Path, image_dir: Path, inputs: Path, key: str, kernel_vers
         rootfs = work / "rootfs"
         _step("copy base rootfs", ["cp", "-a", str(base), str(rootfs)])
         _install_package(rootfs, wheels, inputs / "src")
-        _install_guest_harness(rootfs, inputs / "guest")
+        _install_guest_harness(rootfs, inputs / "guest", inputs / "repo")
         _make_ext4(rootfs, work / "rootfs.img")
         shutil.copy2(f"/boot/vmlinuz-{kernel_version}", work / "vmlinuz")
         shutil.copy2(f"/boot/initrd.img-{kernel_version}", work / "initrd.img")
@@ -263,6 +268,7 @@ def _wheels_key(src: Path) -> str:
     for name in PACKAGE_FILES:
         digest.update((src / name).read_bytes())
     digest.update(sys.version.split()[0].rsplit(".", 1)[0].encode())
+    digest.update(EXTRAS.encode())
     digest.update(inspect.getsource(_wheels).encode())
     return digest.hexdigest()[:16]
 
@@ -333,8 +339,9 @@ def _wheels(cache_dir: Path, src: Path, force: bool) -> Path:
     with tempfile.TemporaryDirectory(prefix="ccsrc-") as tmp:
         build_src = Path(tmp) / "src"  # pip may write build files next to the sources
         shutil.copytree(src, build_src)
-        _step("pip wheel (package + dependencies)",
-              [sys.executable, "-m", "pip", "wheel", "-q", "--wheel-dir", str(wheels), str(build_src)],
+        _step(f"pip wheel (package[{EXTRAS}] + dependencies)",
+              [sys.executable, "-m", "pip", "wheel", "-q", "--wheel-dir", str(wheels),
+               f"{build_src}[{EXTRAS}]"],
               timeout=PIP_TIMEOUT_S)
     for own in wheels.glob("chaostoolkit_checkout-*.whl"):
         own.unlink()  # rebuilt from the current sources for every image
@@ -343,7 +350,8 @@ def _wheels(cache_dir: Path, src: Path, force: bool) -> Path:
 
 
 def _snapshot_inputs(dst: Path) -> None:
-    """Copy the image's inputs: package sources to ``dst/src``, guest harness to ``dst/guest``.
+    """Copy the image's inputs: package sources to ``dst/src``, the stack's services to
+    ``dst/repo``, the guest harness to ``dst/guest``.
 
     Only the package (never the work tree itself) is built, so building writes nothing
     into the work tree.
@@ -357,6 +365,12 @@ def _snapshot_inputs(dst: Path) -> None:
     (src / "README.md").write_text(readme.read_text() if readme.exists() else "chaoscheckout\n")
     for tree in PACKAGE_TREES:
         shutil.copytree(ROOT / tree, src / tree, ignore=ignore)
+    repo = dst / "repo"
+    for name in STACK_FILES:
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, repo / name)
+    for tree in STACK_TREES:
+        shutil.copytree(ROOT / tree, repo / tree, ignore=ignore)
     shutil.copytree(GUEST_DIR, dst / "guest", ignore=ignore)
 
 
@@ -374,15 +388,17 @@ def _install_package(rootfs: Path, wheels: Path, src: Path) -> None:
     _step(
         "guest pip install (offline, from host wheels)",
         ["chroot", str(rootfs), "/opt/cc/bin/pip", "install", "-q", "--no-index",
-         "--disable-pip-version-check", "--find-links", "/tmp/wheels", "chaostoolkit-checkout"],
+         "--disable-pip-version-check", "--find-links", "/tmp/wheels",
+         f"chaostoolkit-checkout[{EXTRAS}]"],
         timeout=PIP_TIMEOUT_S,
     )
     shutil.rmtree(staging)
 
 
-def _install_guest_harness(rootfs: Path, guest: Path) -> None:
+def _install_guest_harness(rootfs: Path, guest: Path, repo: Path) -> None:
     dst = rootfs / "opt" / "ccvm"
     shutil.copytree(guest, dst)
+    shutil.copytree(repo, dst / "repo")
     os.chmod(dst / "init", 0o755)
 
 

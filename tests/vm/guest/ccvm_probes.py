@@ -30,7 +30,7 @@ def round_trip_ms(host: str, port: int, samples: int = 10, timeout_s: float = 10
             data = b""
             while chunk := sock.recv(4096):
                 data += chunk
-        if not data.startswith(b"HTTP/1.0 200"):
+        if not data.startswith(b"HTTP/1.") or data.split(b" ", 2)[1:2] != [b"200"]:
             raise RuntimeError(f"{host}:{port} answered {data[:40]!r}")
         times.append((time.perf_counter() - started) * 1000.0)
     return round(statistics.median(times), 2)

@@ -3,9 +3,11 @@
 Layout inside the VM (its own isolated network, so any address is fine):
 
 - netns ``payments`` holds one end of a veth pair (``veth-pay``, 10.77.0.2/24); the root
-  namespace holds the other (``veth-host``, 10.77.0.1/24). The stand-in payments service
-  listens on 10.77.0.2:18102 inside the netns; a stand-in catalog listens on
-  10.77.0.1:18101 in the root netns as the control (netem on payments must not slow it).
+  namespace holds the other (``veth-host``, 10.77.0.1/24). The stack's real payments
+  service (``python -m stack.services.payments``) runs inside the netns, exposed on
+  10.77.0.2:18102 by a relay; the stack's real provider runs in the root netns, exposed to
+  payments on 10.77.0.1:18113 by a relay. A stand-in catalog on 10.77.0.1:18101 (root
+  netns) is the control: netem on payments must not slow it.
 - ``/run/cc/state/services.json`` is the service registry (payments: ``netns: payments``,
   chaos target; catalog: not a target), so the real
   ``chaoscheckout.network.actions.add_latency(..., backend="netem")`` finds its target.
@@ -15,7 +17,9 @@ timed round trips; remove_latency and count netem qdiscs; inject again with a sh
 duration from a child process, SIGKILL it, run the reaper, and time the qdisc's removal
 against the lease expiry; then ``chaos run`` the experiments of /opt/ccvm/experiments.
 The caller times fresh-connection HTTP requests (TCP connect +
-request/response = 2 round trips, so netem on the payments side adds ≈ 2 × delay).
+request/response = 2 round trips, so netem on the payments side adds ≈ 2 × delay) and
+``POST /payments`` (a real charge: payments' own call to provider leaves the namespace
+too, so it gains more).
 
 Parameters come from the kernel command line: ``ccvm.mode=package|plain``,
 ``ccvm.delay_ms``, ``ccvm.jitter_ms``, ``ccvm.samples``, ``ccvm.lease_s``,
@@ -36,6 +40,7 @@ import subprocess
 import sys
 import time
 import traceback
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +48,9 @@ PY = "/opt/cc/bin/python"
 STATE_DIR = Path("/run/cc/state")
 NETNS = "payments"
 PAY_ADDR = ("10.77.0.2", 18102)
+PROVIDER_PORT = 18103
+PROVIDER_RELAY = ("10.77.0.1", 18113)
+REPO = "/opt/ccvm/repo"
 CATALOG_ADDR = ("10.77.0.1", 18101)
 RESULTS_DEV = "/dev/vdb"
 CMD_TIMEOUT_S = 30
@@ -117,30 +125,45 @@ def setup_network() -> None:
 
 
 def start_services() -> list[subprocess.Popen]:
+    """The stack's real payments (in the netns) and provider (root netns); a stand-in catalog.
+
+    The stack's services listen on 127.0.0.1, so a relay in each namespace exposes them on
+    the veth: callers -> 10.77.0.2:18102 -> payments; payments -> 10.77.0.1:18113 -> provider.
+    """
     logs = Path("/run/cc/logs")
     logs.mkdir(parents=True, exist_ok=True)
+    Path("/run/cc/provider").mkdir(parents=True, exist_ok=True)
+    ns = ["ip", "netns", "exec", NETNS]
+
+    def spawn(name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+        return subprocess.Popen(argv, cwd=REPO, env=dict(os.environ, **(env or {})),
+                                stdout=open(logs / f"{name}.log", "w"), stderr=subprocess.STDOUT)
+
     procs = [
-        subprocess.Popen(
-            ["ip", "netns", "exec", NETNS, PY, "/opt/ccvm/standin.py", "--name", "payments",
-             "--host", PAY_ADDR[0], "--port", str(PAY_ADDR[1])],
-            stdout=open(logs / "payments.log", "w"), stderr=subprocess.STDOUT,
-        ),
-        subprocess.Popen(
-            [PY, "/opt/ccvm/standin.py", "--name", "catalog",
-             "--host", CATALOG_ADDR[0], "--port", str(CATALOG_ADDR[1])],
-            stdout=open(logs / "catalog.log", "w"), stderr=subprocess.STDOUT,
-        ),
+        spawn("provider", [PY, "-m", "stack.services.provider"],
+              {"PROVIDER_PORT": str(PROVIDER_PORT), "PROVIDER_STORE": "/run/cc/provider/charges.db"}),
+        spawn("relay-provider", [PY, "/opt/ccvm/relay.py", *map(str, PROVIDER_RELAY), "127.0.0.1",
+                                 str(PROVIDER_PORT)]),
+        spawn("payments", [*ns, PY, "-m", "stack.services.payments"],
+              {"PAYMENTS_PORT": str(PAY_ADDR[1]), "PAYMENTS_PROVIDER_TIMEOUT_S": "10",
+               "PAYMENTS_PROVIDER_URL": f"http://{PROVIDER_RELAY[0]}:{PROVIDER_RELAY[1]}"}),
+        spawn("relay-payments", [*ns, PY, "/opt/ccvm/relay.py", *map(str, PAY_ADDR), "127.0.0.1",
+                                 str(PAY_ADDR[1])]),
+        spawn("catalog", [PY, "/opt/ccvm/standin.py", "--name", "catalog",
+                          "--host", CATALOG_ADDR[0], "--port", str(CATALOG_ADDR[1])]),
     ]
-    for addr in (PAY_ADDR, CATALOG_ADDR):
-        deadline = time.monotonic() + 60
+    for addr in (PROVIDER_RELAY, PAY_ADDR, CATALOG_ADDR):
+        deadline = time.monotonic() + 120
         while True:
             try:
                 request_once(addr)
                 break
             except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"stand-in at {addr} did not come up in 60 s") from None
-                time.sleep(0.2)
+                dead = [p.args for p in procs if p.poll() is not None]
+                if dead or time.monotonic() > deadline:
+                    tails = {f.name: f.read_text()[-600:] for f in logs.glob("*.log")}
+                    raise RuntimeError(f"{addr} not up (exited: {dead}); logs: {tails}") from None
+                time.sleep(0.3)
     return procs
 
 
@@ -171,27 +194,39 @@ def write_registry() -> None:
 
 # --------------------------------------------------------------------------- measuring
 
-def request_once(addr: tuple[str, int], timeout: float = 10) -> tuple[float, float]:
-    """One fresh-connection HTTP request: (connect seconds, total seconds)."""
+def request_once(addr: tuple[str, int], timeout: float = 10, post: bool = False) -> tuple[float, float]:
+    """One fresh-connection HTTP/1.0 request: (connect seconds, total seconds).
+
+    ``post``: ``POST /payments`` with a new idempotency key (a real charge through the
+    provider), else ``GET /healthz``.
+    """
+    if post:
+        body = json.dumps({"idempotency_key": uuid.uuid4().hex, "order_ref": str(uuid.uuid4()),
+                           "amount_cents": 1234}).encode()
+        head = f"POST /payments HTTP/1.0\r\nHost: x\r\nContent-Type: application/json\r\n" \
+               f"Content-Length: {len(body)}\r\n\r\n"
+        payload = head.encode() + body
+    else:
+        payload = b"GET /healthz HTTP/1.0\r\nHost: x\r\n\r\n"
     started = time.perf_counter()
     with socket.create_connection(addr, timeout=timeout) as sock:
         connected = time.perf_counter()
-        sock.sendall(b"GET /healthz HTTP/1.0\r\nHost: x\r\n\r\n")
+        sock.sendall(payload)
         data = b""
-        while True:
-            chunk = sock.recv(4096)
-            if not chunk:
-                break
+        while chunk := sock.recv(4096):
             data += chunk
-    if not data.startswith(b"HTTP/1.0 200"):
-        raise OSError(f"unexpected reply {data[:40]!r}")
+    status = data.split(b" ", 2)[1:2]
+    if not data.startswith(b"HTTP/1.") or status != [b"200"]:
+        raise OSError(f"unexpected reply from {addr}: {data[:200]!r}")
+    if post and b'"captured"' not in data:
+        raise OSError(f"payment not captured: {data[-200:]!r}")
     return connected - started, time.perf_counter() - started
 
 
-def measure(addr: tuple[str, int], samples: int) -> dict[str, Any]:
+def measure(addr: tuple[str, int], samples: int, post: bool = False) -> dict[str, Any]:
     connects, totals = [], []
     for _ in range(samples):
-        connect_s, total_s = request_once(addr)
+        connect_s, total_s = request_once(addr, post=post)
         connects.append(connect_s * 1000)
         totals.append(total_s * 1000)
     return {
@@ -359,15 +394,18 @@ def main() -> None:
             write_registry()
             procs = step("start_services", start_services) or []
             result["baseline"] = step("baseline", measure, PAY_ADDR, p["samples"])
+            result["baseline_post"] = step("baseline_post", measure, PAY_ADDR, p["samples"], True)
             result["control_baseline"] = step("control_baseline", measure, CATALOG_ADDR, p["samples"])
             result["inject"] = step("inject", inject, p, 300)
             result["qdiscs_injected"] = step("qdiscs_injected", qdiscs)
             result["with_netem"] = step("with_netem", measure, PAY_ADDR, p["samples"])
+            result["with_netem_post"] = step("with_netem_post", measure, PAY_ADDR, p["samples"], True)
             result["control_with_netem"] = step("control_with_netem", measure, CATALOG_ADDR, p["samples"])
             result["revert"] = step("revert", revert, p)
             result["qdiscs_after_revert"] = step("qdiscs_after_revert", qdiscs)
             result["leases_after_revert"] = lease_files()
             result["after_revert"] = step("after_revert", measure, PAY_ADDR, p["samples"])
+            result["after_revert_post"] = step("after_revert_post", measure, PAY_ADDR, p["samples"], True)
             if p["mode"] != "plain":
                 result["lease"] = step("lease_expiry", lease_expiry_test, p)
             if p["chaos_run"] and p["mode"] != "plain":
