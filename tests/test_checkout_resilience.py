@@ -335,7 +335,7 @@ def test_order_first_failed_update_answers_pending_with_the_order_recorded(postg
 
 
 def test_budget_retries_a_stuck_attempt_on_a_new_connection_with_the_same_key(postgres, money):
-    """The first payments attempt hangs 1 s: checkout gives up on it after 0.15 s, retries
+    """The first payments attempt hangs 1 s: checkout gives up on it after 0.08 s, retries
     over a new connection with the same idempotency key, answers 200 well within 1 s; the
     provider holds one charge even after the stuck attempt arrives late."""
     db = f"{postgres}/checkout"
@@ -358,7 +358,7 @@ def test_budget_retries_a_stuck_attempt_on_a_new_connection_with_the_same_key(po
         timeouts = _metric(client, "checkout", 'checkout_payments_attempts_total{result="timeout"}')
     attempts = [(key, port) for path, key, port in upstream.seen if path == "/payments"]
     assert answer.status_code == 200 and answer.json()["status"] == "paid", answer.text
-    assert elapsed < 0.25 + 0.35, elapsed
+    assert elapsed < 0.3 + 0.3, elapsed
     assert [key for key, _ in attempts] == [ref, ref]
     assert attempts[0][1] != attempts[1][1]  # the retry used a new connection
     assert len(charges) == 1

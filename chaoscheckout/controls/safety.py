@@ -110,5 +110,6 @@ def _abort_record(reverted_at: float) -> dict[str, Any] | None:
     if not breaches:
         return None
     first = breaches[0]
+    reverted_at = first.get("reverted_at") or reverted_at
     return {"first_breach": first, "breaches": len(breaches),
             "breach_to_revert_s": round(reverted_at - first["at"], 3)}

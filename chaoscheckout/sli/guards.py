@@ -3,9 +3,11 @@
 chaostoolkit-addons does not substitute ``${...}`` in a safeguard's tolerance, so a
 configurable threshold has to be an argument. Each guard returns ``True`` while the
 system is inside its abort threshold and ``False`` on a breach; use ``"tolerance": true``.
-Every breach is remembered in this process (time, guard, measured value) so the safety
-control can record when the first breaching sample was taken and how long it took to
-revert the fault (``chaoscheckout_safety.abort`` in the journal). Paste::
+On a breach the guard reverts every live fault at once, from its own thread, then
+safeguards interrupt the run (which, unlike a rollback, cannot be delayed by a running
+pause). Every breach is remembered in this process (time, guard, measured value, what was
+reverted and when) so the safety control can record when the first breaching sample was
+taken and how long it took to revert the fault (``chaoscheckout_safety.abort``). Paste::
 
     {
       "name": "safeguards",
@@ -44,6 +46,7 @@ from chaoslib.exceptions import ActivityFailed
 from chaoscheckout.config import settings_from
 from chaoscheckout.errors import InvalidFaultArgument
 from chaoscheckout.faults.leases import LeaseStore
+from chaoscheckout.faults.revert import revert_all
 from chaoscheckout.sli.probes import charges_without_order, checkout_availability, checkout_latency_ms
 
 __all__ = ["availability_guard", "latency_guard", "money_guard", "unix_time"]
@@ -69,7 +72,7 @@ def availability_guard(min_ratio: float = 0.5, window: str = "10s", during_fault
     if during_fault and not _fault_live(configuration):
         return True
     value = checkout_availability(window=window, configuration=configuration)
-    return _judge("availability_guard", value >= min_ratio, value, f">= {min_ratio}")
+    return _judge("availability_guard", value >= min_ratio, value, f">= {min_ratio}", configuration)
 
 
 def latency_guard(max_ms: float = 1000, quantile: float = 0.95, window: str = "10s",
@@ -89,7 +92,7 @@ def latency_guard(max_ms: float = 1000, quantile: float = 0.95, window: str = "1
     if not (isinstance(max_ms, (int, float)) and max_ms > 0):
         raise InvalidFaultArgument(f"max_ms must be a number > 0, got {max_ms!r}")
     value = checkout_latency_ms(quantile=quantile, window=window, configuration=configuration)
-    return _judge("latency_guard", value <= max_ms, value, f"<= {max_ms} ms")
+    return _judge("latency_guard", value <= max_ms, value, f"<= {max_ms} ms", configuration)
 
 
 def money_guard(grace_s: float = 5, since: float | None = None, since_s: float = 600,
@@ -112,9 +115,9 @@ def money_guard(grace_s: float = 5, since: float | None = None, since_s: float =
         count = charges_without_order(grace_s=grace_s, since_s=since_s, since=since,
                                       configuration=configuration)
     except ActivityFailed as exc:
-        return _unobserved("money_guard", exc, max_unobserved_s)
+        return _unobserved("money_guard", exc, max_unobserved_s, configuration)
     _UNOBSERVED_SINCE.pop("money_guard", None)
-    return _judge("money_guard", count == 0, count, "== 0")
+    return _judge("money_guard", count == 0, count, "== 0", configuration)
 
 
 def unix_time() -> float:
@@ -137,6 +140,8 @@ class Breach:
     at: float
     value: float | None
     threshold: str
+    reverted_at: float | None = None
+    reverted: tuple[str, ...] = ()
 
 
 def breaches() -> list[dict[str, Any]]:
@@ -160,15 +165,16 @@ _BREACHES: list[Breach] = []
 _UNOBSERVED_SINCE: dict[str, float] = {}
 
 
-def _judge(guard: str, ok: bool, value: float, threshold: str) -> bool:
+def _judge(guard: str, ok: bool, value: float, threshold: str,
+           configuration: dict[str, Any] | None) -> bool:
     if not ok:
-        with _LOCK:
-            _BREACHES.append(Breach(guard, time.time(), float(value), threshold))
         logger.warning(f"{guard}: breach, measured {value:g} (abort threshold {threshold})")
+        _breach(guard, float(value), threshold, configuration)
     return ok
 
 
-def _unobserved(guard: str, exc: Exception, max_unobserved_s: float) -> bool:
+def _unobserved(guard: str, exc: Exception, max_unobserved_s: float,
+                configuration: dict[str, Any] | None) -> bool:
     now = time.time()
     with _LOCK:
         since = _UNOBSERVED_SINCE.setdefault(guard, now)
@@ -176,9 +182,30 @@ def _unobserved(guard: str, exc: Exception, max_unobserved_s: float) -> bool:
         logger.warning(f"{guard}: cannot observe for {now - since:.1f} s "
                        f"(fails after {max_unobserved_s:g} s): {exc}")
         return True
-    with _LOCK:
-        _BREACHES.append(Breach(guard, now, None, f"unobservable for > {max_unobserved_s:g} s"))
+    _breach(guard, None, f"unobservable for > {max_unobserved_s:g} s", configuration)
     raise ActivityFailed(f"{guard}: unobservable for {now - since:.1f} s: {exc}")
+
+
+def _breach(guard: str, value: float | None, threshold: str, configuration: dict[str, Any] | None) -> None:
+    """Record the breach and revert every live fault NOW, from the guard's own thread.
+
+    chaostoolkit-addons then interrupts the run, but its signal may only reach the main
+    thread when the running pause ends (seen: up to the rest of a 30 s pause), and an
+    interrupted run runs no rollbacks: so the guard does not wait for either.
+    """
+    at = time.time()
+    reverted: tuple[str, ...] = ()
+    reverted_at = None
+    try:
+        results = revert_all(configuration)
+        reverted = tuple(r.get("fault_id", "?") for r in results if "error" not in r)
+        reverted_at = time.time() if results else None
+        if results:
+            logger.warning(f"{guard}: reverted {len(results)} live fault(s) on breach: {', '.join(reverted)}")
+    except Exception as exc:  # noqa: BLE001 - the safety control and the reaper retry
+        logger.error(f"{guard}: could not revert live faults on breach: {exc}")
+    with _LOCK:
+        _BREACHES.append(Breach(guard, at, value, threshold, reverted_at, reverted))
 
 
 def _fault_live(configuration: dict[str, Any] | None) -> bool:

@@ -23,9 +23,9 @@ every setting below its first-version default (the weakened variant, on purpose:
 | ``CHECKOUT_PRICE_REFRESH_S`` | 30 (0 when the cache is off) | 0 |
 | ``CHECKOUT_CATALOG_TIMEOUT_S`` | 0.3 when the cache is on, else 2 | 2 |
 | ``CHECKOUT_ORDER_FIRST`` | 1 | 0 |
-| ``CHECKOUT_PAYMENTS_TIMEOUT_S`` | 0.15 (per attempt) | 5 |
-| ``CHECKOUT_PAYMENTS_RETRIES`` | 2 | 0 |
-| ``CHECKOUT_BUDGET_S`` | 0.25 (0 = no budget) | 0 |
+| ``CHECKOUT_PAYMENTS_TIMEOUT_S`` | 0.08 (per attempt) | 5 |
+| ``CHECKOUT_PAYMENTS_RETRIES`` | 3 | 0 |
+| ``CHECKOUT_BUDGET_S`` | 0.3 (0 = no budget) | 0 |
 
 1. **Price cache (stale-if-error).** Every price catalog returns is remembered per sku.
    When the catalog call fails (connection error, timeout, 5xx, malformed answer) and
@@ -201,7 +201,7 @@ class CheckoutSettings:
             catalog_timeout_s=env_float(environ, "CHECKOUT_CATALOG_TIMEOUT_S",
                                         0.3 if cache else 2.0, 0.001, 300),
             payments_timeout_s=env_float(environ, "CHECKOUT_PAYMENTS_TIMEOUT_S",
-                                         0.15 if resilient else 5.0, 0.001, 300),
+                                         0.08 if resilient else 5.0, 0.001, 300),
             retries=env_int(environ, "CHECKOUT_RETRIES", 0, 0, 10),
             db_pool_size=env_int(environ, "CHECKOUT_DB_POOL_SIZE", 10, 1, 200),
             price_cache=cache,
@@ -209,9 +209,9 @@ class CheckoutSettings:
                                             1, 7 * 86400),
             price_refresh_s=refresh_s,
             order_first=env_bool(environ, "CHECKOUT_ORDER_FIRST", resilient),
-            payments_retries=env_int(environ, "CHECKOUT_PAYMENTS_RETRIES", 2 if resilient else 0,
+            payments_retries=env_int(environ, "CHECKOUT_PAYMENTS_RETRIES", 3 if resilient else 0,
                                      0, 10),
-            budget_s=env_float(environ, "CHECKOUT_BUDGET_S", 0.25 if resilient else 0.0, 0, 300),
+            budget_s=env_float(environ, "CHECKOUT_BUDGET_S", 0.3 if resilient else 0.0, 0, 300),
         )
 
 
