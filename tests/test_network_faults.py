@@ -12,6 +12,7 @@ import math
 import os
 import statistics
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -274,31 +275,70 @@ def test_revert_all_reports_the_final_effect(conf: dict, rig: ProxyRig) -> None:
 
 
 def test_payments_latency_raises_checkout_latency_on_the_stack(stack) -> None:
+    """+60 ms on payments (well under checkout's 150 ms per-attempt payments timeout) shows in
+    checkout's latency; request scope 0.3 slows about 30 % of checkouts, and the effect
+    probe's count matches the checkouts the client saw slowed."""
     configuration = {"chaoscheckout_state_dir": str(stack.state_dir)}
     checkout = stack.registry.service("checkout")
     url = f"http://{checkout.host}:{checkout.port}/checkout"
     body = {"items": [{"sku": "sku-001", "qty": 1}]}
 
-    def checkout_median_s(n: int = 5) -> float:
+    def checkout_times_s(n: int) -> list[float]:
         times = []
         with httpx.Client(timeout=15) as client:
             for _ in range(n):
                 start = time.perf_counter()
                 client.post(url, json=body).raise_for_status()
                 times.append(time.perf_counter() - start)
-        return statistics.median(times)
+        return times
 
-    baseline = checkout_median_s()
-    fault = add_latency("payments", delay_ms=300, duration_s=60, backend="proxy", configuration=configuration)
+    baseline = statistics.median(checkout_times_s(7))
+    fault = add_latency("payments", delay_ms=60, duration_s=60, backend="proxy", configuration=configuration)
     try:
-        assert fault["backend"] == "proxy"
-        slowed = checkout_median_s()
+        assert fault["backend"] == "proxy" and fault["parameters"]["scope"] == "connection"
+        slowed = statistics.median(checkout_times_s(5))
+        effect = latency_fault_effect("payments", configuration)
     finally:
         removed = remove_latency("payments", configuration)
-    after = checkout_median_s()
-    print(f"checkout median: baseline {baseline * 1000:.1f} ms, payments +300 ms {slowed * 1000:.1f} ms, "
+    after = statistics.median(checkout_times_s(5))
+    print(f"checkout median: baseline {baseline * 1000:.1f} ms, payments +60 ms {slowed * 1000:.1f} ms, "
           f"after remove {after * 1000:.1f} ms")
     assert removed["reverted"] == [fault["fault_id"]]
-    assert slowed - baseline >= 0.28, (baseline, slowed)
-    assert after < baseline + 0.1, (baseline, after)
+    assert slowed - baseline >= 0.055, (baseline, slowed)
+    assert after < baseline + 0.05, (baseline, after)
+    assert effect["exchanges_seen"] >= 5 and effect["exchanges_delayed"] == effect["exchanges_seen"], effect
     assert latency_fault("payments", configuration) is None
+
+    n = 80
+    fault = add_latency("payments", delay_ms=60, fraction=0.3, scope="request", duration_s=60,
+                        backend="proxy", configuration=configuration)
+    try:
+        times = checkout_times_s(n)
+    finally:
+        removed = remove_latency("payments", configuration)
+    effect = removed["effect"]
+    slow = sum(t >= baseline + 0.05 for t in times)
+    print(f"payments +60 ms, request scope 0.3, {n} sequential checkouts: {slow} slowed at the client; "
+          f"effect at revert {effect}")
+    assert effect["fault_id"] == fault["fault_id"] and effect["exchanges_seen"] >= n, effect
+    # Binomial(80, 0.3): mean 24, sd 4.1; [8, 40] is ±4 sd
+    assert 8 <= effect["exchanges_delayed"] <= 40, effect
+    assert abs(slow - effect["exchanges_delayed"]) <= 4, (slow, effect)  # 4: timing noise, background calls
+
+    # the same fault per connection, 4 concurrent callers: what share of payments calls it slowed
+    fault = add_latency("payments", delay_ms=60, fraction=0.3, scope="connection", duration_s=60,
+                        backend="proxy", configuration=configuration)
+    try:
+        threads = [threading.Thread(target=checkout_times_s, args=(20,)) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    finally:
+        removed = remove_latency("payments", configuration)
+    effect = removed["effect"]
+    print(f"payments +60 ms, connection scope 0.3, 80 checkouts from 4 threads: effect at revert {effect}")
+    assert effect["scope"] == "connection" and effect["exchanges_seen"] >= n, effect
+    assert effect["connections_picked"] <= effect["connections_decided"], effect
+    if effect["connections_picked"] == 0:
+        assert effect["exchanges_delayed"] == 0, effect
