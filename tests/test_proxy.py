@@ -224,6 +224,9 @@ def test_request_scope_delays_a_fraction_of_keepalive_requests(rig: ProxyRig, co
     assert abs(effect["exchanges_delayed"] - delayed) <= 3, (effect, delayed)  # 3: timing noise
     assert effect["fault_id"] == "req" and effect["scope"] == "request" and effect["connections_decided"] == 0
     assert removed["exchanges_seen"] == n and removed["exchanges_delayed"] == effect["exchanges_delayed"]
+    metrics = {line.split()[0]: float(line.split()[1]) for line in control.metrics().splitlines()
+               if line.startswith("chaoscheckout_proxy_") and 'route="up"' in line}
+    assert metrics['chaoscheckout_proxy_delayed_exchanges_total{route="up"}'] >= effect["exchanges_delayed"]
 
 
 def test_connection_scope_picks_whole_connections(rig: ProxyRig, control: ProxyControl) -> None:

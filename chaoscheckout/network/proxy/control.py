@@ -153,6 +153,9 @@ def render_metrics(routes: dict[str, Route]) -> str:
         ("chaoscheckout_proxy_delayed_chunks_total", "counter", "Upstream-bound chunks delayed", []),
         ("chaoscheckout_proxy_delayed_connections_total", "counter",
          "Connection decisions that picked the connection for delay", []),
+        ("chaoscheckout_proxy_toxic_exchanges_total", "counter",
+         "Exchanges (for HTTP: requests) that started while a latency toxic was live", []),
+        ("chaoscheckout_proxy_delayed_exchanges_total", "counter", "Exchanges the latency toxic delayed", []),
         ("chaoscheckout_proxy_latency_delay_ms", "gauge", "Live latency toxic delay (0: none)", []),
         ("chaoscheckout_proxy_latency_fraction", "gauge", "Live latency toxic fraction (0: none)", []),
     ]
@@ -166,8 +169,10 @@ def render_metrics(routes: dict[str, Route]) -> str:
         series[3][3].append((r, s.connections_failed))
         series[4][3].append((r, s.delayed_chunks))
         series[5][3].append((r, s.delayed_connections))
-        series[6][3].append((r, toxic.delay_ms if toxic else 0))
-        series[7][3].append((r, toxic.fraction if toxic else 0))
+        series[6][3].append((r, s.toxic_exchanges))
+        series[7][3].append((r, s.delayed_exchanges))
+        series[8][3].append((r, toxic.delay_ms if toxic else 0))
+        series[9][3].append((r, toxic.fraction if toxic else 0))
     out = []
     for name, kind, help_text, samples in series:
         out.append(f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n")

@@ -37,6 +37,8 @@ class RouteStats:
     connections_failed: int = 0
     delayed_chunks: int = 0
     delayed_connections: int = 0
+    toxic_exchanges: int = 0  # exchanges that started while a toxic was live
+    delayed_exchanges: int = 0
 
 
 @dataclass
@@ -169,6 +171,8 @@ class _Connection(asyncio.Protocol):
         if new_exchange:
             counters.exchanges_seen += 1
             counters.exchanges_delayed += picked
+            route.stats.toxic_exchanges += 1
+            route.stats.delayed_exchanges += picked
         return toxic.draw_delay_s(route.rng) if picked else 0.0
 
     def _flush(self) -> None:
