@@ -7,7 +7,9 @@ In one run, against the same upstream (a minimal uvicorn ASGI app on 127.0.0.1):
 1. k6 (real, bounded: ``--requests`` requests with ``--vus`` fixed concurrency, at most 120 s) direct to
    the upstream and through the proxy's route, for a small response and a 256 KiB one:
    p50 / p99 latency and throughput, printed with proxy/direct ratios. Rounds alternate
-   direct and proxy; the table shows each round.
+   direct and proxy; the table shows each round. For the small response a third path,
+   ``toxic``, goes through the proxy with a live request-scope toxic that (almost) never
+   picks (fraction 1e-9): the cost of the toxic's per-chunk bookkeeping.
 2. Latency revert time through the real actions: ``add_latency`` (proxy backend, 500 ms)
    then ``remove_latency``; the time from the revert call until a fresh request is fast
    again (the effect gone), over a few bounded trials.
@@ -33,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from chaoscheckout.network.actions import add_latency, remove_latency  # noqa: E402
+from chaoscheckout.network.proxy_client import ProxyControl  # noqa: E402
 from chaoscheckout.runtime.registry import ProxyRoute, Registry, ServiceEntry, save_registry  # noqa: E402
 
 UPSTREAM_APP = r"""
@@ -165,21 +168,38 @@ def main() -> int:
               f"{args.rounds} round(s), upstream uvicorn on 127.0.0.1")
         print(f"{'case':8} {'round':>5} {'path':7} {'requests':>8} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>9}")
         ratios: dict[str, list[tuple[float, float, float]]] = {}
+        control = ProxyControl(f"http://127.0.0.1:{control_port}")
         with tempfile.TemporaryDirectory(prefix="cc-bench-k6-") as tmp:
             for name, path, requests, vus in cases:
+                paths = [("direct", upstream_port), ("proxy", route_port)]
+                if name == "small":
+                    paths.append(("toxic", route_port))
                 for rnd in range(1, args.rounds + 1):
                     figures = {}
-                    for label, port in (("direct", upstream_port), ("proxy", route_port)):
-                        figures[label] = fig = _k6(f"http://127.0.0.1:{port}{path}", requests, vus, Path(tmp))
+                    for label, port in paths:
+                        if label == "toxic":
+                            control.set_latency("bench", delay_ms=1, fraction=1e-9, scope="request")
+                        try:
+                            figures[label] = fig = _k6(f"http://127.0.0.1:{port}{path}", requests, vus,
+                                                       Path(tmp))
+                        finally:
+                            if label == "toxic":
+                                effect = control.clear_latency("bench")["latency"]["effect"]
                         print(f"{name:8} {rnd:>5} {label:7} {requests:>8} {fig['p50_ms']:>8.2f} "
                               f"{fig['p99_ms']:>8.2f} {fig['rps']:>9.0f}")
-                    d, p = figures["direct"], figures["proxy"]
-                    ratios.setdefault(name, []).append(
-                        (p["p50_ms"] / d["p50_ms"], p["p99_ms"] / d["p99_ms"], p["rps"] / d["rps"]))
+                        if label == "toxic" and effect["exchanges_seen"] < requests:
+                            raise SystemExit(f"the toxic saw {effect['exchanges_seen']} of {requests} "
+                                             "requests")
+                    d = figures["direct"]
+                    for label in figures:
+                        if label != "direct":
+                            p = figures[label]
+                            ratios.setdefault(f"{name}/{label}", []).append(
+                                (p["p50_ms"] / d["p50_ms"], p["p99_ms"] / d["p99_ms"], p["rps"] / d["rps"]))
         print("\nproxy / direct ratios (median over rounds):")
         for name, values in ratios.items():
             p50, p99, rps = (statistics.median(v[i] for v in values) for i in range(3))
-            print(f"  {name:8} p50 x{p50:.2f}  p99 x{p99:.2f}  throughput x{rps:.2f}")
+            print(f"  {name:14} p50 x{p50:.2f}  p99 x{p99:.2f}  throughput x{rps:.2f}")
         reverts = _revert_times(args, route_port, control_port, upstream_port, args.revert_trials)
         print(f"\nlatency revert (proxy backend, 500 ms): remove_latency call -> fresh request fast again: "
               f"median {statistics.median(reverts):.1f} ms, max {max(reverts):.1f} ms "
