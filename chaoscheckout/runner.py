@@ -75,27 +75,37 @@ def run_experiments(
     chaos: str | None = None,
     env: dict[str, str] | None = None,
     echo: Any = print,
+    cwd: Path | None = None,
 ) -> list[Outcome]:
-    """Run ``experiments`` in order; returns one :class:`Outcome` each (see module doc)."""
+    """Run ``experiments`` in order; returns one :class:`Outcome` each (see module doc).
+
+    ``env`` adds environment variables for ``chaos run`` (e.g. ``CHAOSCHECKOUT_STATE_DIR``,
+    which also picks the stack whose health is checked); ``cwd`` is where ``chaos run``
+    starts (relative paths in the experiments, such as the k6 script, resolve there).
+    """
     missing = [str(p) for p in experiments if not p.is_file()]
     if missing:
         raise ChaosCheckoutError(f"experiment file(s) not found: {', '.join(missing)}")
     chaos = chaos or _chaos_binary()
     journals_dir.mkdir(parents=True, exist_ok=True)
     outcomes = []
+    state_dir = (env or {}).get("CHAOSCHECKOUT_STATE_DIR")
+    configuration = {"chaoscheckout_state_dir": state_dir} if state_dir else None
+    experiments = [p.resolve() for p in experiments]
+    journals_dir = journals_dir.resolve()
     for index, experiment in enumerate(experiments, 1):
-        check_stack_healthy()
+        check_stack_healthy(configuration)
         journal = journals_dir / journal_name(experiment)
-        echo(f"[{index}/{len(experiments)}] chaos run {experiment} -> {journal}")
+        echo(f"[{index}/{len(experiments)}] chaos run {experiment.name} -> {journal}")
         started = time.monotonic()
-        code = _chaos_run(chaos, experiment, journal, env)
+        code = _chaos_run(chaos, experiment, journal, env, cwd)
         outcome = _outcome(experiment, journal, code)
         outcomes.append(outcome)
         echo(f"    {outcome.line()}  ({time.monotonic() - started:.0f} s)")
     if report:
         echo(f"chaos report {journals_dir}")
         subprocess.run([chaos, "report", str(journals_dir)], check=False, timeout=REPORT_TIMEOUT_S,
-                       env=_env(env))
+                       env=_env(env), cwd=cwd)
     return outcomes
 
 
@@ -117,12 +127,13 @@ def _env(extra: dict[str, str] | None) -> dict[str, str]:
     return env
 
 
-def _chaos_run(chaos: str, experiment: Path, journal: Path, env: dict[str, str] | None) -> int:
+def _chaos_run(chaos: str, experiment: Path, journal: Path, env: dict[str, str] | None,
+               cwd: Path | None) -> int:
     log_file = journal.parent / "logs" / journal.with_suffix(".log").name
     log_file.parent.mkdir(exist_ok=True)
     command = [chaos, "--log-file", str(log_file), "run", "--journal-path", str(journal), str(experiment)]
     try:
-        proc = subprocess.run(command, env=_env(env), timeout=RUN_TIMEOUT_S, check=False,
+        proc = subprocess.run(command, env=_env(env), timeout=RUN_TIMEOUT_S, check=False, cwd=cwd,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         logger.error("chaos run %s did not finish in %d s: killed (the reaper reverts its fault)",

@@ -12,7 +12,7 @@ from pathlib import Path
 import chaoscheckout
 
 CHAOS = str(Path(sys.executable).parent / "chaos")
-EXPECTED_TYPE = {"actions": "action", "probes": "probe"}
+EXPECTED_TYPE = {"actions": "action", "probes": "probe", "guards": "probe"}
 
 
 def _present_modules() -> list[str]:

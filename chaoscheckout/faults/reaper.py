@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from chaoscheckout.faults.leases import LeaseStore
-from chaoscheckout.faults.revert import revert_lease
+from chaoscheckout.faults.revert import preload_reverters, revert_lease
 
 __all__ = ["Reaper", "main"]
 
@@ -50,9 +50,9 @@ class Reaper:
                 break
             if self.next_try.get(lease.fault_id, 0.0) > time.monotonic():
                 continue  # failed recently: back off (a failed revert is retried, not spammed)
-            late_s = time.time() - lease.expires_at
             try:
                 result = revert_lease(lease, self.configuration)
+                late_s = time.time() - lease.expires_at  # when the fault is gone, not when we began
             except Exception as exc:  # noqa: BLE001 - keep going, retry next tick
                 count = self.failures[lease.fault_id] = self.failures.get(lease.fault_id, 0) + 1
                 self.next_try[lease.fault_id] = time.monotonic() + min(30.0, self.interval_s * 2**count)
@@ -68,6 +68,7 @@ class Reaper:
     def run(self, max_ticks: int | None = None) -> None:
         """Loop until stopped (or ``max_ticks`` ticks)."""
         logger.info("reaper: watching %s every %g s", self.store.dir, self.interval_s)
+        preload_reverters()  # the first revert must not pay for imports
         ticks = 0
         while not self.stop_event.is_set():
             try:

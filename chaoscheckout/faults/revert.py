@@ -9,7 +9,7 @@ from typing import Any
 from chaoscheckout.config import settings_from
 from chaoscheckout.faults.leases import Lease, LeaseStore
 
-__all__ = ["revert_lease", "revert_all"]
+__all__ = ["revert_lease", "revert_all", "preload_reverters"]
 
 logger = logging.getLogger("chaostoolkit")
 
@@ -20,6 +20,12 @@ REVERTERS = {
     "latency": "chaoscheckout.network.actions:revert_latency_lease",
     "disk": "chaoscheckout.disk.actions:revert_disk_lease",
 }
+
+
+def preload_reverters() -> None:
+    """Import every fault domain's revert function now (a long-lived reaper does this once)."""
+    for target in REVERTERS.values():
+        importlib.import_module(target.split(":")[0])
 
 
 def revert_lease(lease: Lease, configuration: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -1,0 +1,134 @@
+"""Real `chaos run`s of the three experiments: detection power, holds, and abort.
+
+An experiment that cannot fail proves nothing. Against the weakened checkout (the first
+version: ``CHECKOUT_RESILIENCE=0``) each experiment must report the deviation or abort;
+against the fixed checkout each must hold; with a deliberately tight abort threshold each
+must be interrupted by its safeguard with its fault reverted. Each class brings up its own
+stack (port base ``CHAOSCHECKOUT_TEST_RUNS_PORT_BASE``, default 29100). Slow: about
+12 minutes in all, on purpose (real windows of 30 s, real load).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from chaoscheckout.faults.leases import LeaseStore
+from chaoscheckout.runner import Outcome, run_experiments
+
+ROOT = Path(__file__).resolve().parent.parent
+PORT_BASE = int(os.environ.get("CHAOSCHECKOUT_TEST_RUNS_PORT_BASE", "29100"))
+STATE_DIR = Path(f"/var/tmp/chaoscheckout-runs-{PORT_BASE}")
+
+
+def _manage(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "stack.manage", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=240, check=False)
+
+
+def _stack(extra: dict[str, str]) -> Iterator[dict[str, str]]:
+    env = dict(os.environ)
+    env.update(CHAOSCHECKOUT_STATE_DIR=str(STATE_DIR), CHAOSCHECKOUT_PORT_BASE=str(PORT_BASE),
+               PATH=f"{Path(sys.executable).parent}:{env.get('PATH', '')}", **extra)
+    _manage(env, "down")
+    up = _manage(env, "up")
+    if up.returncode != 0:
+        _manage(env, "down")
+        pytest.fail(f"stack up failed:\n{up.stdout}\n{up.stderr}")
+    try:
+        yield env
+    finally:
+        _manage(env, "down")
+
+
+def _run(env: dict[str, str], name: str, tmp_path: Path, **extra: str) -> tuple[Outcome, dict]:
+    run_env = {k: v for k, v in env.items() if k.startswith(("CHAOSCHECKOUT_", "PATH"))}
+    run_env.update(extra)
+    (outcome,) = run_experiments([ROOT / "experiments" / f"{name}.json"], tmp_path, report=False,
+                                 env=run_env, cwd=ROOT)
+    journal = json.loads(outcome.journal.read_text())
+    print(f"\n{outcome.line()}")
+    return outcome, journal
+
+
+def _no_fault_left(env: dict[str, str]) -> None:
+    assert LeaseStore(Path(env["CHAOSCHECKOUT_STATE_DIR"]) / "leases").live() == []
+    status = _manage(env, "status", "--json")
+    assert status.returncode == 0, status.stdout + status.stderr
+
+
+def _fault_output(journal: dict) -> dict:
+    (fault,) = [r for r in journal["run"] if r["activity"]["provider"]["func"] in
+                ("kill_service", "add_latency", "fill_disk")]
+    assert fault["status"] == "succeeded", fault
+    return fault["output"]
+
+
+class TestWeakenedCheckoutIsCaught:
+    """Detection power: the first-version checkout fails each experiment."""
+
+    @pytest.fixture(scope="class")
+    def weak(self) -> Iterator[dict[str, str]]:
+        yield from _stack({"CHECKOUT_RESILIENCE": "0"})
+
+    def test_kill_catalog_catches_no_price_fallback(self, weak, tmp_path):
+        outcome, journal = _run(weak, "kill-catalog", tmp_path)
+        assert outcome.verdict in ("broke", "aborted"), outcome.reason
+        breach = (journal["chaoscheckout_safety"].get("abort") or {}).get("first_breach") or {}
+        after = journal["steady_states"].get("after") or {}
+        assert breach.get("guard") == "availability_guard" or after.get("steady_state_met") is False
+        _no_fault_left(weak)
+
+    def test_payments_latency_catches_no_timeout_budget(self, weak, tmp_path):
+        outcome, journal = _run(weak, "payments-latency", tmp_path)
+        assert outcome.verdict == "broke", outcome.reason
+        assert "checkout-p95-latency-ms-30s" in outcome.reason
+        assert _fault_output(journal)["backend"] == "proxy"
+        _no_fault_left(weak)
+
+    def test_fill_pg_disk_catches_charge_before_order(self, weak, tmp_path):
+        outcome, journal = _run(weak, "fill-pg-disk", tmp_path)
+        assert outcome.verdict in ("broke", "aborted"), outcome.reason
+        abort = journal["chaoscheckout_safety"].get("abort") or {}
+        after = journal["steady_states"].get("after") or {}
+        assert (abort.get("first_breach") or {}).get("guard") == "money_guard" \
+            or after.get("steady_state_met") is False
+        _no_fault_left(weak)
+
+
+class TestFixedCheckoutHolds:
+    """The fixed checkout (default settings) holds each experiment; tight thresholds abort."""
+
+    @pytest.fixture(scope="class")
+    def fixed(self) -> Iterator[dict[str, str]]:
+        yield from _stack({})
+
+    @pytest.mark.parametrize("name", ["kill-catalog", "payments-latency", "fill-pg-disk"])
+    def test_holds(self, fixed, tmp_path, name):
+        outcome, journal = _run(fixed, name, tmp_path)
+        assert outcome.verdict == "held", outcome.reason
+        assert journal["chaoscheckout_load"]["requests"] > 0
+        _no_fault_left(fixed)
+
+    @pytest.mark.parametrize("name, knob", [
+        ("kill-catalog", "CHAOSCHECKOUT_ABORT_MAX_P95_MS"),
+        ("payments-latency", "CHAOSCHECKOUT_ABORT_MAX_P99_MS"),
+        ("fill-pg-disk", "CHAOSCHECKOUT_ABORT_MAX_P95_MS"),
+    ])
+    def test_tight_threshold_aborts_and_reverts(self, fixed, tmp_path, name, knob):
+        outcome, journal = _run(fixed, name, tmp_path, **{knob: "1"})
+        assert outcome.verdict == "aborted", outcome.reason
+        assert journal["status"] == "interrupted"
+        abort = journal["chaoscheckout_safety"]["abort"]
+        assert abort["first_breach"]["guard"] == "latency_guard"
+        fault_id = _fault_output(journal)["fault_id"]
+        assert fault_id in abort["first_breach"]["reverted"], abort
+        print(f"{name}: first breach -> fault reverted in {abort['breach_to_revert_s']} s")
+        assert abort["breach_to_revert_s"] < 5
+        _no_fault_left(fixed)
