@@ -104,7 +104,8 @@ def experiments() -> None:
 def run_cmd(names: tuple[str, ...], experiments_dir: Path, journals_dir: Path, no_report: bool) -> None:
     """Run NAMES (default: kill-catalog, payments-latency, fill-pg-disk) in order under load.
 
-    Exit 0 when every experiment held, else 1 (broke, aborted, failed, or the stack is not healthy).
+    Exit 0 when every experiment held, 3 when one broke, aborted or failed, 1 on an error
+    (e.g. the stack is not healthy: nothing was run).
     """
     from chaoscheckout.errors import ChaosCheckoutError
     from chaoscheckout.runner import DEFAULT_ORDER, run_experiments
@@ -117,4 +118,4 @@ def run_cmd(names: tuple[str, ...], experiments_dir: Path, journals_dir: Path, n
     click.echo("verdicts:")
     for outcome in outcomes:
         click.echo(f"  {outcome.line()}")
-    sys.exit(0 if all(o.verdict == "held" for o in outcomes) else 1)
+    sys.exit(0 if all(o.verdict == "held" for o in outcomes) else 3)

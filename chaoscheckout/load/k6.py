@@ -190,7 +190,7 @@ class K6Process:
             summary = {"error": str(exc)}
         opts = asdict(self.options)
         return {
-            "script": str(self.options.script),
+            "script": _shown(self.options.script),
             "rate": opts["rate"],
             "duration_s": opts["duration_s"],
             "checkout_url": opts["checkout_url"],
@@ -271,3 +271,11 @@ def _free_loopback_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _shown(path: Path) -> str:
+    """The script path as the journal shows it: relative to the run's directory if inside it."""
+    try:
+        return str(Path(path).relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
