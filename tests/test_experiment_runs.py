@@ -113,7 +113,7 @@ class TestFixedCheckoutHolds:
     def test_holds(self, fixed, tmp_path, name):
         outcome, journal = _run(fixed, name, tmp_path)
         assert outcome.verdict == "held", outcome.reason
-        assert journal["chaoscheckout_load"]["requests"] > 0
+        assert journal["chaoscheckout_load"]["summary"]["requests"] > 0
         _no_fault_left(fixed)
 
     @pytest.mark.parametrize("name, knob", [
