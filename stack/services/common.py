@@ -200,7 +200,8 @@ def serve(build: Callable[[Mapping[str, str]], tuple[Any, int]]) -> None:
         print(f"configuration error: {exc}", file=sys.stderr)
         sys.exit(2)
     uvicorn.run(
-        app, host="127.0.0.1", port=port, log_level="warning", access_log=False,
+        app, host=os.environ.get("CHAOSCHECKOUT_BIND_HOST", "127.0.0.1"), port=port,
+        log_level="warning", access_log=False,
         timeout_graceful_shutdown=5,
     )
 

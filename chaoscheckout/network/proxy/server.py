@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 
@@ -74,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     for route in args.route:
         if route.name in routes:
             parser.error(f"duplicate route name {route.name!r}")
+        # containers: listen on every interface of the container's own network namespace
+        route.listen_host = os.environ.get("CHAOSCHECKOUT_BIND_HOST", route.listen_host)
         routes[route.name] = route
     try:
         asyncio.run(serve(routes, *args.control))
