@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from statistics import fmean
+from typing import Any
 
-from chaoscheckout.report.model import Run, Series
+from chaoscheckout.report.model import Fault, Run, Series, parse_time
 
-__all__ = ["HistoryEntry", "analyse", "fault_window", "history"]
+__all__ = ["HistoryEntry", "analyse", "breach_text", "effect_text", "fault_window", "history"]
 
 INTERRUPTED = ("interrupted", "aborted")
 
@@ -36,7 +38,59 @@ def analyse(run: Run) -> Run:
         breached = _breached_during(run)
         if breached:
             run.reason += f"; but {breached} during the fault, between the before and after checks"
+        for fault in run.faults:
+            run.reason += _weak_fault_note(fault)
     return run
+
+
+def breach_text(run: Run) -> str:
+    """The first guard breach as a reader says it ("availability_guard measured 43.9 % (abort
+    threshold >= 50 %) at … (t+38.5 s), 6.0 s after injection"); "" without an abort record."""
+    breach = run.abort.get("first_breach")
+    if not isinstance(breach, dict):
+        return ""
+    guard = str(breach.get("guard") or "a guard")
+    value = _guard_value(guard, breach.get("value"))
+    threshold = _guard_threshold(guard, breach.get("threshold"))
+    at = parse_time(breach.get("at"))
+    when = ""
+    if at is not None and run.start:
+        when = f" at t+{at - run.start:.1f} s"
+    starts = [f.injected_at for f in run.faults if f.injected_at is not None]
+    if at is not None and starts:
+        when += f", {at - min(starts):.1f} s after injection"
+    measured = f"measured {value}" if value else "could not observe the system"
+    return f"{guard} {measured} (abort threshold {threshold}){when}"
+
+
+def breach_to_revert_s(run: Run) -> float | None:
+    value = run.abort.get("breach_to_revert_s")
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def effect_text(fault: Fault, short: bool = False) -> str:
+    """How much traffic a latency fault really slowed ("40 of 390 requests (10.3 %)"), from its
+    latency_fault_effect counts; "" when none were recorded."""
+    effect = fault.effect
+    if not effect:
+        return ""
+    seen, delayed = _count(effect.get("exchanges_seen")), _count(effect.get("exchanges_delayed"))
+    if seen is not None and delayed is not None:
+        share = f" ({delayed / seen * 100:.1f} %)" if seen else ""
+        text = f"{delayed} of {seen} requests{share}"
+    else:
+        reason = effect.get("reason")
+        text = "request counts not available" + (f" ({reason})" if reason else "")
+    decided, picked = _count(effect.get("connections_decided")), _count(effect.get("connections_picked"))
+    if decided:
+        text += f"; {picked or 0} of {decided} connections picked"
+    if short:
+        return text
+    fraction = fault.parameters.get("fraction", effect.get("fraction"))
+    scope = fault.parameters.get("scope") or effect.get("scope")
+    if isinstance(fraction, int | float) and not isinstance(fraction, bool):
+        text += f"; requested {fraction * 100:g} %" + (f" of {scope}s" if scope else "")
+    return text + f" (counted by {fault.effect_by})" if fault.effect_by else text
 
 
 def fault_window(run: Run) -> tuple[float, float] | None:
@@ -84,6 +138,11 @@ def _first_failing(state) -> str:
 def _verdict(run: Run) -> tuple[str, str]:
     if run.status in INTERRUPTED:
         when = f" {run.duration_s:.1f} s into the run" if run.duration_s is not None else ""
+        breach = breach_text(run)
+        if breach:
+            to_revert = breach_to_revert_s(run)
+            revert = f"; first breach → fault reverted in {to_revert:.1f} s" if to_revert is not None else ""
+            return "aborted", f"safeguard fired: {breach}{revert}; run {run.status}{when}"
         return "aborted", f"run {run.status}{when} (a safeguard or control stopped it)"
     if run.before is not None and run.before.met is False:
         return "failed", f"steady state not met before the method: {_first_failing(run.before)}; no fault run"
@@ -96,6 +155,50 @@ def _verdict(run: Run) -> tuple[str, str]:
             return "held", "completed; no steady-state check after the method"
         return "held", f"all {len(run.after.probes)} steady-state probe(s) within tolerance before and after"
     return run.status, f"chaostoolkit status {run.status}"
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def _unit(guard: str) -> str:
+    return "%" if "availability" in guard else "ms" if "latency" in guard else ""
+
+
+def _guard_value(guard: str, value: Any) -> str:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return ""
+    unit = _unit(guard)
+    if unit == "%" and 0 <= value <= 1:
+        return f"{value * 100:.1f} %"
+    if unit == "ms":
+        return f"{value:.0f} ms"
+    if "money" in guard:
+        return f"{value:g} charge(s) without an order"
+    return f"{value:.4g}"
+
+
+def _guard_threshold(guard: str, threshold: Any) -> str:
+    text = str(threshold if threshold is not None else "?")
+    match = re.fullmatch(r"\s*([<>=!]=?)\s*([0-9.]+)\s*", text)
+    if match and _unit(guard) == "%" and float(match.group(2)) <= 1:
+        return f"{match.group(1)} {float(match.group(2)) * 100:g} %"
+    return text
+
+
+def _weak_fault_note(fault: Fault) -> str:
+    """For a held run: a latency fault with no evidence it bit, or that bit far less than asked."""
+    if fault.kind != "latency":
+        return ""
+    if not fault.effect:
+        return ("; no evidence recorded that the latency fault slowed any traffic "
+                "(no latency_fault_effect probe or revert effect in the journal)")
+    seen, delayed = _count(fault.effect.get("exchanges_seen")), _count(fault.effect.get("exchanges_delayed"))
+    fraction = fault.parameters.get("fraction")
+    if seen and delayed is not None and isinstance(fraction, int | float) and delayed / seen < fraction / 2:
+        return (f"; but the fault slowed only {delayed} of {seen} requests ({delayed / seen * 100:.1f} %), "
+                f"requested {fraction * 100:g} %")
+    return ""
 
 
 def _breached_during(run: Run) -> str:

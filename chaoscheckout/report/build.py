@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from chaoscheckout.report import keys
 from chaoscheckout.report.analysis import analyse
 from chaoscheckout.report.document import SUMMARY_HEADERS, Document, build_document
 from chaoscheckout.report.model import Run, Skipped, load_journal
@@ -83,7 +84,7 @@ def write_report(inputs: list[Path], output: Path | None, formats: tuple[str, ..
     if not stem.parent.is_dir():
         raise ReportError(f"output directory {stem.parent} does not exist")
     _unique_ids(runs)
-    doc = build_document(runs, skipped)
+    doc = build_document(runs, skipped, findings=_findings(inputs, skipped))
     for fmt in formats:
         target = stem.with_name(stem.name + "." + fmt)
         if fmt == "md":
@@ -108,6 +109,22 @@ def write_report(inputs: list[Path], output: Path | None, formats: tuple[str, ..
 
 def _stem(output: Path) -> Path:
     return output.with_suffix("") if output.suffix in {"." + f for f in FORMATS} else output
+
+
+def _findings(inputs: list[Path], skipped: list[Skipped]) -> list[tuple[str, str]]:
+    """(path, text) of the FINDINGS.md in each input directory; an unreadable one is listed as skipped."""
+    found = []
+    for folder in dict.fromkeys(item for item in inputs if item.is_dir()):
+        path = folder / keys.FINDINGS_FILE
+        if not path.is_file():
+            continue
+        try:
+            if path.stat().st_size > keys.MAX_FINDINGS_BYTES:
+                raise ValueError(f"larger than {keys.MAX_FINDINGS_BYTES} bytes")
+            found.append((str(path), path.read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            skipped.append(Skipped(str(path), f"findings not included: {exc}"))
+    return found
 
 
 def _unique_ids(runs: list[Run]) -> None:

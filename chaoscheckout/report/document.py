@@ -12,7 +12,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from chaoscheckout.report.analysis import HistoryEntry, fault_window, history
+from chaoscheckout.report.analysis import (
+    HistoryEntry,
+    breach_text,
+    breach_to_revert_s,
+    effect_text,
+    fault_window,
+    history,
+)
 from chaoscheckout.report.model import Fault, Run, Series, Skipped, compact, parse_time
 
 __all__ = ["Block", "Document", "build_document", "fmt_time"]
@@ -22,7 +29,7 @@ NOT_DECLARED = "not declared (the experiment has no chaoscheckout extension entr
 
 @dataclass
 class Block:
-    kind: str  # "h" | "p" | "kv" | "table" | "verdict" | "chart"
+    kind: str  # "h" | "p" | "kv" | "table" | "verdict" | "chart" | "findings" (Markdown source)
     text: str = ""
     level: int = 2
     anchor: str = ""
@@ -40,12 +47,25 @@ class Document:
     blocks: list[Block]
     summary_rows: list[list[str]]
     histories: list[HistoryEntry]
+    findings: list[tuple[str, str]] = field(default_factory=list)  # (FINDINGS.md path, its text)
+
+    def anchors(self) -> dict[str, str]:
+        """Journal file names (and run ids) → their run section ids, for links from the findings."""
+        found: dict[str, str] = {}
+        for run in self.runs:
+            name = run.path.replace("\\", "/").rsplit("/", 1)[-1]
+            found[name] = run.run_id
+            found.setdefault(name.removesuffix(".json"), run.run_id)
+            found.setdefault(run.run_id, run.run_id)
+        return found
 
 
 SUMMARY_HEADERS = ["experiment", "run", "date (UTC)", "verdict", "availability before / worst during / after",
-                   "p95 before / worst during / after"]
+                   "p95 before / worst during / after", "fault evidence"]
 SUMMARY_NOTE = ("Before and after: mean over the timeline before the fault and after its revert; "
-                "during: the worst sample in the fault window; ✗: outside the SLO.")
+                "during: the worst sample in the fault window; ✗: outside the SLO. Fault evidence: "
+                "requests a latency fault really slowed (latency_fault_effect), or how fast a "
+                "safeguard's first breach led to the revert.")
 
 
 def fmt_time(ts: float | None, with_date: bool = False) -> str:
@@ -57,7 +77,9 @@ def fmt_time(ts: float | None, with_date: bool = False) -> str:
     return moment.strftime("%H:%M:%S.") + f"{moment.microsecond // 100000}"
 
 
-def build_document(runs: list[Run], skipped: list[Skipped], title: str = "Experiment log") -> Document:
+def build_document(runs: list[Run], skipped: list[Skipped], title: str = "Experiment log",
+                   findings: list[tuple[str, str]] | None = None) -> Document:
+    """The log's blocks. findings: (path, text) of each FINDINGS.md, shown verbatim near the top."""
     runs = sorted(runs, key=lambda r: (r.start or 0.0, r.run_id))
     generated = fmt_time(datetime.now(UTC).timestamp(), with_date=True)
     blocks: list[Block] = [Block("h", title, level=1, anchor="top"),
@@ -66,6 +88,15 @@ def build_document(runs: list[Run], skipped: list[Skipped], title: str = "Experi
     tally = ", ".join(f"{n} {v}" for v, n in sorted(counts.items()))
     blocks.append(Block("p", f"{len(runs)} run(s): {tally}. {len(skipped)} file(s) skipped. "
                              "Summary table and history at the end."))
+    for source, text in findings or []:
+        blocks.append(Block("h", "Findings", level=2, anchor="findings"))
+        if len(findings or []) > 1:
+            blocks.append(Block("p", f"From {source}."))
+        blocks.append(Block("findings", text, anchor=source))
+    if runs:
+        blocks.append(Block("h", "Runs at a glance", level=2, anchor="at-a-glance"))
+        blocks.append(Block("table", headers=["run", "experiment", "verdict", "why"],
+                            rows=[[r.run_id, r.title, r.verdict, r.reason] for r in runs]))
     if skipped:
         blocks.append(Block("h", "Skipped inputs", level=2, anchor="skipped"))
         blocks.append(Block("table", headers=["file", "reason"], rows=[[s.path, s.reason] for s in skipped]))
@@ -86,7 +117,7 @@ def build_document(runs: list[Run], skipped: list[Skipped], title: str = "Experi
                 blocks.append(Block("p", f"{entry.title}: {' / '.join(actions)}"))
     else:
         blocks.append(Block("p", "No experiment has been run more than once in these journals."))
-    return Document(title, generated, runs, skipped, blocks, summary, entries)
+    return Document(title, generated, runs, skipped, blocks, summary, entries, list(findings or []))
 
 
 # ---------------------------------------------------------------------------
@@ -133,7 +164,11 @@ def _run_blocks(run: Run) -> list[Block]:
                             rows=[_fault_row(run, f) for f in run.faults]))
     else:
         blocks.append(Block("p", "No fault action output in this journal (no fault injected)."))
-    blocks.append(Block("kv", rows=_timing_rows(run)))
+    evidence = [[f"Traffic really slowed ({f.target})", effect_text(f)] for f in run.faults if f.effect]
+    evidence += [[f"Traffic really slowed ({f.target})", "not measured (no latency_fault_effect probe or "
+                  "revert effect in this journal): no evidence the fault bit"]
+                 for f in run.faults if f.kind == "latency" and not f.effect]
+    blocks.append(Block("kv", rows=evidence + _timing_rows(run)))
     blocks.append(Block("h", "Rollbacks", level=3))
     if run.rollbacks:
         blocks.append(Block("table", headers=["activity", "status", "at", "output"],
@@ -200,15 +235,18 @@ def _timing_rows(run: Run) -> list[list[str]]:
     if run.aborted_at is not None:
         after = f", {run.aborted_at - window[0]:.1f} s after injection" if window else ""
         rows.append(["Safeguard fired", f"yes: run {run.status} at {_rel(run, run.aborted_at)}{after}"])
-        breach = run.abort.get("first_breach") if isinstance(run.abort.get("first_breach"), dict) else {}
+        breach = breach_text(run)
         if breach:
-            when = _rel(run, parse_time(breach.get("at")))
-            text = (f"{breach.get('guard', '?')} measured {_number_text(breach.get('value'))} "
-                    f"(abort threshold {breach.get('threshold', '?')}) at {when}")
-            to_revert = run.abort.get("breach_to_revert_s")
-            if to_revert is not None:
-                text += f"; first breach → fault reverted in {_number_text(to_revert)} s"
-            rows.append(["First guard breach", text])
+            breaches = run.abort.get("breaches")
+            more = f" ({breaches} breaches in all)" if isinstance(breaches, int) and breaches > 1 else ""
+            rows.append(["First guard breach", breach + more])
+            to_revert = breach_to_revert_s(run)
+            rows.append(["First breach → fault reverted",
+                         f"{to_revert:.1f} s" if to_revert is not None else "not recorded"])
+        else:
+            rows.append(["First guard breach", "not recorded in the journal (no chaoscheckout_safety.abort "
+                                               "record: a safeguard probe failed, or another control stopped "
+                                               "the run)"])
     else:
         rows.append(["Safeguard fired", "no"])
     if window:
@@ -272,4 +310,19 @@ def _summary_row(run: Run) -> list[str]:
         run.verdict,
         _phase_text(run, run.availability.name if run.availability else None, 100.0, "%"),
         _phase_text(run, run.latency.name if run.latency else None, 1.0, "ms"),
+        _evidence_cell(run),
     ]
+
+
+def _evidence_cell(run: Run) -> str:
+    parts = [f"traffic really slowed: {effect_text(f, short=True)}" for f in run.faults if f.effect]
+    parts += ["latency effect not measured" for f in run.faults if f.kind == "latency" and not f.effect]
+    to_revert = breach_to_revert_s(run)
+    breach = run.abort.get("first_breach")
+    if isinstance(breach, dict):
+        guard = breach.get("guard", "guard")
+        parts.append(f"{guard}: breach → revert {to_revert:.1f} s" if to_revert is not None
+                     else f"{guard} fired")
+    elif run.aborted_at is not None:
+        parts.append("stopped; no guard breach recorded")
+    return "; ".join(parts) or "—"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from html import escape
 
 from chaoscheckout.report.document import Block, Document
+from chaoscheckout.report.mdlite import render_findings
 from chaoscheckout.report.svg import sli_chart
 
 __all__ = ["render_html"]
@@ -32,11 +33,19 @@ tr.broke td:nth-child(4){color:#8a1c1c;font-weight:bold}
 tr.aborted td:nth-child(4){color:#7a4b00;font-weight:bold}
 figure{margin:12px 0}svg.sli-chart{width:100%;height:auto;border:1px solid #e1e4e8}
 .meta{color:#555;font-size:13px}
+tr.glance.held td:nth-child(3){color:#14602a;font-weight:bold}
+tr.glance.broke td:nth-child(3){color:#8a1c1c;font-weight:bold}
+tr.glance.aborted td:nth-child(3){color:#7a4b00;font-weight:bold}
+tr.glance td:nth-child(4){color:#1d1d1f;font-weight:normal}
+.findings{background:#f7f9fc;border-left:4px solid #1f5fa8;padding:4px 16px;margin:8px 0}
+.findings h3,.findings h4{margin-top:12px}
+code{background:#eef1f4;padding:0 3px;border-radius:3px;font-size:90%}
 """
 
 
 def render_html(doc: Document) -> str:
-    body = [_block(b) for b in doc.blocks]
+    anchors = doc.anchors()
+    body = [_block(b, anchors) for b in doc.blocks]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{escape(doc.title)}</title><style>{STYLE}</style></head><body>\n"
             + "\n".join(body) + "\n</body></html>\n")
@@ -51,12 +60,14 @@ def _cell(text: str) -> str:
     return f'<td class="NO">{escape(text)}</td>' if text == "NO" else f"<td>{escape(text)}</td>"
 
 
-def _block(block: Block) -> str:
+def _block(block: Block, anchors: dict[str, str]) -> str:
     if block.kind == "h":
         anchor = f' id="{escape(block.anchor)}"' if block.anchor else ""
         return f"<h{block.level}{anchor}>{escape(block.text)}</h{block.level}>"
     if block.kind == "p":
         return f"<p>{escape(block.text)}</p>"
+    if block.kind == "findings":
+        return f'<div class="findings">{render_findings(block.text, anchors)}</div>'
     if block.kind == "kv":
         items = "".join(f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in block.rows)
         return f"<dl>{items}</dl>"
@@ -74,6 +85,10 @@ def _block(block: Block) -> str:
             if summary:  # the run id links to its section
                 link = f'<td><a href="#{escape(row[1])}">{escape(row[1])}</a></td>'
                 cells = _cell(row[0]) + link + "".join(_cell(c) for c in row[2:])
+            elif block.headers[:1] == ["run"] and len(row) > 2:  # runs at a glance
+                cls = f' class="glance {escape(row[2])}"'
+                link = f'<td><a href="#{escape(row[0])}">{escape(row[0])}</a></td>'
+                cells = link + "".join(_cell(c) for c in row[1:])
             rows.append(f"<tr{cls}>{cells}</tr>")
         return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
     if block.kind == "chart" and block.run is not None:

@@ -14,6 +14,15 @@ controls store is a change in this one module.
   service, ...}], at}``.
 - A fault is an activity output dict carrying ``fault_id``, ``kind`` and ``injected_at``
   (``{fault_id, kind, backend, target, parameters, injected_at, expires_at}``).
+- A revert is an *action* output naming the fault: an id list (``reverted`` of
+  ``remove_latency``, ``reverted_leases`` of ``start_service`` / ``release_disk``, decisive
+  even when empty), else ``fault_id``, else (no id at all) ``service``/``target``. Probe
+  outputs never revert (``latency_fault_effect`` carries the ``fault_id`` it measured).
+- Evidence that a latency fault bit: ``latency_fault_effect`` probe output, or the
+  ``effect`` dict of the ``remove_latency`` output: ``{fault_id, scope, fraction,
+  exchanges_seen, exchanges_delayed, exchanges_delayed_ratio, connections_decided,
+  connections_picked, ...}``.
+- ``FINDINGS.md`` in an input directory: the team's hand-written findings.
 """
 
 from __future__ import annotations
@@ -39,7 +48,13 @@ LATENCY_PROBE = "checkout_latency_ms"
 
 FAULT_KEYS = ("fault_id", "kind")
 TIME_KEYS_REVERTED = ("reverted_at", "at", "time", "ts")
-REVERTED_ID_LISTS = ("reverted", "reverted_leases")  # revert outputs naming the fault ids they undid
+REVERTED_ID_LISTS = ("reverted", "reverted_leases", "reverted_faults")  # ids a revert output undid
+MEASUREMENT_KEYS = ("effect",)  # nested dicts in a revert output that measure, not revert
+PROBE_TYPE = "probe"
+EFFECT_KEY = "effect"
+EFFECT_PROBE_FUNCS = ("latency_fault_effect",)
+FINDINGS_FILE = "FINDINGS.md"
+MAX_FINDINGS_BYTES = 256 * 1024
 
 
 def extension(experiment: dict[str, Any]) -> dict[str, Any]:
@@ -149,3 +164,36 @@ def abort_record(rec: dict[str, Any]) -> dict[str, Any]:
 
 def is_fault_output(output: Any) -> bool:
     return isinstance(output, dict) and all(k in output for k in FAULT_KEYS) and "injected_at" in output
+
+
+def activity_type(entry: dict[str, Any]) -> str:
+    """"action" or "probe" (chaostoolkit's activity type; "" when absent)."""
+    activity = entry.get("activity")
+    return str(activity.get("type") or "") if isinstance(activity, dict) else ""
+
+
+def activity_func(entry: dict[str, Any]) -> str:
+    activity = entry.get("activity")
+    provider = activity.get("provider") if isinstance(activity, dict) else None
+    return str(provider.get("func") or "") if isinstance(provider, dict) else ""
+
+
+def reverted_ids(output: dict[str, Any]) -> list[str] | None:
+    """The fault ids a revert output says it undid (None when it has no such list)."""
+    for key in REVERTED_ID_LISTS:
+        ids = output.get(key)
+        if isinstance(ids, list) and all(isinstance(i, str) for i in ids):
+            return ids
+    return None
+
+
+def effect(entry: dict[str, Any]) -> dict[str, Any] | None:
+    """The latency-fault effect an activity recorded: a ``latency_fault_effect`` probe output, or
+    the ``effect`` dict of a revert output (None when it has none)."""
+    output = entry.get("output")
+    if not isinstance(output, dict):
+        return None
+    if activity_func(entry) in EFFECT_PROBE_FUNCS:
+        return output
+    found = output.get(EFFECT_KEY)
+    return found if isinstance(found, dict) else None

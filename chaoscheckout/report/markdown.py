@@ -33,6 +33,8 @@ def _block(block: Block, chart_links: dict[str, str]) -> list[str]:
         return ["#" * block.level + " " + _cell(block.text) + anchor]
     if block.kind == "p":
         return [block.text]
+    if block.kind == "findings":  # the team's FINDINGS.md, verbatim
+        return [block.text.rstrip("\n")]
     if block.kind == "kv":
         return [f"- **{_cell(k)}**: {_cell(v)}" for k, v in block.rows]
     if block.kind == "verdict":
@@ -41,7 +43,9 @@ def _block(block: Block, chart_links: dict[str, str]) -> list[str]:
     if block.kind == "table":
         out = ["| " + " | ".join(_cell(h) for h in block.headers) + " |",
                "|" + "|".join(" --- " for _ in block.headers) + "|"]
-        out += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in block.rows]
+        glance = block.headers[:1] == ["run"]  # runs at a glance: the run id links to its section
+        out += ["| " + " | ".join(f"[{_cell(c)}](#{c})" if glance and i == 0 else _cell(c)
+                                  for i, c in enumerate(row)) + " |" for row in block.rows]
         return out
     if block.kind == "chart" and block.run is not None:
         link = chart_links.get(block.run.run_id)

@@ -54,6 +54,8 @@ class Fault:
     target_detail: str = ""
     reverted_at: float | None = None
     reverted_by: str = ""
+    effect: dict[str, Any] = field(default_factory=dict)  # latency_fault_effect counts (latest)
+    effect_by: str = ""
 
 
 @dataclass
@@ -201,6 +203,7 @@ def _parse(path: Path, journal: dict[str, Any]) -> Run:
         abort=keys.abort_record(rec),
     )
     _match_reverts(run, activities + rollbacks)
+    _match_effects(run, activities + rollbacks)
     return run
 
 
@@ -315,22 +318,24 @@ def _target(value: Any) -> tuple[str, str]:
 
 
 def _mentions(output: Any, fault: Fault, depth: int = 0) -> bool:
-    """Whether a revert output names this fault (by id, or by service/target)."""
+    """Whether a revert output names this fault: its id lists (``reverted``/``reverted_leases``)
+    decide when present, else its ``fault_id``, else (no id at all) its service/target. Nested
+    measurements (``effect``) are not reverts."""
     if depth > 4:
         return False
     if isinstance(output, list):
         return any(_mentions(item, fault, depth + 1) for item in output)
     if not isinstance(output, dict) or keys.is_fault_output(output):
         return False
-    if output.get("fault_id") == fault.fault_id:
+    ids = keys.reverted_ids(output)
+    if ids is not None:
+        return fault.fault_id in ids
+    if "fault_id" in output:
+        return output.get("fault_id") == fault.fault_id
+    if fault.target in (output.get("service"), output.get("target")):
         return True
-    for key in keys.REVERTED_ID_LISTS:  # revert outputs that name the fault ids they undid
-        ids = output.get(key)
-        if isinstance(ids, list) and all(isinstance(i, str) for i in ids):
-            return fault.fault_id in ids
-    if "fault_id" not in output and fault.target in (output.get("service"), output.get("target")):
-        return True
-    return any(_mentions(v, fault, depth + 1) for v in output.values() if isinstance(v, dict | list))
+    return any(_mentions(v, fault, depth + 1) for k, v in output.items()
+               if k not in keys.MEASUREMENT_KEYS and isinstance(v, dict | list))
 
 
 def _reverted_time(output: Any) -> float | None:
@@ -348,7 +353,8 @@ def _match_reverts(run: Run, entries: list[dict[str, Any]]) -> None:
         for entry in entries:
             output = entry.get("output")
             end = parse_time(entry.get("end"))
-            if entry.get("status") != "succeeded" or end is None or not _mentions(output, fault):
+            is_probe = keys.activity_type(entry) == keys.PROBE_TYPE  # probes measure, never revert
+            if entry.get("status") != "succeeded" or end is None or is_probe or not _mentions(output, fault):
                 continue
             if fault.injected_at is not None and end < fault.injected_at:
                 continue
@@ -363,8 +369,26 @@ def _match_reverts(run: Run, entries: list[dict[str, Any]]) -> None:
                 when = _reverted_time(revert)
                 if when is not None:
                     candidates.append((when, "safety control"))
+        breach = run.abort.get("first_breach")
+        if isinstance(breach, dict) and fault.fault_id in (breach.get("reverted") or []):
+            when = parse_time(breach.get("reverted_at"))
+            if when is not None:  # the guard reverted on breach, before the safety control
+                candidates.append((when, f"{breach.get('guard', 'guard')} on breach"))
         if candidates:
             fault.reverted_at, fault.reverted_by = min(candidates)
+
+
+def _match_effects(run: Run, entries: list[dict[str, Any]]) -> None:
+    """Attach to each fault the latest effect counts recorded for it (probe or revert output)."""
+    for entry in sorted(entries, key=lambda e: parse_time(e.get("end")) or 0.0):
+        found = keys.effect(entry) if entry.get("status") == "succeeded" else None
+        if not found:
+            continue
+        name = str((entry.get("activity") or {}).get("name", "?"))
+        for fault in run.faults:
+            named = found.get("fault_id")
+            if named == fault.fault_id or (named is None and _mentions(entry.get("output"), fault)):
+                fault.effect, fault.effect_by = found, name
 
 
 def _series(
