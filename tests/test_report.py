@@ -348,3 +348,247 @@ def test_render_committed_experiment_journals(tmp_path: Path) -> None:
         assert [f.fault_id for f in run.faults] == [f["fault_id"] for f in _fault_outputs(raw)]
         if "chaoscheckout_safety" in raw:  # the safety control runs last: every fault has a recorded revert
             assert all(f.reverted_at is not None for f in run.faults), run.path
+
+
+# --------------------------------------------------------------------------- findings, aborts, reverts
+# On the experiments' real journals in journals/, picked by what they contain (more will be added).
+
+
+def _committed_journals() -> list[Path]:
+    folder = ROOT / "journals"
+    found = sorted(folder.glob("*.json")) if folder.is_dir() else []
+    return [p for p in found if not p.name.startswith("experiment-log")]
+
+
+def _pick(predicate) -> list[tuple[Path, dict]]:
+    picked = []
+    for path in _committed_journals():
+        raw = json.loads(path.read_text())
+        if predicate(raw):
+            picked.append((path, raw))
+    return picked
+
+
+def _entries(raw: dict) -> list[dict]:
+    return [e for e in (raw.get("run") or []) + (raw.get("rollbacks") or []) if isinstance(e, dict)]
+
+
+def _first_breach(raw: dict) -> dict | None:
+    abort = (raw.get("chaoscheckout_safety") or {}).get("abort")
+    return abort.get("first_breach") if isinstance(abort, dict) else None
+
+
+def _run_section(md: str, run_id: str) -> str:
+    start = md.index(f'<a id="{run_id}"></a>')
+    end = md.find("\n## ", start)
+    return md[start:end]
+
+
+def _copy(tmp_path: Path, picked: list[tuple[Path, dict]]) -> Path:
+    folder = tmp_path / "j"
+    folder.mkdir(exist_ok=True)
+    for path, raw in picked:
+        (folder / path.name).write_text(json.dumps(raw))
+    return folder
+
+
+def test_aborted_runs_say_which_guard_fired_and_how_fast_the_fault_was_reverted(tmp_path: Path) -> None:
+    guarded = _pick(lambda raw: raw["status"] == "interrupted" and isinstance(_first_breach(raw), dict))
+    if not guarded:
+        pytest.skip("no interrupted journal with a chaoscheckout_safety.abort record in journals/")
+    result = write_report([_copy(tmp_path, guarded)], tmp_path / "log", ("md",))
+    md = (tmp_path / "log.md").read_text()
+    for run in result.runs:
+        raw = json.loads((ROOT / "journals" / Path(run.path).name).read_text())
+        breach, abort = _first_breach(raw), raw["chaoscheckout_safety"]["abort"]
+        assert run.verdict == "aborted"
+        assert run.reason.startswith(f"safeguard fired: {breach['guard']} measured "), run.reason
+        value, threshold = breach["value"], breach["threshold"]
+        if breach["guard"] == "availability_guard":  # a ratio shown as a percentage, threshold too
+            assert f"{value * 100:.1f} %" in run.reason
+            op, bound = threshold.split()
+            assert f"(abort threshold {op} {float(bound) * 100:g} %)" in run.reason
+        else:
+            assert str(threshold) in run.reason
+        assert f"at t+{parse_time(breach['at']) - parse_time(raw['start']):.1f} s" in run.reason
+        assert f"first breach → fault reverted in {abort['breach_to_revert_s']:.1f} s" in run.reason
+        section = _run_section(md, run.run_id)
+        assert f"- **First breach → fault reverted**: {abort['breach_to_revert_s']:.1f} s" in section
+        assert f"{abort['breaches']} breaches in all" in section or abort["breaches"] == 1
+
+
+def test_aborted_run_without_an_abort_record_keeps_the_plain_wording(tmp_path: Path) -> None:
+    plain = _pick(lambda raw: raw["status"] == "interrupted" and _first_breach(raw) is None)
+    if not plain:
+        pytest.skip("no interrupted journal without an abort record in journals/")
+    result = write_report([_copy(tmp_path, plain)], tmp_path / "log", ("md",))
+    for run in result.runs:
+        expected = f"run interrupted {run.duration_s:.1f} s into the run (a safeguard or control stopped it)"
+        assert run.reason == expected
+    md = (tmp_path / "log.md").read_text()
+    assert "**First guard breach**: not recorded in the journal" in md
+    assert "First breach → fault reverted" not in md
+
+
+def _expected_revert(raw: dict, fault_id: str) -> tuple[float, str] | None:
+    """The earliest succeeded action whose reverted/reverted_leases list names the fault."""
+    found = []
+    for entry in _entries(raw):
+        output = entry.get("output")
+        if entry.get("status") != "succeeded" or entry["activity"].get("type") != "action":
+            continue
+        if isinstance(output, dict) and any(fault_id in (output.get(k) or []) for k in ("reverted",
+                                                                                           "reverted_leases")):
+            found.append((parse_time(entry["end"]), entry["activity"]["name"]))
+    return min(found) if found else None
+
+
+def test_reverts_are_matched_by_the_ids_their_outputs_name(tmp_path: Path) -> None:
+    named = _pick(lambda raw: raw["status"] == "completed" and any(
+        _expected_revert(raw, o["fault_id"]) for o in _fault_outputs(raw)))
+    if not named:
+        pytest.skip("no completed journal with a revert output naming its fault in journals/")
+    kinds = set()
+    result = write_report([_copy(tmp_path, named)], tmp_path / "log", ("md",))
+    md = (tmp_path / "log.md").read_text()
+    for run in result.runs:
+        raw = json.loads((ROOT / "journals" / Path(run.path).name).read_text())
+        probes = {e["activity"]["name"] for e in _entries(raw) if e["activity"].get("type") == "probe"}
+        for fault in run.faults:
+            expected = _expected_revert(raw, fault.fault_id)
+            assert expected is not None
+            assert (fault.reverted_at, fault.reverted_by) == expected, run.path
+            assert fault.reverted_by not in probes  # a measuring probe names the fault but reverts nothing
+            assert fault.reverted_at < fault.expires_at
+            kinds.add(fault.kind)
+        assert "not recorded (lease expires" not in _run_section(md, run.run_id)
+    assert kinds  # the rendered runs had faults to match
+
+
+def test_a_probe_or_an_empty_id_list_never_counts_as_the_revert(tmp_path: Path) -> None:
+    cases = 0
+    folder = tmp_path / "j"
+    folder.mkdir()
+    for path, raw in _pick(lambda raw: raw["status"] == "completed" and _fault_outputs(raw)):
+        fault_ids = {o["fault_id"] for o in _fault_outputs(raw)}
+        keep = []
+        for entry in raw["run"]:  # drop every revert naming the fault; keep probes and the rest
+            output = entry.get("output")
+            names = isinstance(output, dict) and any(set(output.get(k) or []) & fault_ids
+                                                     for k in ("reverted", "reverted_leases"))
+            if not names:
+                keep.append(entry)
+        raw["run"] = keep
+        raw["rollbacks"] = [e for e in raw.get("rollbacks") or []
+                            if not set((e.get("output") or {}).get("reverted") or []) & fault_ids
+                            and not set((e.get("output") or {}).get("reverted_leases") or []) & fault_ids]
+        probe_names = any(isinstance(e.get("output"), dict) and e["output"].get("fault_id") in fault_ids
+                          and e["activity"].get("type") == "probe" for e in keep)
+        empty_lists = any(isinstance(e.get("output"), dict) and e["output"].get("reverted_leases") == []
+                          for e in raw["rollbacks"])
+        if probe_names or empty_lists:
+            cases += 1
+            (folder / path.name).write_text(json.dumps(raw))
+    if not cases:
+        pytest.skip("no journal with a probe naming its fault or an empty reverted_leases list")
+    result = write_report([folder], tmp_path / "log", ("md",))
+    for run in result.runs:
+        assert all(f.reverted_at is None for f in run.faults), (run.path, [f.reverted_by for f in run.faults])
+    assert "not recorded (lease expires" in (tmp_path / "log.md").read_text()
+
+
+def _latest_effect(raw: dict, fault_id: str) -> dict | None:
+    found = []
+    for entry in _entries(raw):
+        output = entry.get("output")
+        if entry.get("status") != "succeeded" or not isinstance(output, dict):
+            continue
+        if entry["activity"].get("provider", {}).get("func") == "latency_fault_effect":
+            effect = output
+        else:
+            effect = output.get("effect") if isinstance(output.get("effect"), dict) else None
+        if effect and effect.get("fault_id") == fault_id:
+            found.append((parse_time(entry["end"]), effect))
+    return max(found, key=lambda item: item[0])[1] if found else None
+
+
+def test_latency_fault_evidence_is_shown_in_the_fault_section_and_the_summary(tmp_path: Path) -> None:
+    latency = _pick(lambda raw: any(o["kind"] == "latency" for o in _fault_outputs(raw)))
+    if not latency:
+        pytest.skip("no latency-fault journal in journals/")
+    result = write_report([_copy(tmp_path, latency)], tmp_path / "log", ("md",))
+    md = (tmp_path / "log.md").read_text()
+    summary = md[md.index("## Summary"):]
+    measured = unmeasured = 0
+    for run in result.runs:
+        raw = json.loads((ROOT / "journals" / Path(run.path).name).read_text())
+        section = _run_section(md, run.run_id)
+        row = next(line for line in summary.splitlines() if f"| {run.run_id} |" in line)
+        for fault in run.faults:
+            effect = _latest_effect(raw, fault.fault_id)
+            if effect is None:
+                unmeasured += 1
+                assert "no evidence the fault bit" in section and "latency effect not measured" in row
+                if run.verdict == "held":
+                    assert "no evidence recorded that the latency fault slowed any traffic" in run.reason
+                continue
+            measured += 1
+            seen, delayed = effect["exchanges_seen"], effect["exchanges_delayed"]
+            text = f"{delayed} of {seen} requests ({delayed / seen * 100:.1f} %)"
+            assert f"- **Traffic really slowed ({fault.target})**: {text}" in section
+            assert f"requested {fault.parameters['fraction'] * 100:g} %" in section
+            assert f"traffic really slowed: {text}" in row
+    assert measured + unmeasured == sum(len(r.faults) for r in result.runs) > 0
+
+
+FINDINGS_TEXT = """# Readiness review
+
+**Held** after the fix: {held}.
+
+- The surprise: `{surprise}` held, but the fault slowed only 2 requests.
+- Broke: [the request-scope run]({broke}) — p95 441 ms.
+- Not HTML: <script>alert(1)</script> and [bad](javascript:alert(1)) & friends.
+
+Action taken: a 250 ms payments timeout budget.
+"""
+
+
+def test_findings_are_included_verbatim_in_markdown_and_safely_in_html(tmp_path: Path) -> None:
+    picked = _pick(lambda raw: True)
+    if len(picked) < 3:
+        pytest.skip("fewer than 3 journals in journals/")
+    folder = _copy(tmp_path, picked)
+    names = [path.name for path, _ in picked]
+    text = FINDINGS_TEXT.format(held=names[0], surprise=names[1], broke=names[2])
+    (folder / "FINDINGS.md").write_text(text)
+    write_report([folder], tmp_path / "log", ("md", "html"))
+    md = (tmp_path / "log.md").read_text()
+    findings_at = md.index("## Findings")
+    assert md.index(text.rstrip("\n")) > findings_at  # verbatim
+    first_run = min(md.index(f'<a id="{Path(n).stem}"></a>') for n in names)
+    assert findings_at < first_run < md.index("## Summary")  # near the top, before the runs
+    html = (tmp_path / "log.html").read_text()
+    checker = _Checker()
+    checker.feed(html)
+    checker.close()
+    assert checker.errors == [] and checker.stack == []
+    block = html[html.index('<div class="findings">'):]
+    block = block[:block.index("</div>")]
+    assert "<h3>Readiness review</h3>" in block
+    assert "<strong>Held</strong>" in block and block.count("<li>") == 3
+    assert f'<a href="#{Path(names[0]).stem}">{names[0]}</a>' in block  # a bare file name links to its run
+    assert f'<a href="#{Path(names[1]).stem}"><code>{names[1]}</code></a>' in block
+    assert f'<a href="#{Path(names[2]).stem}">the request-scope run</a>' in block
+    assert "<script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in block
+    assert 'href="javascript:' not in html and "&amp; friends" in block
+    for name in names[:3]:  # and the anchors it links to exist
+        assert f'id="{Path(name).stem}"' in html
+
+
+def test_no_findings_file_no_findings_section(tmp_path: Path) -> None:
+    picked = _pick(lambda raw: True)
+    if not picked:
+        pytest.skip("no journals in journals/")
+    write_report([_copy(tmp_path, picked[:1])], tmp_path / "log", ("md", "html"))
+    assert "Findings" not in (tmp_path / "log.md").read_text()
+    assert 'class="findings"' not in (tmp_path / "log.html").read_text()
