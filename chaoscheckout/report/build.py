@@ -166,6 +166,7 @@ def _json_doc(doc: Document) -> dict[str, Any]:
         "generated_at": doc.generated_at,
         "runs": [asdict(run) for run in doc.runs],
         "skipped": [asdict(s) for s in doc.skipped],
+        "findings": [{"path": path, "text": text} for path, text in doc.findings],
         "summary": {"headers": SUMMARY_HEADERS, "rows": doc.summary_rows},
         "history": [{"title": h.title, "runs": [{"run_id": r.run_id, "start": r.start, "verdict": r.verdict}
                                                 for r in h.runs]} for h in doc.histories],

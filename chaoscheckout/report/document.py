@@ -234,6 +234,11 @@ def _timing_rows(run: Run) -> list[list[str]]:
                              f"({window[1] - window[0]:.1f} s){note}" if window else "none"]]
     if run.aborted_at is not None:
         after = f", {run.aborted_at - window[0]:.1f} s after injection" if window else ""
+        reverts = [f.reverted_at for f in run.faults if f.reverted_at is not None]
+        if reverts and len(reverts) == len(run.faults):
+            lag = max(reverts) - run.aborted_at
+            side = "after" if lag >= 0 else "before"
+            after += f"; fault(s) reverted {abs(lag):.1f} s {side} the interruption"
         rows.append(["Safeguard fired", f"yes: run {run.status} at {_rel(run, run.aborted_at)}{after}"])
         breach = breach_text(run)
         if breach:
