@@ -40,25 +40,34 @@ def stack(ctx: click.Context, project_dir: Path | None) -> None:
 
 
 @stack.command()
+@click.option("--runtime", type=click.Choice(["local", "docker"]), default="local", show_default=True,
+              help="local: supervisord processes; docker: containers from stack/docker-compose.yml.")
 @click.pass_obj
-def up(project_dir: Path) -> None:
+def up(project_dir: Path, runtime: str) -> None:
     """Bring the stack up (idempotent: already up -> exit 0). Needs root (tmpfs mount)."""
-    sys.exit(_manage(project_dir, "up"))
+    sys.exit(_manage(project_dir, "up", *_runtime_args(runtime)))
 
 
 @stack.command()
+@click.option("--runtime", type=click.Choice(["local", "docker"]), default="local", show_default=True,
+              help="local: supervisord processes; docker: containers from stack/docker-compose.yml.")
 @click.pass_obj
-def down(project_dir: Path) -> None:
+def down(project_dir: Path, runtime: str) -> None:
     """Stop every process, unmount the data disk, remove the registry and leases."""
-    sys.exit(_manage(project_dir, "down"))
+    sys.exit(_manage(project_dir, "down", *_runtime_args(runtime)))
 
 
 @stack.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--runtime", type=click.Choice(["local", "docker"]), default="local", show_default=True)
 @click.pass_obj
-def status(project_dir: Path, as_json: bool) -> None:
+def status(project_dir: Path, as_json: bool, runtime: str) -> None:
     """Exit 0 only when every service is healthy."""
-    sys.exit(_manage(project_dir, "status", *(["--json"] if as_json else [])))
+    sys.exit(_manage(project_dir, "status", *(["--json"] if as_json else []), *_runtime_args(runtime)))
+
+
+def _runtime_args(runtime: str) -> list[str]:
+    return ["--runtime", runtime] if runtime != "local" else []
 
 
 # ---------------------------------------------------------------------------
@@ -79,6 +88,8 @@ def _project_dir(option: Path | None) -> Path:
 
 def _manage(project_dir: Path, command: str, *extra: str) -> int:
     timeout = COMMAND_TIMEOUT_S[command]
+    if "docker" in extra:  # the first docker up builds the base image and the stack's images
+        timeout *= 3
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "stack.manage", command, *extra], cwd=project_dir, timeout=timeout

@@ -89,9 +89,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stack.manage", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["up", "down", "status"])
     parser.add_argument("--json", action="store_true", help="status: machine-readable output")
+    parser.add_argument("--runtime", choices=["local", "docker"], default="local",
+                        help="local: supervisord processes (default); docker: containers "
+                        "(stack/docker_stack.py)")
     args = parser.parse_args(argv)
     try:
         settings = settings_from_env()
+        if args.runtime == "docker":
+            from stack import docker_stack
+
+            return docker_stack.main(args.command, settings.state_dir, args.json)
         if args.command == "up":
             return up(settings)
         if args.command == "down":

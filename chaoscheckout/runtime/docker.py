@@ -1,0 +1,185 @@
+"""The docker runtime: services are containers, driven through the Docker SDK.
+
+Select it with ``CHAOSCHECKOUT_RUNTIME=docker`` (or the registry's ``runtime: docker``,
+which ``stack up --runtime docker`` writes). The registry entry's ``process`` is the
+container name, ``data_dir`` a path inside the container that must be a volume mount,
+``netns`` a name under /run/netns bound to the container's network namespace.
+
+Only containers labelled ``org.chaoscheckout.target=true`` are ever killed, slowed or
+filled: the label is checked on the live container, on top of the registry's
+``chaos_target``, so a registry that lists some other container is refused.
+Every Docker API call has a timeout (``chaoscheckout_io_timeout_s``).
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from chaoscheckout.config import Settings
+from chaoscheckout.errors import BackendUnavailable, ChaosCheckoutError, InvalidFaultArgument, TargetRefused
+from chaoscheckout.runtime.base import KillResult, Runtime, StartResult
+from chaoscheckout.runtime.registry import Registry, ServiceEntry
+
+try:
+    import docker
+    import docker.errors
+except ImportError as exc:  # pragma: no cover - the extra is missing
+    raise ImportError(f"the docker runtime needs the `docker` package (pip install docker): {exc}") from None
+
+__all__ = ["DockerRuntime", "TARGET_LABEL"]
+
+logger = logging.getLogger("chaostoolkit")
+
+TARGET_LABEL = "org.chaoscheckout.target"
+DOWN_STATES = ("exited", "dead", "created")
+
+
+class DockerRuntime(Runtime):
+    name = "docker"
+
+    def __init__(self, registry: Registry, settings: Settings) -> None:
+        super().__init__(registry, settings)
+        try:
+            self.client = docker.from_env(timeout=max(10, int(settings.io_timeout_s)))
+        except docker.errors.DockerException as exc:
+            raise BackendUnavailable(f"docker runtime: no Docker engine reachable: {exc}") from None
+
+    # -- resolution ------------------------------------------------------------------
+    def container(self, service: str) -> Any:
+        """The live container of a registry service (ChaosCheckoutError when it is gone)."""
+        entry = self.entry(service)
+        try:
+            return self.client.containers.get(entry.process)
+        except docker.errors.NotFound:
+            raise ChaosCheckoutError(
+                f"container {entry.process!r} of service {service!r} does not exist (is the docker stack up?)"
+            ) from None
+        except docker.errors.DockerException as exc:
+            raise BackendUnavailable(f"docker runtime: {exc}") from None
+
+    def target(self, service: str) -> ServiceEntry:
+        """An allowed chaos target: in the registry AND its container carries the target label."""
+        entry = super().target(service)
+        container = self.container(service)
+        if (container.labels or {}).get(TARGET_LABEL) != "true":
+            raise TargetRefused(
+                f"container {container.name!r} of service {service!r} is not labelled "
+                f"{TARGET_LABEL}=true: the docker runtime refuses to touch it"
+            )
+        return entry
+
+    def data_dir(self, service: str) -> Path:
+        """The host path of the volume mounted at the entry's ``data_dir`` in the container.
+
+        Refused unless that path is exactly a volume mount point (a bind mount or a
+        directory of the container's own filesystem is never filled).
+        """
+        entry = self.entry(service)
+        if not entry.data_dir:
+            raise InvalidFaultArgument(f"service {service!r} has no data_dir in the service registry")
+        container = self.container(service)
+        inside = str(Path("/", entry.data_dir))
+        for mount in container.attrs.get("Mounts", []):
+            if mount.get("Destination") == inside:
+                if mount.get("Type") != "volume" or not mount.get("Source"):
+                    raise InvalidFaultArgument(
+                        f"{inside} in {container.name!r} is a {mount.get('Type')} mount: only a volume "
+                        "of the stack is filled"
+                    )
+                path = Path(mount["Source"])
+                if not path.is_dir():
+                    raise ChaosCheckoutError(
+                        f"volume of {container.name!r} at {path} is not visible here: the docker runtime "
+                        "fills data volumes from the Docker host"
+                    )
+                return path
+        raise InvalidFaultArgument(f"container {container.name!r} has no volume mounted at {inside}")
+
+    # -- the interface -----------------------------------------------------------------
+    def pid(self, service: str) -> int | None:
+        state = self._state(self.container(service))
+        return int(state["Pid"]) if state.get("Running") and state.get("Pid") else None
+
+    def kill(self, service: str, timeout_s: float = 10.0) -> KillResult:
+        self.target(service)
+        container = self.container(service)
+        policy = (container.attrs.get("HostConfig", {}).get("RestartPolicy") or {}).get("Name") or "no"
+        if policy != "no":
+            raise InvalidFaultArgument(
+                f"container {container.name!r} has restart policy {policy!r}: a killed container would "
+                "come back by itself; give it restart policy \"no\""
+            )
+        state = self._state(container)
+        if not state.get("Running"):
+            raise ChaosCheckoutError(f"service {service!r} is not running: nothing to kill")
+        pid = int(state["Pid"])
+        started = time.monotonic()
+        deadline = started + timeout_s
+        try:
+            container.kill(signal="SIGKILL")
+        except docker.errors.APIError as exc:
+            raise ChaosCheckoutError(f"docker kill {container.name}: {exc.explanation or exc}") from None
+        while time.monotonic() < deadline:
+            if not self._state(container).get("Running") and not self.is_healthy(service, timeout_s=0.2):
+                return KillResult(service, pid, time.monotonic() - started)
+            time.sleep(0.05)
+        raise ChaosCheckoutError(f"container {container.name!r} still up {timeout_s:g} s after SIGKILL")
+
+    def start(self, service: str, timeout_s: float = 30.0) -> StartResult:
+        entry = self.entry(service)
+        container = self.container(service)
+        started = False
+        if not self._state(container).get("Running"):
+            try:
+                container.start()
+            except docker.errors.APIError as exc:
+                raise ChaosCheckoutError(f"docker start {container.name}: {exc.explanation or exc}") from None
+            started = True
+        waited = self.wait_healthy(service, timeout_s)
+        if started and entry.netns:
+            self._attach_netns(container, entry.netns)
+        return StartResult(service, started, waited, self.pid(service))
+
+    def describe(self, service: str) -> dict[str, Any]:
+        entry = self.entry(service)
+        container = self.container(service)
+        state = self._state(container)
+        return {
+            "service": service,
+            "runtime": self.name,
+            "container": container.name,
+            "state": state.get("Status"),
+            "pid": state.get("Pid") or None,
+            "address": entry.address,
+            "chaos_target": entry.chaos_target and (container.labels or {}).get(TARGET_LABEL) == "true",
+        }
+
+
+###############################################################################
+# Internals
+###############################################################################
+    def _state(self, container: Any) -> dict[str, Any]:
+        try:
+            container.reload()
+        except docker.errors.NotFound:
+            raise ChaosCheckoutError(f"container {container.name!r} was removed") from None
+        return container.attrs.get("State", {})
+
+    def _attach_netns(self, container: Any, netns: str) -> None:
+        """Re-point /run/netns/<netns> at the restarted container (netem follows the container)."""
+        pid = self._state(container).get("Pid")
+        if not pid:
+            return
+        timeout = self.settings.io_timeout_s
+        if Path("/run/netns", netns).exists():
+            subprocess.run(["ip", "netns", "delete", netns], check=False, timeout=timeout,
+                           capture_output=True)
+        done = subprocess.run(["ip", "netns", "attach", netns, str(pid)], check=False, timeout=timeout,
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            logger.warning("could not name the netns of %s %r: %s", container.name, netns,
+                           done.stderr.strip())

@@ -1,0 +1,1 @@
+"""Docker images and helpers for running the checkout stack as containers."""
