@@ -541,6 +541,30 @@ def test_latency_fault_evidence_is_shown_in_the_fault_section_and_the_summary(tm
     assert measured + unmeasured == sum(len(r.faults) for r in result.runs) > 0
 
 
+def test_a_held_latency_run_whose_fault_barely_bit_says_so(tmp_path: Path) -> None:
+    measured = _pick(lambda raw: raw["status"] == "completed" and not raw["deviated"] and any(
+        _latest_effect(raw, o["fault_id"]) for o in _fault_outputs(raw) if o["kind"] == "latency"))
+    if not measured:
+        pytest.skip("no held latency run with effect counts in journals/")
+    path, raw = measured[0]
+    for entry in _entries(raw):  # the same run, had the fault slowed only 2 requests
+        output = entry.get("output")
+        for effect in (output, (output or {}).get("effect")) if isinstance(output, dict) else ():
+            if isinstance(effect, dict) and "exchanges_delayed" in effect:
+                effect["exchanges_delayed"] = 2
+    result = write_report([_copy(tmp_path, [(path, raw)])], tmp_path / "log", ("md",))
+    run = result.runs[0]
+    effect = _latest_effect(raw, run.faults[0].fault_id)
+    seen = effect["exchanges_seen"]
+    assert run.verdict == "held"
+    assert (f"but the fault slowed only 2 of {seen} requests ({2 / seen * 100:.1f} %), requested "
+            f"{run.faults[0].parameters['fraction'] * 100:g} %") in run.reason
+    (tmp_path / "real").mkdir()
+    untouched = write_report([_copy(tmp_path / "real", [(path, json.loads(path.read_text()))])],
+                             tmp_path / "log2", ("md",))
+    assert "slowed only" not in untouched.runs[0].reason  # the real run bit as asked
+
+
 FINDINGS_TEXT = """# Readiness review
 
 **Held** after the fix: {held}.
