@@ -28,6 +28,7 @@ from chaoscheckout.faults.revert import revert_lease
 from chaoscheckout.network import netem
 from chaoscheckout.network.proxy.toxic import MAX_DELAY_MS
 from chaoscheckout.network.proxy_client import ProxyControl, ProxyUnreachable
+from chaoscheckout.runtime import get_runtime
 from chaoscheckout.runtime.registry import Registry, ServiceEntry, load_registry
 
 __all__ = ["add_latency", "remove_latency"]
@@ -90,6 +91,8 @@ def add_latency(
     duration = check_duration(duration_s, settings.max_fault_duration_s)
     registry = load_registry(settings.registry_file)
     entry = registry.target(service)
+    if (settings.runtime or registry.runtime) != "local":  # e.g. docker checks the container's label
+        get_runtime(configuration).target(service)
     store = LeaseStore(settings.leases_dir)
     for stale in store.for_service(service, "latency"):
         if stale.remaining_s() <= 0:  # expired but not yet reaped: its time is over anyway

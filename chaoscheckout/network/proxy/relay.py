@@ -125,6 +125,8 @@ class _Connection(asyncio.Protocol):
             upstream.close()
             return
         self.upstream = upstream
+        if self.pending and self.timer is None:  # bytes that arrived while connecting
+            self.timer = self.loop.call_at(self.pending[0][0], self._flush)
         self._resume_client("connecting")
 
     def data_received(self, data: bytes) -> None:
@@ -133,14 +135,19 @@ class _Connection(asyncio.Protocol):
         toxic = route.live_toxic()
         starts = self.answered  # first chunk after the upstream answered: a new exchange?
         self.answered = False
+        if self.upstream is None and not self.client.is_closing():
+            # Python 3.11 re-enables reading right after connection_made, so bytes can
+            # arrive while the upstream is still connecting (slow DNS, e.g. in a
+            # container): queue them and stop reading until connected.
+            self.client.pause_reading()
         if toxic is None:
-            if not self.pending:
+            if not self.pending and self.upstream is not None:
                 self.upstream.write(data)
                 return
             delay = 0.0
         else:
             delay = self._toxic_delay(toxic, starts and not self.pending)
-            if delay <= 0 and not self.pending:
+            if delay <= 0 and not self.pending and self.upstream is not None:
                 self.upstream.write(data)
                 return
             toxic.counters.chunks_delayed += 1  # own delay, or held behind a delayed chunk
@@ -177,6 +184,8 @@ class _Connection(asyncio.Protocol):
 
     def _flush(self) -> None:
         self.timer = None
+        if self.upstream is None:  # still connecting: _connect flushes once connected
+            return
         now = self.loop.time()
         while self.pending and self.pending[0][0] <= now:
             _, data = self.pending.popleft()
