@@ -50,6 +50,8 @@ FAULT_KEYS = ("fault_id", "kind")
 TIME_KEYS_REVERTED = ("reverted_at", "at", "time", "ts")
 REVERTED_ID_LISTS = ("reverted", "reverted_leases", "reverted_faults")  # ids a revert output undid
 MEASUREMENT_KEYS = ("effect",)  # nested dicts in a revert output that measure, not revert
+# shown first when an action output is summarised (what was undone, before the details)
+OUTPUT_FIRST_KEYS = ("message", "reverted", "reverted_leases", "removed", "started", "service", "fault_id")
 PROBE_TYPE = "probe"
 EFFECT_KEY = "effect"
 EFFECT_PROBE_FUNCS = ("latency_fault_effect",)

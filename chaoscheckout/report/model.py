@@ -273,7 +273,7 @@ def _steady(block: Any) -> SteadyState | None:
 def _activity(entry: dict[str, Any]) -> Activity:
     activity = entry.get("activity") or {}
     if entry.get("status") == "succeeded":
-        output = compact(entry.get("output"))
+        output = compact(_ordered(entry.get("output")), 140)
     else:
         exc = entry.get("exception") or []
         output = compact(exc[-1].strip() if isinstance(exc, list) and exc else exc)
@@ -284,6 +284,20 @@ def _activity(entry: dict[str, Any]) -> Activity:
         end=parse_time(entry.get("end")),
         output=output,
     )
+
+
+def _ordered(output: Any) -> Any:
+    """An action output with what it undid first; nested measurements elided (shown elsewhere)."""
+    if not isinstance(output, dict):
+        return output
+    first = [k for k in keys.OUTPUT_FIRST_KEYS if k in output]
+    rest = sorted(k for k in output if k not in first)
+    parts = []
+    for key in first + rest:
+        elided = key in keys.MEASUREMENT_KEYS and isinstance(output[key], dict)
+        value = "{…}" if elided else json.dumps(output[key], default=str)
+        parts.append(f"{json.dumps(str(key))}: {value}")
+    return "{" + ", ".join(parts) + "}"
 
 
 def _faults(activities: list[dict[str, Any]]) -> list[Fault]:
