@@ -1,0 +1,304 @@
+"""The docker runtime against a real Docker engine (issue 6).
+
+Installs the engine (Debian ``docker.io``) and starts ``dockerd`` when needed (skipped,
+with the reason, only if it truly cannot start), builds the images (cached by a hash of
+their inputs), brings the compose stack up through the Docker SDK on port base
+``CHAOSCHECKOUT_DOCKER_TEST_PORT_BASE`` (default 31100), then: kill/start through the
+SDK, refusal of an unlabelled container, a SIGKILLed run's faults reverted by the host
+reaper at expiry, and the three experiments through ``run_experiments`` with the docker
+runtime (the fixed checkout must hold, no fault left). Tears down containers, network
+and volume. About 8 minutes, most of it the three real experiment windows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+docker = pytest.importorskip("docker")
+
+from chaoscheckout.disk.actions import fill_disk  # noqa: E402
+from chaoscheckout.disk.ballast import BALLAST_NAME  # noqa: E402
+from chaoscheckout.errors import TargetRefused  # noqa: E402
+from chaoscheckout.faults.leases import LeaseStore  # noqa: E402
+from chaoscheckout.network.actions import add_latency  # noqa: E402
+from chaoscheckout.runner import run_experiments  # noqa: E402
+from chaoscheckout.runtime import get_runtime  # noqa: E402
+from chaoscheckout.runtime.registry import ProxyRoute, ServiceEntry, load_registry, save_registry  # noqa: E402
+from chaoscheckout.service.actions import kill_service, start_service  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+PORT_BASE = int(os.environ.get("CHAOSCHECKOUT_DOCKER_TEST_PORT_BASE", "31100"))
+STATE_DIR = Path(os.environ.get("CHAOSCHECKOUT_TEST_STATE_DIR", "/var/tmp/chaoscheckout-test")) / "docker"
+DOCKERD_LOG = Path("/var/tmp/chaoscheckout-dockerd.log")
+INTRUDER = f"cc{PORT_BASE}-intruder-test"
+
+
+def _apt_install(package: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], capture_output=True, timeout=300, env=env, check=False)
+    return subprocess.run(["apt-get", "install", "-y", "-qq", package], capture_output=True, text=True,
+                          timeout=600, env=env, check=False)
+
+
+def _ping(timeout: int = 5) -> bool:
+    try:
+        client = docker.from_env(timeout=timeout)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except docker.errors.DockerException:
+        return False
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[None]:
+    """A running Docker engine: installed and started here if needed (stopped again then)."""
+    started = None
+    if not _ping():
+        if shutil.which("dockerd") is None:
+            install = _apt_install("docker.io")
+            if install.returncode != 0 or shutil.which("dockerd") is None:
+                pytest.skip(f"docker engine cannot be installed: {install.stderr.strip()[-300:]}")
+        with open(DOCKERD_LOG, "ab") as log:
+            started = subprocess.Popen(["dockerd"], stdout=log, stderr=subprocess.STDOUT,
+                                       stdin=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 60
+        while not _ping() and time.monotonic() < deadline:
+            if started.poll() is not None:
+                pytest.skip(f"dockerd exited with {started.returncode}; see {DOCKERD_LOG}")
+            time.sleep(0.5)
+        if not _ping():
+            started.terminate()
+            pytest.skip(f"dockerd did not answer within 60 s; see {DOCKERD_LOG}")
+    yield
+    if started is not None:
+        started.terminate()
+        try:
+            started.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            started.kill()
+
+
+@pytest.fixture(scope="module")
+def dstack(engine) -> Iterator[dict[str, str]]:
+    """The compose stack, up through the SDK; yields the env pointing at its state dir."""
+    from stack.docker_stack import STACK_LABEL, DockerStack
+
+    os.environ.setdefault("PYTHONPATH", str(ROOT))
+    if shutil.which("debootstrap") is None:  # builds the local base image (no registry here)
+        assert _apt_install("debootstrap").returncode == 0, "apt-get install debootstrap failed"
+    stack = DockerStack(STATE_DIR, PORT_BASE, say=lambda line: print(line, flush=True))
+    stack.down(quiet=True)  # left over by an interrupted session
+    first = stack.build_images()
+    again = stack.build_images()
+    print(f"\nimages: first pass {first}, second pass {again}")
+    assert set(again.values()) == {"cached"}, "unchanged inputs must not rebuild"
+    stack.up()
+    env = {"CHAOSCHECKOUT_STATE_DIR": str(STATE_DIR), "CHAOSCHECKOUT_RUNTIME": "docker",
+           "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+    try:
+        yield env
+    finally:
+        _remove_intruder()
+        stack.down()
+        client = docker.from_env(timeout=30)
+        label = {"label": f"{STACK_LABEL}={stack.prefix}"}
+        assert client.containers.list(all=True, filters=label) == []
+        assert client.networks.list(filters=label) == []
+        assert client.volumes.list(filters=label) == []
+        assert not (STATE_DIR / "services.json").exists()
+        client.close()
+
+
+def _config(state_dir: Path = STATE_DIR) -> dict[str, str]:
+    return {"chaoscheckout_state_dir": str(state_dir), "chaoscheckout_runtime": "docker"}
+
+
+def _container(name: str):
+    client = docker.from_env(timeout=30)
+    try:
+        container = client.containers.get(name)
+        container.reload()
+        return container
+    finally:
+        client.close()
+
+
+def _no_fault_left() -> None:
+    assert LeaseStore(STATE_DIR / "leases").live() == []
+    registry = load_registry(STATE_DIR / "services.json")
+    for name, entry in registry.services.items():
+        assert _container(entry.process).status == "running", name
+    ballast = get_runtime(_config()).data_dir("postgres") / BALLAST_NAME
+    assert not ballast.exists()
+    assert _live_toxics(registry.proxy_control_url) == {}
+
+
+def _live_toxics(control_url: str) -> dict[str, object]:
+    answer = httpx.get(f"{control_url}/routes", timeout=5)
+    answer.raise_for_status()
+    return {r["name"]: r["latency"] for r in answer.json()["routes"] if r.get("latency")}
+
+
+def test_stack_serves_checkouts_through_the_proxy(dstack):
+    registry = load_registry(STATE_DIR / "services.json")
+    assert registry.runtime == "docker"
+    answer = httpx.post(f"{registry.extra['checkout_url']}/checkout", timeout=10,
+                        json={"items": [{"sku": "sku-001", "qty": 1}]})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["status"] == "paid"
+    # every published port is on 127.0.0.1 only
+    client = docker.from_env(timeout=30)
+    for entry in registry.services.values():
+        ports = client.containers.get(entry.process).attrs["HostConfig"]["PortBindings"]
+        for bindings in ports.values():
+            assert {b["HostIp"] for b in bindings} == {"127.0.0.1"}, entry.process
+    client.close()
+
+
+def test_kill_keeps_container_down_until_start(dstack):
+    config = _config()
+    fault = kill_service("catalog", duration_s=60, configuration=config)
+    assert fault["backend"] == "docker"
+    container = _container(f"cc{PORT_BASE}-catalog")
+    time.sleep(2)  # restart policy "no": it must stay down
+    container.reload()
+    assert container.status == "exited"
+    assert get_runtime(config).pid("catalog") is None
+    started = start_service("catalog", timeout_s=30, configuration=config)
+    assert started["started"] is True and started["reverted_leases"] == [fault["fault_id"]]
+    print(f"\ncatalog container down after {fault['parameters']['down_after_s']} s, "
+          f"healthy {started['healthy_after_s']} s after start")
+    _no_fault_left()
+
+
+def _remove_intruder() -> None:
+    client = docker.from_env(timeout=30)
+    try:
+        for remove in (lambda: client.containers.get(INTRUDER).remove(force=True),
+                       lambda: client.volumes.get(f"{INTRUDER}-data").remove(force=True)):
+            try:
+                remove()
+            except docker.errors.NotFound:
+                pass
+    finally:
+        client.close()
+
+
+def test_unlabelled_container_is_refused(dstack, tmp_path):
+    """A registry that lists a container without the target label gets nothing done."""
+    client = docker.from_env(timeout=30)
+    _remove_intruder()
+    intruder = client.containers.run(
+        "chaoscheckout/app:dev", ["python", "-m", "http.server", "8080"], name=INTRUDER, detach=True,
+        labels={"purpose": "chaoscheckout refusal test"}, restart_policy={"Name": "no"},
+        tmpfs={"/scratch": "size=1m"}, volumes={f"{INTRUDER}-data": {"bind": "/data", "mode": "rw"}},
+        network_mode="none",
+    )
+    client.close()
+    registry = load_registry(STATE_DIR / "services.json")
+    lying = dict(registry.services)
+    lying["intruder"] = ServiceEntry(
+        name="intruder", host="127.0.0.1", port=1, process=INTRUDER, chaos_target=True,
+        data_dir="/data", proxy=ProxyRoute("catalog", registry.services["catalog"].proxy.listen_port),
+    )
+    state = tmp_path / "state"
+    save_registry(dataclasses.replace(registry, services=lying), state / "services.json")
+    config = _config(state)
+    with pytest.raises(TargetRefused, match="not labelled org.chaoscheckout.target=true"):
+        kill_service("intruder", duration_s=30, configuration=config)
+    with pytest.raises(TargetRefused, match="not labelled"):
+        add_latency("intruder", 200, duration_s=30, backend="proxy", configuration=config)
+    with pytest.raises(TargetRefused, match="not labelled"):
+        fill_disk("intruder", duration_s=30, configuration=config)
+    intruder.reload()
+    assert intruder.status == "running"
+    assert LeaseStore(state / "leases").live() == []
+    data = get_runtime(config).data_dir("intruder")
+    assert not (data / BALLAST_NAME).exists()
+    # nothing reached the proxy either: catalog's route has no toxic
+    assert _live_toxics(registry.proxy_control_url) == {}
+    _remove_intruder()
+
+
+CHILD = textwrap.dedent("""
+    import sys, time
+    from chaoscheckout.disk.actions import fill_disk
+    from chaoscheckout.service.actions import kill_service
+    config = {"chaoscheckout_state_dir": sys.argv[1]}
+    kill_service("catalog", duration_s=3, configuration=config)
+    fill_disk("postgres", leave_bytes=0, duration_s=3, configuration=config)
+    print("injected", flush=True)
+    time.sleep(600)
+""")
+
+
+def test_sigkilled_run_is_reverted_at_expiry(dstack):
+    """Faults of a process that is SIGKILLed are reverted by the host reaper at lease expiry."""
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(STATE_DIR)], stdout=subprocess.PIPE,
+                             text=True, cwd=ROOT, env={**os.environ, **dstack})
+    try:
+        line = child.stdout.readline()
+        assert line.strip() == "injected", line
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=10)
+    runtime = get_runtime(_config())
+    ballast = runtime.data_dir("postgres") / BALLAST_NAME
+    assert ballast.exists() and runtime.pid("catalog") is None  # the faults outlived their run
+    killed_at = time.monotonic()
+    deadline = killed_at + 30
+    while time.monotonic() < deadline:
+        if not LeaseStore(STATE_DIR / "leases").live() and runtime.is_healthy("catalog"):
+            break
+        time.sleep(0.2)
+    print(f"\nreaper reverted kill + disk {time.monotonic() - killed_at:.1f} s after the SIGKILL "
+          "(leases of 3 s)")
+    assert runtime.is_healthy("catalog")
+    assert not ballast.exists()
+    _no_fault_left()
+
+
+@pytest.mark.parametrize("name", ["kill-catalog", "payments-latency", "fill-pg-disk"])
+def test_experiment_holds_on_docker(dstack, tmp_path, name):
+    (outcome,) = run_experiments([ROOT / "experiments" / f"{name}.json"], tmp_path, report=False,
+                                 env=dstack, cwd=ROOT)
+    print(f"\n{outcome.line()}")
+    assert outcome.verdict == "held", outcome.reason
+    deadline = time.monotonic() + 60  # the rollback restarted what it had to; wait for health
+    while time.monotonic() < deadline and LeaseStore(STATE_DIR / "leases").live():
+        time.sleep(1)
+    _no_fault_left()
+
+
+def test_compose_file_is_the_contract(tmp_path):
+    """No engine needed: ports shift with the base, 127.0.0.1 only, targets labelled, schema in sync."""
+    from stack.docker_stack import DockerStackError, load_compose
+    from stack.postgres import SCHEMA_SQL
+
+    compose = load_compose(port_base=40000)
+    ports = {s.service: s.main_port for s in compose.specs}
+    assert ports["checkout"] == 40000 and ports["postgres"] == 40020 and ports["faultproxy"] == 40050
+    targets = {s.service for s in compose.specs if s.labels.get("org.chaoscheckout.target") == "true"}
+    assert targets == {"checkout", "catalog", "payments", "provider", "postgres"}
+    order = [s.service for s in compose.specs]
+    assert order.index("checkout") > max(order.index("postgres"), order.index("faultproxy"))
+    schema = (ROOT / "stack" / "docker" / "schema.sql").read_text()
+    assert " ".join(schema.replace(";", "").split()) == " ".join(SCHEMA_SQL.split())
+    exposed = tmp_path / "compose.yml"
+    exposed.write_text('services:\n  x:\n    image: y\n    ports: ["0.0.0.0:31100:8000"]\n')
+    with pytest.raises(DockerStackError, match="only 127.0.0.1"):
+        load_compose(exposed)
