@@ -70,12 +70,20 @@ def _fault_output(journal: dict) -> dict:
     return fault["output"]
 
 
+@pytest.fixture(scope="class")
+def weak() -> Iterator[dict[str, str]]:
+    """A stack running the first-version checkout (every resilience setting off)."""
+    yield from _stack({"CHECKOUT_RESILIENCE": "0"})
+
+
+@pytest.fixture(scope="class")
+def fixed() -> Iterator[dict[str, str]]:
+    """A stack running the checkout with its default (fixed) settings."""
+    yield from _stack({})
+
+
 class TestWeakenedCheckoutIsCaught:
     """Detection power: the first-version checkout fails each experiment."""
-
-    @pytest.fixture(scope="class")
-    def weak(self) -> Iterator[dict[str, str]]:
-        yield from _stack({"CHECKOUT_RESILIENCE": "0"})
 
     def test_kill_catalog_catches_no_price_fallback(self, weak, tmp_path):
         outcome, journal = _run(weak, "kill-catalog", tmp_path)
@@ -104,10 +112,6 @@ class TestWeakenedCheckoutIsCaught:
 
 class TestFixedCheckoutHolds:
     """The fixed checkout (default settings) holds each experiment; tight thresholds abort."""
-
-    @pytest.fixture(scope="class")
-    def fixed(self) -> Iterator[dict[str, str]]:
-        yield from _stack({})
 
     @pytest.mark.parametrize("name", ["kill-catalog", "payments-latency", "fill-pg-disk"])
     def test_holds(self, fixed, tmp_path, name):
