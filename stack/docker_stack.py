@@ -44,6 +44,7 @@ TARGET_LABEL = "org.chaoscheckout.target"
 STACK_LABEL = "org.chaoscheckout.stack"
 SERVICE_LABEL = "org.chaoscheckout.service"
 HASH_LABEL = "org.chaoscheckout.inputs-hash"
+PASSTHROUGH_SERVICES = ("checkout", "catalog", "payments", "provider")
 API_TIMEOUT_S = float(os.environ.get("CHAOSCHECKOUT_DOCKER_TIMEOUT_S", "30"))
 BUILD_TIMEOUT_S = 900
 UP_TIMEOUT_S = float(os.environ.get("CHAOSCHECKOUT_UP_TIMEOUT_S", "120"))
@@ -274,6 +275,29 @@ class DockerStack:
                      "its network and volume")
         return 0
 
+    def recreate(self, service: str, env: dict[str, str] | None = None) -> None:
+        """Replace one container (same spec) with ``env`` added to its environment, wait healthy.
+
+        E.g. ``recreate("checkout", {"CHECKOUT_RESILIENCE": "0"})`` runs the first-version
+        checkout; the compose file's own ports and URLs still win.
+        """
+        spec = next((s for s in self.compose.specs if s.service == service), None)
+        if spec is None:
+            raise DockerStackError(f"no service {service!r} in {COMPOSE_FILE}")
+        try:
+            self.client.containers.get(self.container_name(service)).remove(force=True)
+        except docker.errors.NotFound:
+            pass
+        self._run(spec, env or {})
+        entry = self.registry().services[service]
+        deadline = time.monotonic() + UP_TIMEOUT_S
+        while not probe_health(entry, 1.0):
+            if time.monotonic() > deadline:
+                raise DockerStackError(f"{service} not healthy {UP_TIMEOUT_S:.0f}s after recreate")
+            time.sleep(0.3)
+        if entry.netns:
+            attach_netns(self.client, entry.process, entry.netns)
+
     def status(self) -> list[dict[str, Any]]:
         by_name = {c.name: c for c in self._containers()}
         out = []
@@ -355,8 +379,14 @@ class DockerStack:
                                        driver_opts=conf.get("driver_opts") or {},
                                        labels={STACK_LABEL: self.prefix})
 
-    def _run(self, spec: Spec) -> None:
+    def _run(self, spec: Spec, extra_env: dict[str, str] | None = None) -> None:
         api = self.client.api
+        # like the local stack: CHECKOUT_*/CATALOG_*/... settings of the caller reach that
+        # service; the compose file's ports and URLs always win
+        prefix = f"{spec.service.upper()}_"
+        passthrough = {k: v for k, v in os.environ.items() if k.startswith(prefix)} \
+            if spec.service in PASSTHROUGH_SERVICES else {}
+        environment = {**passthrough, **(extra_env or {}), **spec.environment}
         labels = {**spec.labels, STACK_LABEL: self.prefix, SERVICE_LABEL: spec.service}
         host_config = api.create_host_config(
             port_bindings={cport: ("127.0.0.1", hport) for cport, hport in spec.ports.items()},
@@ -369,7 +399,7 @@ class DockerStack:
         )
         created = api.create_container(
             spec.image, command=spec.command, name=self.container_name(spec.service),
-            hostname=spec.service, environment=spec.environment, labels=labels,
+            hostname=spec.service, environment=environment, labels=labels,
             ports=list(spec.ports), host_config=host_config, networking_config=networking,
             healthcheck=_healthcheck(spec.healthcheck), detach=True,
         )

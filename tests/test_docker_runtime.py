@@ -272,6 +272,25 @@ def test_sigkilled_run_is_reverted_at_expiry(dstack):
     _no_fault_left()
 
 
+def test_weakened_checkout_is_caught_on_docker(dstack, tmp_path):
+    """Detection power on docker: the first-version checkout breaks payments-latency."""
+    from stack.docker_stack import DockerStack
+
+    stack = DockerStack(STATE_DIR, PORT_BASE, say=lambda line: None)
+    stack.recreate("checkout", {"CHECKOUT_RESILIENCE": "0"})
+    try:
+        env = _container(f"cc{PORT_BASE}-checkout").attrs["Config"]["Env"]
+        assert "CHECKOUT_RESILIENCE=0" in env
+        (outcome,) = run_experiments([ROOT / "experiments" / "payments-latency.json"], tmp_path,
+                                     report=False, env=dstack, cwd=ROOT)
+        print(f"\nweakened checkout: {outcome.line()}")
+        assert outcome.verdict == "broke", outcome.reason
+        assert "checkout-p95-latency-ms-30s" in outcome.reason
+    finally:
+        stack.recreate("checkout")
+    _no_fault_left()
+
+
 @pytest.mark.parametrize("name", ["kill-catalog", "payments-latency", "fill-pg-disk"])
 def test_experiment_holds_on_docker(dstack, tmp_path, name):
     (outcome,) = run_experiments([ROOT / "experiments" / f"{name}.json"], tmp_path, report=False,
