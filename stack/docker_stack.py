@@ -189,6 +189,37 @@ class DockerStack:
                  f"registry {self.registry_file}")
         return 0
 
+    def attach(self) -> int:
+        """Adopt a stack started by ``docker compose up``: registry, netns names, reaper."""
+        live = self._live_names()
+        missing = [s.service for s in self.compose.specs if s.service not in live]
+        if missing:
+            raise DockerStackError(f"no running container labelled {STACK_LABEL}={self.prefix} for: "
+                                   f"{', '.join(missing)} (is the compose stack up?)")
+        if reaper_pid(self.reaper_pid_file) is not None:
+            raise DockerStackError(f"a reaper already runs for {self.state_dir}: detach first")
+        for sub in ("logs", "leases"):
+            (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
+        self._wait_healthy()
+        self._wait_database()
+        registry = self.registry()
+        for entry in registry.services.values():
+            if entry.netns:
+                attach_netns(self.client, entry.process, entry.netns)
+        save_registry(registry, self.registry_file)
+        self._start_reaper()
+        self.say(f"attached to {', '.join(sorted(live.values()))}: registry {self.registry_file}")
+        return 0
+
+    def detach(self) -> int:
+        """Undo ``attach`` (reaper, registry, netns names); the containers stay."""
+        self._stop_reaper()
+        for spec in self.compose.specs:
+            detach_netns(self.netns_name(spec.service))
+        self.registry_file.unlink(missing_ok=True)
+        self.say(f"detached from {self.prefix}; containers left to `docker compose down -v`")
+        return 0
+
     def build_images(self) -> dict[str, str]:
         """Build every image whose inputs changed; returns image -> 'built'|'cached'."""
         from stack.docker.base_image import ensure_base_image
@@ -221,13 +252,15 @@ class DockerStack:
         proxy = specs.get("faultproxy")
         route_ports = _proxy_route_ports(proxy) if proxy else {}
         entries: dict[str, ServiceEntry] = {}
+        live = self._live_names()
         for spec in self.compose.specs:
             target = spec.labels.get(TARGET_LABEL) == "true"
             health = spec.labels.get("org.chaoscheckout.health-path")
             port = spec.main_port
             route = spec.labels.get("org.chaoscheckout.proxy-route")
             entries[spec.service] = ServiceEntry(
-                name=spec.service, host="127.0.0.1", port=port, process=self.container_name(spec.service),
+                name=spec.service, host="127.0.0.1", port=port,
+                process=live.get(spec.service, self.container_name(spec.service)),
                 chaos_target=target,
                 health_url=f"http://127.0.0.1:{port}{health}" if health else None,
                 data_dir=spec.labels.get("org.chaoscheckout.data-dir"),
@@ -312,6 +345,10 @@ class DockerStack:
     def _containers(self) -> list[Any]:
         return self.client.containers.list(all=True, filters={"label": f"{STACK_LABEL}={self.prefix}"})
 
+    def _live_names(self) -> dict[str, str]:
+        """service -> name of its container (ours: cc<base>-<service>; compose: <project>_<service>_1)."""
+        return {c.labels[SERVICE_LABEL]: c.name for c in self._containers() if SERVICE_LABEL in c.labels}
+
     def _inputs_hash(self, dockerfile: str, base_id: str) -> str:
         digest = hashlib.sha256(base_id.encode())
         for rel in (dockerfile, *IMAGE_INPUTS.get(dockerfile, ())):
@@ -349,23 +386,7 @@ class DockerStack:
             client.close()
 
     def _wheels(self) -> list[Path]:
-        """Pinned wheels for the app image, downloaded once on the host (the build has no network)."""
-        requirements = PROJECT_DIR / "stack" / "docker" / "requirements.txt"
-        key = hashlib.sha256(requirements.read_bytes()).hexdigest()[:16]
-        cache = CACHE_DIR / f"wheels-{key}"
-        if not (cache / ".complete").exists():
-            cache.mkdir(parents=True, exist_ok=True)
-            self.say(f"downloading wheels into {cache}")
-            subprocess.run(
-                [sys.executable, "-m", "pip", "download", "--disable-pip-version-check",
-                 "--only-binary=:all:",
-                 "--python-version", "3.11", "--platform", "manylinux2014_x86_64",
-                 "--platform", "manylinux_2_17_x86_64", "--platform", "manylinux_2_28_x86_64",
-                 "-d", str(cache), "-r", str(requirements)],
-                check=True, timeout=300, capture_output=True,
-            )
-            (cache / ".complete").touch()
-        return sorted(cache.glob("*.whl"))
+        return download_wheels(self.say)
 
     def _create_network(self) -> None:
         if not self.client.networks.list(names=[self.network_name]):
@@ -464,6 +485,26 @@ class DockerStack:
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
         self.reaper_pid_file.unlink(missing_ok=True)
+
+
+def download_wheels(say: Callable[[str], None] = print) -> list[Path]:
+    """Pinned wheels for the app image, downloaded once on the host (the build has no network)."""
+    requirements = PROJECT_DIR / "stack" / "docker" / "requirements.txt"
+    key = hashlib.sha256(requirements.read_bytes()).hexdigest()[:16]
+    cache = CACHE_DIR / f"wheels-{key}"
+    if not (cache / ".complete").exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        say(f"downloading wheels into {cache}")
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--disable-pip-version-check",
+             "--only-binary=:all:",
+             "--python-version", "3.11", "--platform", "manylinux2014_x86_64",
+             "--platform", "manylinux_2_17_x86_64", "--platform", "manylinux_2_28_x86_64",
+             "-d", str(cache), "-r", str(requirements)],
+            check=True, timeout=300, capture_output=True,
+        )
+        (cache / ".complete").touch()
+    return sorted(cache.glob("*.whl"))
 
 
 def reaper_pid(pid_file: Path) -> int | None:
@@ -578,3 +619,25 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
     except OSError:
         return False
+
+
+if __name__ == "__main__":
+    # `python -m stack.docker_stack wheels`: put the pinned wheels into stack/docker/wheels,
+    # for a plain `docker compose build` on a machine whose containers cannot reach PyPI
+    # `attach` / `detach`: registry + reaper for a stack started by `docker compose up`
+    command = sys.argv[1] if len(sys.argv) == 2 else ""
+    if command == "wheels":
+        target = PROJECT_DIR / "stack" / "docker" / "wheels"
+        for wheel in download_wheels():
+            shutil.copy2(wheel, target / wheel.name)
+        print(f"wheels in {target}")
+    elif command in ("attach", "detach"):
+        state = Path(os.environ.get("CHAOSCHECKOUT_STATE_DIR", "/var/lib/chaoscheckout"))
+        try:
+            stack = DockerStack(state, int(os.environ.get("CHAOSCHECKOUT_PORT_BASE", COMPOSE_PORT_BASE)))
+            sys.exit(stack.attach() if command == "attach" else stack.detach())
+        except (DockerStackError, docker.errors.DockerException) as exc:
+            sys.exit(f"docker stack {command}: error: {str(exc).splitlines()[0]}")
+    else:
+        sys.exit("usage: python -m stack.docker_stack wheels|attach|detach   "
+                 "(up/down/status: python -m stack.manage ... --runtime docker)")

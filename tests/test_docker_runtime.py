@@ -153,6 +153,58 @@ def _live_toxics(control_url: str) -> dict[str, object]:
     return {r["name"]: r["latency"] for r in answer.json()["routes"] if r.get("latency")}
 
 
+def test_compose_up_then_attach(engine, tmp_path):
+    """The user path: `docker compose up` (Debian's docker-compose 1.29), attach, a kill/start.
+
+    Runs before the SDK stack (same published ports); cleans up with `down -v`.
+    """
+    from stack.docker.base_image import ensure_base_image
+    from stack.docker_stack import COMPOSE_FILE, DockerStack, download_wheels
+
+    if shutil.which("docker-compose") is None:
+        assert _apt_install("docker-compose").returncode == 0, "apt-get install docker-compose failed"
+    if shutil.which("debootstrap") is None:
+        assert _apt_install("debootstrap").returncode == 0, "apt-get install debootstrap failed"
+    base = ensure_base_image()
+    wheels_dir = COMPOSE_FILE.parent / "docker" / "wheels"
+    copied = []
+    for wheel in download_wheels():
+        shutil.copy2(wheel, wheels_dir / wheel.name)
+        copied.append(wheels_dir / wheel.name)
+    env = {**os.environ, "CHAOSCHECKOUT_BASE_IMAGE": "chaoscheckout/base:bookworm",
+           "CHAOSCHECKOUT_PIP_NO_INDEX": "1"}
+    compose = ["docker-compose", "-p", "cctestcompose", "-f", str(COMPOSE_FILE)]
+    state = tmp_path / "state"
+    try:
+        t0 = time.monotonic()
+        up = subprocess.run([*compose, "up", "-d", "--build"], env=env, capture_output=True, text=True,
+                            timeout=600, check=False)
+        assert up.returncode == 0, up.stdout[-2000:] + up.stderr[-2000:]
+        print(f"\ndocker-compose up --build: {time.monotonic() - t0:.1f} s (base {base[:19]})")
+        stack = DockerStack(state, PORT_BASE, say=lambda line: None)
+        stack.attach()
+        try:
+            config = _config(state)
+            assert get_runtime(config).describe("catalog")["container"] == "cctestcompose_catalog_1"
+            fault = kill_service("catalog", duration_s=30, configuration=config)
+            assert get_runtime(config).pid("catalog") is None
+            started = start_service("catalog", timeout_s=30, configuration=config)
+            assert started["reverted_leases"] == [fault["fault_id"]]
+        finally:
+            stack.detach()
+    finally:
+        down = subprocess.run([*compose, "down", "-v"], env=env, capture_output=True, text=True,
+                              timeout=120, check=False)
+        for wheel in copied:
+            wheel.unlink(missing_ok=True)
+    assert down.returncode == 0, down.stderr
+    client = docker.from_env(timeout=30)
+    project = {"label": "com.docker.compose.project=cctestcompose"}
+    assert client.containers.list(all=True, filters=project) == []
+    assert client.volumes.list(filters=project) == []
+    client.close()
+
+
 def test_stack_serves_checkouts_through_the_proxy(dstack):
     registry = load_registry(STATE_DIR / "services.json")
     assert registry.runtime == "docker"
