@@ -237,6 +237,28 @@ def test_kill_keeps_container_down_until_start(dstack):
     _no_fault_left()
 
 
+def test_netem_uses_the_container_netns_with_the_kernel_check(dstack):
+    """netem targets the container's own namespace; on a kernel without sch_netem it is refused cleanly."""
+    from chaoscheckout.errors import BackendUnavailable
+    from chaoscheckout.network import netem
+    from chaoscheckout.network.actions import remove_latency
+
+    config = _config()
+    entry = load_registry(STATE_DIR / "services.json").services["payments"]
+    assert entry.netns and netem.netns_exists(entry.netns)
+    assert netem.netns_devices(entry.netns) == ["eth0"]  # the container's interface, not the host's
+    has_netem, why = netem.kernel_has_netem()
+    if has_netem:
+        fault = add_latency("payments", 50, duration_s=30, backend="netem", configuration=config)
+        assert fault["backend"] == "netem"
+        assert remove_latency("payments", configuration=config)["netem_removed"]
+    else:
+        with pytest.raises(BackendUnavailable, match="sch_netem"):
+            add_latency("payments", 50, duration_s=30, backend="netem", configuration=config)
+        print(f"\nnetem refused as expected: {why}")
+    _no_fault_left()
+
+
 def _remove_intruder() -> None:
     client = docker.from_env(timeout=30)
     try:
