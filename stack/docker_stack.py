@@ -230,8 +230,10 @@ class DockerStack:
             if not spec.dockerfile or spec.image in done:
                 continue
             digest = self._inputs_hash(spec.dockerfile, base_id)
+            old = None
             try:
-                if self.client.images.get(spec.image).labels.get(HASH_LABEL) == digest:
+                old = self.client.images.get(spec.image)
+                if old.labels.get(HASH_LABEL) == digest:
                     done[spec.image] = "cached"
                     self.say(f"image {spec.image}: inputs unchanged ({digest[:12]}), not rebuilt")
                     continue
@@ -239,6 +241,11 @@ class DockerStack:
                 pass
             t0 = time.monotonic()
             self._build(spec, digest)
+            if old is not None and old.id != self.client.images.get(spec.image).id:
+                try:  # the replaced image, now untagged (kept if a container still uses it)
+                    self.client.images.remove(old.id)
+                except docker.errors.APIError:
+                    pass
             done[spec.image] = "built"
             self.say(f"image {spec.image}: built in {time.monotonic() - t0:.1f}s")
         for spec in self.compose.specs:  # images without a build section must exist
