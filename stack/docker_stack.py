@@ -44,6 +44,7 @@ TARGET_LABEL = "org.chaoscheckout.target"
 STACK_LABEL = "org.chaoscheckout.stack"
 SERVICE_LABEL = "org.chaoscheckout.service"
 HASH_LABEL = "org.chaoscheckout.inputs-hash"
+STATE_LABEL = "org.chaoscheckout.state-dir"
 PASSTHROUGH_SERVICES = ("checkout", "catalog", "payments", "provider")
 API_TIMEOUT_S = float(os.environ.get("CHAOSCHECKOUT_DOCKER_TIMEOUT_S", "30"))
 BUILD_TIMEOUT_S = 900
@@ -293,10 +294,24 @@ class DockerStack:
         )
 
     # -- down / status ---------------------------------------------------------------
-    def down(self, quiet: bool = False) -> int:
+    def down(self, quiet: bool = False, force: bool = False) -> int:
+        """Remove the stack's containers, netns names, volume, network, registry and reaper.
+
+        Containers of the same name prefix that another state dir (or ``docker compose``)
+        created are refused, unless ``force``: two stacks on one port base never remove
+        each other's containers by accident.
+        """
+        containers = self._containers()
+        foreign = sorted(c.name for c in containers
+                         if (c.labels or {}).get(STATE_LABEL) != str(self.state_dir))
+        if foreign and not force:
+            raise DockerStackError(
+                f"containers {', '.join(foreign)} belong to another stack state dir (or to docker compose), "
+                f"not {self.state_dir}: not removing them (force=True removes them)"
+            )
         self._stop_reaper()
         removed = []
-        for container in self._containers():
+        for container in containers:
             container.remove(force=True, v=False)
             removed.append(container.name)
         for spec in self.compose.specs:
@@ -415,7 +430,8 @@ class DockerStack:
         passthrough = {k: v for k, v in os.environ.items() if k.startswith(prefix)} \
             if spec.service in PASSTHROUGH_SERVICES else {}
         environment = {**passthrough, **(extra_env or {}), **spec.environment}
-        labels = {**spec.labels, STACK_LABEL: self.prefix, SERVICE_LABEL: spec.service}
+        labels = {**spec.labels, STACK_LABEL: self.prefix, SERVICE_LABEL: spec.service,
+                  STATE_LABEL: str(self.state_dir)}
         host_config = api.create_host_config(
             port_bindings={cport: ("127.0.0.1", hport) for cport, hport in spec.ports.items()},
             mounts=[docker.types.Mount(target, self.volume_name(key), type="volume")

@@ -13,6 +13,7 @@ and volume. About 8 minutes, most of it the three real experiment windows.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import os
 import shutil
 import signal
@@ -43,6 +44,7 @@ PORT_BASE = int(os.environ.get("CHAOSCHECKOUT_DOCKER_TEST_PORT_BASE", "31100"))
 STATE_DIR = Path(os.environ.get("CHAOSCHECKOUT_TEST_STATE_DIR", "/var/tmp/chaoscheckout-test")) / "docker"
 DOCKERD_LOG = Path("/var/tmp/chaoscheckout-dockerd.log")
 INTRUDER = f"cc{PORT_BASE}-intruder-test"
+LOCK_WAIT_S = 1200
 
 
 def _apt_install(package: str) -> subprocess.CompletedProcess:
@@ -64,8 +66,33 @@ def _ping(timeout: int = 5) -> bool:
 
 
 @pytest.fixture(scope="module")
-def engine() -> Iterator[None]:
-    """A running Docker engine: installed and started here if needed (stopped again then)."""
+def port_lock() -> Iterator[None]:
+    """One docker test run per port base at a time (a second run waits, bounded): the
+    compose file's label and the published ports are shared by every run on this base."""
+    path = Path(f"/var/tmp/chaoscheckout-docker-test-{PORT_BASE}.lock")
+    with open(path, "a") as handle:
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"another docker test run holds {path} for more than {LOCK_WAIT_S} s")
+                time.sleep(2)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@pytest.fixture(scope="module")
+def engine(port_lock) -> Iterator[None]:
+    """A running Docker engine: installed and started here if needed.
+
+    A dockerd started here is left running (like the system service it normally is): other
+    runs on other port bases may be using it.
+    """
     started = None
     if not _ping():
         if shutil.which("dockerd") is None:
@@ -83,13 +110,9 @@ def engine() -> Iterator[None]:
         if not _ping():
             started.terminate()
             pytest.skip(f"dockerd did not answer within 60 s; see {DOCKERD_LOG}")
-    yield
     if started is not None:
-        started.terminate()
-        try:
-            started.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            started.kill()
+        print(f"\nstarted dockerd (pid {started.pid}, log {DOCKERD_LOG}); it stays up")
+    yield
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +124,7 @@ def dstack(engine) -> Iterator[dict[str, str]]:
     if shutil.which("debootstrap") is None:  # builds the local base image (no registry here)
         assert _apt_install("debootstrap").returncode == 0, "apt-get install debootstrap failed"
     stack = DockerStack(STATE_DIR, PORT_BASE, say=lambda line: print(line, flush=True))
-    stack.down(quiet=True)  # left over by an interrupted session
+    stack.down(quiet=True, force=True)  # left over by an interrupted run (we hold the port lock)
     first = stack.build_images()
     again = stack.build_images()
     print(f"\nimages: first pass {first}, second pass {again}")
@@ -219,6 +242,17 @@ def test_stack_serves_checkouts_through_the_proxy(dstack):
         for bindings in ports.values():
             assert {b["HostIp"] for b in bindings} == {"127.0.0.1"}, entry.process
     client.close()
+
+
+def test_down_from_another_state_dir_is_refused(dstack, tmp_path):
+    """Two stacks on one port base never remove each other's containers."""
+    from stack.docker_stack import DockerStack, DockerStackError
+
+    other = DockerStack(tmp_path / "other", PORT_BASE, say=lambda line: None)
+    with pytest.raises(DockerStackError, match="belong to another stack state dir"):
+        other.down()
+    assert _container(f"cc{PORT_BASE}-checkout").status == "running"
+    assert (STATE_DIR / "services.json").exists()
 
 
 def test_kill_keeps_container_down_until_start(dstack):
