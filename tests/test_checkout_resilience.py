@@ -19,17 +19,16 @@ import os
 import shutil
 import statistics
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import psycopg
 import pytest
 import uvicorn
+from serviceprocs import service_process
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -119,37 +118,9 @@ class Upstream:
 # --- processes ----------------------------------------------------------------------
 
 
-@contextmanager
-def service(module: str, env: dict[str, str], port: int, startup_s: float = 25) -> Iterator[None]:
+def service(module: str, env: dict[str, str], port: int, startup_s: float = 25):
     """Run ``python -m stack.services.<module>`` until the block ends; wait for /healthz."""
-    STATE.mkdir(parents=True, exist_ok=True)
-    log_path = STATE / f"{module}-{port}.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", f"stack.services.{module}"], cwd=ROOT,
-            env={**_clean_env(), **env}, stdout=log, stderr=subprocess.STDOUT,
-        )
-        try:
-            deadline = time.monotonic() + startup_s
-            while True:
-                if proc.poll() is not None:
-                    pytest.fail(f"{module} exited {proc.returncode}: {log_path.read_text()[-2000:]}")
-                try:
-                    if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    pytest.fail(f"{module} not healthy in {startup_s}s: {log_path.read_text()[-2000:]}")
-                time.sleep(0.2)
-            yield
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+    return service_process(module, env, port, STATE, startup_s)
 
 
 def checkout(name: str, database: str, catalog: str, payments: str, **settings: str):
@@ -439,11 +410,6 @@ def test_order_first_overhead_p50(postgres, money):
 
 
 # --- helpers ------------------------------------------------------------------------
-
-
-def _clean_env() -> dict[str, str]:
-    keep = ("PATH", "HOME", "LANG", "LC_ALL", "PYTHONPATH", "VIRTUAL_ENV", "TMPDIR")
-    return {k: v for k, v in os.environ.items() if k in keep} | {"PYTHONUNBUFFERED": "1"}
 
 
 def _metric(client: httpx.Client, name: str, series: str) -> float:

@@ -15,12 +15,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import psycopg
 import pytest
+from serviceprocs import clean_env, service_process
 
 from chaoscheckout.runtime.supervisor import SupervisorClient
 from stack.services.remediator import shows_fd_leak
@@ -46,37 +46,9 @@ def url(name: str, path: str = "") -> str:
     return f"http://127.0.0.1:{PORT[name]}{path}"
 
 
-@contextmanager
-def service(module: str, env: dict[str, str], port: int, startup_s: float = 25) -> Iterator[None]:
+def service(module: str, env: dict[str, str], port: int, startup_s: float = 25):
     """Run ``python -m stack.services.<module>`` until the block ends; wait for /healthz."""
-    STATE.mkdir(parents=True, exist_ok=True)
-    log_path = STATE / f"{module}-{port}.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", f"stack.services.{module}"], cwd=ROOT,
-            env={**_clean_env(), **env}, stdout=log, stderr=subprocess.STDOUT,
-        )
-        try:
-            deadline = time.monotonic() + startup_s
-            while True:
-                if proc.poll() is not None:
-                    pytest.fail(f"{module} exited {proc.returncode}: {log_path.read_text()[-2000:]}")
-                try:
-                    if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    pytest.fail(f"{module} not healthy in {startup_s}s: {log_path.read_text()[-2000:]}")
-                time.sleep(0.2)
-            yield
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+    return service_process(module, env, port, STATE, startup_s)
 
 
 def metric(name: str, text: str) -> float:
@@ -168,7 +140,7 @@ def blackhole() -> Iterator[str]:
 ])
 def test_bad_setting_stops_the_service_with_a_clear_error(module, env, message):
     done = subprocess.run([sys.executable, "-m", f"stack.services.{module}"], cwd=ROOT,
-                          env={**_clean_env(), **env}, capture_output=True, text=True, timeout=30)
+                          env={**clean_env(), **env}, capture_output=True, text=True, timeout=30)
     assert done.returncode == 2
     assert message in done.stderr
 
@@ -346,7 +318,7 @@ def test_remediator_restarts_only_the_leaking_program():
     conf = sup_dir / "supervisord.conf"
     conf.write_text(_supervisord_conf(sup_dir))
     subprocess.run([str(Path(sys.executable).parent / "supervisord"), "-c", str(conf)],
-                   check=True, timeout=30, env=_clean_env())
+                   check=True, timeout=30, env=clean_env())
     supervisor = SupervisorClient(f"http://127.0.0.1:{PORT['supervisord']}/RPC2", timeout_s=10)
     env = {"REMEDIATOR_PORT": str(PORT["remediator"]),
            "REMEDIATOR_SUPERVISOR_URL": supervisor.url, "REMEDIATOR_WATCH": "leaky,steady,burst,parked",
@@ -383,11 +355,6 @@ def test_remediator_restarts_only_the_leaking_program():
 
 
 # --- helpers ------------------------------------------------------------------------
-
-
-def _clean_env() -> dict[str, str]:
-    keep = ("PATH", "HOME", "LANG", "LC_ALL", "PYTHONPATH", "VIRTUAL_ENV", "TMPDIR")
-    return {k: v for k, v in os.environ.items() if k in keep} | {"PYTHONUNBUFFERED": "1"}
 
 
 async def _checkouts(total: int, concurrency: int, time_limit_s: float) -> list[tuple[int, dict]]:
