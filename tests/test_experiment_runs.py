@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -57,9 +58,16 @@ def _run(env: dict[str, str], name: str, tmp_path: Path, **extra: str) -> tuple[
     return outcome, journal
 
 
-def _no_fault_left(env: dict[str, str]) -> None:
+def _no_fault_left(env: dict[str, str], settle_s: float = 20) -> None:
+    """No lease is live and every service is healthy again (a restarted service may spend a
+    few seconds in supervisord's STARTING state after it already answers /healthz)."""
     assert LeaseStore(Path(env["CHAOSCHECKOUT_STATE_DIR"]) / "leases").live() == []
-    status = _manage(env, "status", "--json")
+    deadline = time.monotonic() + settle_s
+    while True:
+        status = _manage(env, "status", "--json")
+        if status.returncode == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(1)
     assert status.returncode == 0, status.stdout + status.stderr
 
 
