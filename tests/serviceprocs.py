@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -54,3 +55,29 @@ def service_process(module: str, env: dict[str, str], port: int, log_dir: Path,
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
+
+
+@contextmanager
+def throwaway_postgres(pg_bin: Path, pg_dir: Path, port: int, databases: tuple[str, ...]) -> Iterator[str]:
+    """A throwaway PostgreSQL in ``pg_dir`` (runs as user postgres: it refuses root).
+
+    Yields the server's base DSN (append ``/<database>``); stops the server at the end.
+    """
+    shutil.rmtree(pg_dir, ignore_errors=True)
+    pg_dir.mkdir(parents=True)
+    shutil.chown(pg_dir, "postgres")
+    run_as_pg = ["runuser", "-u", "postgres", "--"]
+    subprocess.run([*run_as_pg, str(pg_bin / "initdb"), "-D", str(pg_dir / "data"), "-A", "trust",
+                    "-U", "postgres"], cwd="/tmp", check=True, capture_output=True, timeout=60)
+    subprocess.run([*run_as_pg, str(pg_bin / "pg_ctl"), "-D", str(pg_dir / "data"), "-l",
+                    str(pg_dir / "log"), "-w", "-t", "30", "-o",
+                    f"-p {port} -k {pg_dir} -c listen_addresses=127.0.0.1", "start"],
+                   cwd="/tmp", check=True, capture_output=True, timeout=60)
+    try:
+        for db in databases:
+            subprocess.run([*run_as_pg, str(pg_bin / "createdb"), "-h", "127.0.0.1", "-p",
+                            str(port), db], cwd="/tmp", check=True, timeout=30)
+        yield f"postgresql://postgres@127.0.0.1:{port}"
+    finally:
+        subprocess.run([*run_as_pg, str(pg_bin / "pg_ctl"), "-D", str(pg_dir / "data"), "-m",
+                        "fast", "-w", "-t", "30", "stop"], cwd="/tmp", capture_output=True, timeout=60)

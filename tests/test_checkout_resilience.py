@@ -16,9 +16,7 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
 import statistics
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -28,7 +26,7 @@ import httpx
 import psycopg
 import pytest
 import uvicorn
-from serviceprocs import service_process
+from serviceprocs import service_process, throwaway_postgres
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -136,26 +134,9 @@ def catalog_process():
 
 @pytest.fixture(scope="module")
 def postgres() -> Iterator[str]:
-    """A throwaway PostgreSQL 15 (runs as user postgres: it refuses root)."""
-    pg_dir = STATE / "pg"
-    shutil.rmtree(pg_dir, ignore_errors=True)
-    pg_dir.mkdir(parents=True)
-    shutil.chown(pg_dir, "postgres")
-    run_as_pg = ["runuser", "-u", "postgres", "--"]
-    subprocess.run([*run_as_pg, str(PG_BIN / "initdb"), "-D", str(pg_dir / "data"), "-A", "trust",
-                    "-U", "postgres"], cwd="/tmp", check=True, capture_output=True, timeout=60)
-    subprocess.run([*run_as_pg, str(PG_BIN / "pg_ctl"), "-D", str(pg_dir / "data"), "-l",
-                    str(pg_dir / "log"), "-w", "-t", "30", "-o",
-                    f"-p {PORT['postgres']} -k {pg_dir} -c listen_addresses=127.0.0.1", "start"],
-                   cwd="/tmp", check=True, capture_output=True, timeout=60)
-    try:
-        for db in DATABASES:
-            subprocess.run([*run_as_pg, str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p",
-                            str(PORT["postgres"]), db], cwd="/tmp", check=True, timeout=30)
-        yield f"postgresql://postgres@127.0.0.1:{PORT['postgres']}"
-    finally:
-        subprocess.run([*run_as_pg, str(PG_BIN / "pg_ctl"), "-D", str(pg_dir / "data"), "-m",
-                        "fast", "-w", "-t", "30", "stop"], cwd="/tmp", capture_output=True, timeout=60)
+    """A throwaway PostgreSQL 15 for the module."""
+    with throwaway_postgres(PG_BIN, STATE / "pg", PORT["postgres"], DATABASES) as dsn:
+        yield dsn
 
 
 @pytest.fixture(scope="module")

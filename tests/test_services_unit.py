@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
-from serviceprocs import clean_env, service_process
+from serviceprocs import clean_env, service_process, throwaway_postgres
 
 from chaoscheckout.runtime.supervisor import SupervisorClient
 from stack.services.remediator import shows_fd_leak
@@ -67,26 +67,9 @@ def metrics_of(service_name: str) -> str:
 
 @pytest.fixture(scope="module")
 def postgres() -> Iterator[str]:
-    """A throwaway PostgreSQL 15 (runs as user postgres: it refuses root)."""
-    pg_dir = STATE / "pg"
-    shutil.rmtree(pg_dir, ignore_errors=True)
-    pg_dir.mkdir(parents=True)
-    shutil.chown(pg_dir, "postgres")
-    run_as_pg = ["runuser", "-u", "postgres", "--"]
-    subprocess.run([*run_as_pg, str(PG_BIN / "initdb"), "-D", str(pg_dir / "data"), "-A", "trust",
-                    "-U", "postgres"], cwd="/tmp", check=True, capture_output=True, timeout=60)
-    subprocess.run([*run_as_pg, str(PG_BIN / "pg_ctl"), "-D", str(pg_dir / "data"), "-l",
-                    str(pg_dir / "log"), "-w", "-t", "30", "-o",
-                    f"-p {PORT['postgres']} -k {pg_dir} -c listen_addresses=127.0.0.1", "start"],
-                   cwd="/tmp", check=True, capture_output=True, timeout=60)
-    try:
-        for db in ("checkout", "checkout_broken"):
-            subprocess.run([*run_as_pg, str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p",
-                            str(PORT["postgres"]), db], cwd="/tmp", check=True, timeout=30)
-        yield f"postgresql://postgres@127.0.0.1:{PORT['postgres']}"
-    finally:
-        subprocess.run([*run_as_pg, str(PG_BIN / "pg_ctl"), "-D", str(pg_dir / "data"), "-m",
-                        "fast", "-w", "-t", "30", "stop"], cwd="/tmp", capture_output=True, timeout=60)
+    """A throwaway PostgreSQL 15 for the module."""
+    with throwaway_postgres(PG_BIN, STATE / "pg", PORT["postgres"], ("checkout", "checkout_broken")) as dsn:
+        yield dsn
 
 
 @pytest.fixture(scope="module")
