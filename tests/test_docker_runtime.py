@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import json
 import os
 import shutil
 import signal
@@ -236,6 +237,18 @@ def test_stack_serves_checkouts_through_the_proxy(dstack):
         for bindings in ports.values():
             assert {b["HostIp"] for b in bindings} == {"127.0.0.1"}, entry.process
     client.close()
+
+
+def test_plain_stack_status_finds_the_docker_stack(dstack):
+    """`stack status` without --runtime asks the state dir's registry which runtime runs."""
+    env = {k: v for k, v in os.environ.items() if k != "CHAOSCHECKOUT_PORT_BASE"}
+    env.update(CHAOSCHECKOUT_STATE_DIR=str(STATE_DIR), PYTHONPATH=str(ROOT))
+    status = subprocess.run([sys.executable, "-m", "stack.manage", "status", "--json"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert status.returncode == 0, status.stdout + status.stderr
+    report = json.loads(status.stdout)
+    assert report["runtime"] == "docker" and report["up"] is True
+    assert {row["service"] for row in report["services"]} >= {"checkout", "catalog", "payments"}
 
 
 def test_down_from_another_state_dir_is_refused(dstack, tmp_path):
