@@ -15,6 +15,8 @@ from pathlib import Path
 
 import click
 
+from chaoscheckout.registry_cli import registry
+
 __all__ = ["main"]
 
 # up waits for every service (bounded inside stack.manage); this is the outer bound.
@@ -98,6 +100,9 @@ def _manage(project_dir: Path, command: str, *extra: str) -> int:
         click.echo(f"chaoscheckout stack {command}: error: no answer within {timeout}s", err=True)
         return 1
     return proc.returncode
+
+
+main.add_command(registry)
 
 
 @main.group()
