@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ from stack import postgres, prometheus_config
 from stack.settings import StackSettings
 from stack.supervisord import Program
 
-__all__ = ["Service", "SERVICES", "APP_START_ORDER", "programs", "registry"]
+__all__ = ["Service", "SERVICES", "APP_START_ORDER", "programs", "registry", "app_uid"]
 
 # Env prefixes handed through from the caller's environment to each program (settings such
 # as CHECKOUT_RETRIES); the ports/URLs computed here always win.
@@ -22,7 +23,9 @@ APP_START_ORDER = ("provider", "catalog", "payments", "checkout", "remediator")
 
 @dataclass(frozen=True)
 class Service:
-    """One supervised program; ``port_key`` None means it has no port (reaper)."""
+    """One supervised program; ``port_key`` None means it has no TCP port of its own (the
+    reaper; the fault proxy, whose control API is a unix socket and whose listen ports are
+    its routes')."""
 
     name: str
     port_key: str | None
@@ -35,7 +38,7 @@ class Service:
 SERVICES: tuple[Service, ...] = (
     Service("postgres", "postgres", "postgres", True),
     Service("prometheus", "prometheus", "http:/-/ready", False),
-    Service("faultproxy", "proxy_control", "http:/healthz", False, "chaoscheckout.network.proxy"),
+    Service("faultproxy", None, "proxy", False, "chaoscheckout.network.proxy"),
     Service("reaper", None, "process", False, "chaoscheckout.faults.reaper"),
     Service("provider", "provider", "http:/healthz", True, "stack.services.provider",
             ("provider", "proxy_provider")),
@@ -46,6 +49,11 @@ SERVICES: tuple[Service, ...] = (
     Service("checkout", "checkout", "http:/healthz", True, "stack.services.checkout"),
     Service("remediator", "remediator", "http:/healthz", False, "stack.services.remediator"),
 )
+
+
+def app_uid() -> int:
+    """The uid the app programs run as (owner of their files and of checkout's pgpass)."""
+    return os.geteuid()
 
 
 def programs(settings: StackSettings, pg_bindir: Path, env: Mapping[str, str]) -> list[Program]:
@@ -64,13 +72,13 @@ def programs(settings: StackSettings, pg_bindir: Path, env: Mapping[str, str]) -
         "checkout": {"CHECKOUT_PORT": str(p["checkout"]),
                      "CHECKOUT_CATALOG_URL": f"{local}{p['proxy_catalog']}",
                      "CHECKOUT_PAYMENTS_URL": f"{local}{p['proxy_payments']}",
-                     "CHECKOUT_DATABASE_URL": settings.database_url},
+                     "CHECKOUT_DATABASE_URL": settings.app_database_url},
         "remediator": {"REMEDIATOR_PORT": str(p["remediator"]),
                        "REMEDIATOR_SUPERVISOR_URL": settings.supervisor_url,
                        "REMEDIATOR_WATCH": "catalog,payments,provider,checkout"},
     }
     passthrough = {k: v for k, v in env.items() if k.startswith(PASSTHROUGH_PREFIXES)}
-    proxy_cmd = [py, "-m", "chaoscheckout.network.proxy", "--control", f"127.0.0.1:{p['proxy_control']}"]
+    proxy_cmd = [py, "-m", "chaoscheckout.network.proxy", "--control", settings.proxy_control_url]
     for svc in SERVICES:
         if svc.proxy:
             route, listen = svc.proxy
@@ -102,7 +110,7 @@ def registry(settings: StackSettings) -> Registry:
     entries: dict[str, ServiceEntry] = {}
     for svc in SERVICES:
         if svc.port_key is None:
-            continue  # the reaper has no address; it is found through supervisord
+            continue  # reaper and fault proxy: found through supervisord and proxy_control_url
         port = settings.port(svc.port_key)
         health_url = f"http://127.0.0.1:{port}{svc.health[5:]}" if svc.health.startswith("http:") else None
         entries[svc.name] = ServiceEntry(
@@ -116,9 +124,10 @@ def registry(settings: StackSettings) -> Registry:
         services=entries,
         supervisor_url=settings.supervisor_url,
         prometheus_url=settings.prometheus_url,
-        proxy_control_url=f"http://127.0.0.1:{settings.port('proxy_control')}",
+        proxy_control_url=settings.proxy_control_url,
         extra={
             "database_url": settings.database_url,
+            "database_admin_url": settings.admin_database_url,
             "provider_url": f"http://127.0.0.1:{settings.port('provider')}",
             "checkout_url": f"http://127.0.0.1:{settings.port('checkout')}",
             "catalog_url": f"http://127.0.0.1:{settings.port('catalog')}",

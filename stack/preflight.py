@@ -8,7 +8,7 @@ import pwd
 import socket
 from pathlib import Path
 
-from stack import postgres, prometheus_config
+from stack import postgres, prometheus_config, statedir
 from stack.settings import StackSettings
 
 __all__ = ["PreflightError", "run_all", "busy_ports"]
@@ -25,6 +25,10 @@ def run_all(settings: StackSettings) -> Path:
             "must run as root: the Postgres data disk is a tmpfs mount (run with sudo, or as root)"
         )
     try:
+        statedir.check(settings.state_dir)
+    except statedir.StateDirError as exc:
+        raise PreflightError(str(exc)) from None
+    try:
         bindir = postgres.find_pg_bindir(os.environ)
     except postgres.PostgresError as exc:
         raise PreflightError(str(exc)) from None
@@ -40,7 +44,7 @@ def run_all(settings: StackSettings) -> Path:
     if blocked is not None:
         raise PreflightError(
             f"user postgres cannot reach {settings.state_dir}: {blocked} is not world-searchable "
-            "(chmod o+x it, or pick another CHAOSCHECKOUT_STATE_DIR such as /var/tmp/chaoscheckout)"
+            "(chmod o+x it, or pick another CHAOSCHECKOUT_STATE_DIR such as /var/lib/chaoscheckout)"
         )
     busy = busy_ports(settings)
     if busy:
