@@ -35,12 +35,14 @@ class UpFailed(Exception):
 def up(settings: StackSettings) -> int:
     if supervisord.supervisord_pid(settings) is not None:
         return _already_up(settings)
-    pg_bindir = preflight.run_all(settings)  # raises PreflightError, nothing started yet
+    def validate(bindir: Path) -> None:
+        try:
+            supervisord.check_programs(layout.programs(settings, bindir, os.environ))
+        except supervisord.SupervisordError as exc:
+            raise preflight.PreflightError(str(exc)) from None
+
+    pg_bindir = preflight.run_all(settings, validate)  # raises PreflightError, nothing started yet
     programs = layout.programs(settings, pg_bindir, os.environ)
-    try:
-        supervisord.check_programs(programs)
-    except supervisord.SupervisordError as exc:
-        raise preflight.PreflightError(str(exc)) from None
     started = time.monotonic()
     try:
         _start(settings, pg_bindir, programs)

@@ -6,6 +6,7 @@ import errno
 import os
 import pwd
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 from stack import postgres, prometheus_config, statedir
@@ -18,8 +19,11 @@ class PreflightError(Exception):
     """A pre-flight check failed; nothing was started."""
 
 
-def run_all(settings: StackSettings) -> Path:
-    """Run every check in order; return the Postgres bin dir."""
+def run_all(settings: StackSettings, validate: Callable[[Path], None] | None = None) -> Path:
+    """Run every check in order; return the Postgres bin dir.
+
+    ``validate(bindir)`` (the rendered configuration's check) runs before the checks of
+    the machine's state (ports, mounts); its exception propagates."""
     if os.geteuid() != 0:
         raise PreflightError(
             "must run as root: the Postgres data disk is a tmpfs mount (run with sudo, or as root)"
@@ -36,6 +40,8 @@ def run_all(settings: StackSettings) -> Path:
         pwd.getpwnam("postgres")
     except KeyError:
         raise PreflightError("system user 'postgres' missing: run `make setup`") from None
+    if validate is not None:
+        validate(bindir)
     if not os.access(prometheus_config.PROMETHEUS_BIN, os.X_OK):
         raise PreflightError(
             f"{prometheus_config.PROMETHEUS_BIN} not found: run `make setup` or `apt-get install prometheus`"
