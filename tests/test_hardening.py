@@ -15,8 +15,15 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from chaoslib.exceptions import ActivityFailed
 
+from chaoscheckout.config import settings_from as settings_from_configuration
+from chaoscheckout.errors import InvalidFaultArgument
 from chaoscheckout.network.proxy_client import ProxyControl, ProxyError
+from chaoscheckout.runtime.supervisor import SupervisorClient
+from chaoscheckout.service.actions import kill_service
+from chaoscheckout.sli import guards
+from chaoscheckout.sli import probes as sli_probes
 from stack import statedir
 from stack.postgres import find_pg_bindir
 from stack.settings import settings_from_env
@@ -216,3 +223,62 @@ def _listening(port: int) -> bool:
 def _mounted(path: Path) -> bool:
     with open("/proc/self/mounts") as fh:
         return any(line.split()[1] == str(path) for line in fh)
+
+
+# --- limits cannot be switched off ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "-5", "0", "1e9", "later", True])
+def test_configured_limits_out_of_bounds_are_refused(value):
+    for key in ("chaoscheckout_max_fault_duration_s", "chaoscheckout_io_timeout_s"):
+        with pytest.raises(InvalidFaultArgument, match=key):
+            settings_from_configuration({key: value})
+
+
+def test_a_nan_limit_refuses_the_fault_before_anything_changes(stack):
+    configuration = {"chaoscheckout_state_dir": str(stack.state_dir),
+                     "chaoscheckout_max_fault_duration_s": "nan"}
+    pid = stack.registry.service("catalog")
+    before = _supervisor_pid(stack, "catalog")
+    with pytest.raises(InvalidFaultArgument, match="must be a finite number"):
+        kill_service("catalog", duration_s=1e9, configuration=configuration)
+    assert _supervisor_pid(stack, "catalog") == before and pid
+    assert not list((stack.state_dir / "leases").glob("*.json"))
+
+
+@pytest.mark.parametrize("guard, kwargs", [
+    ("money_guard", {"since_s": -5}),
+    ("money_guard", {"grace_s": float("inf")}),
+    ("money_guard", {"grace_s": float("nan")}),
+    ("money_guard", {"max_unobserved_s": float("inf")}),
+    ("latency_guard", {"max_ms": float("nan"), "during_fault": True}),
+    ("latency_guard", {"max_ms": -1, "during_fault": True}),
+    ("latency_guard", {"quantile": 2, "during_fault": True}),
+    ("availability_guard", {"min_ratio": float("nan"), "during_fault": True}),
+    ("availability_guard", {"window": "forever", "during_fault": True}),
+])
+def test_guards_refuse_bad_arguments_at_once(guard, kwargs, tmp_path):
+    """No stack, no fault live: the arguments alone are judged (the guard never passes)."""
+    configuration = {"chaoscheckout_state_dir": str(tmp_path), "provider_url": "http://127.0.0.1:9",
+                     "database_url": "postgresql://x@127.0.0.1:9/x"}
+    with pytest.raises(InvalidFaultArgument):
+        getattr(guards, guard)(**kwargs, configuration=configuration)
+
+
+@pytest.mark.parametrize("kwargs", [{"grace_s": float("inf")}, {"grace_s": float("nan")},
+                                    {"since_s": float("inf")}, {"since": float("nan")}, {"grace_s": True}])
+def test_money_probe_refuses_unbounded_windows(kwargs):
+    with pytest.raises(InvalidFaultArgument):
+        sli_probes.charges_without_order(**kwargs)
+
+
+def test_money_probe_that_judged_nothing_says_so(stack):
+    since = time.time()  # no charge can be older than the grace period in this window
+    details = sli_probes.charges_without_order_details(grace_s=5, since=since)
+    assert details["judged"] is False and details["checked"] == 0
+    with pytest.raises(ActivityFailed, match="money safety not judged"):
+        sli_probes.charges_without_order(grace_s=5, since=since)
+
+
+def _supervisor_pid(stack, name: str) -> int | None:
+    return SupervisorClient(stack.registry.supervisor_url, timeout_s=5).pid(name)
