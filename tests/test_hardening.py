@@ -7,6 +7,7 @@ system interpreter (stdlib only) and psql, against the real session stack.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -18,7 +19,8 @@ import pytest
 from chaoslib.exceptions import ActivityFailed
 
 from chaoscheckout.config import settings_from as settings_from_configuration
-from chaoscheckout.errors import InvalidFaultArgument
+from chaoscheckout.errors import ChaosCheckoutError, InvalidFaultArgument
+from chaoscheckout.network import netem
 from chaoscheckout.network.proxy_client import ProxyControl, ProxyError
 from chaoscheckout.runtime.supervisor import SupervisorClient
 from chaoscheckout.service.actions import kill_service
@@ -282,3 +284,30 @@ def test_money_probe_that_judged_nothing_says_so(stack):
 
 def _supervisor_pid(stack, name: str) -> int | None:
     return SupervisorClient(stack.registry.supervisor_url, timeout_s=5).pid(name)
+
+
+# --- names that end up in paths -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("services, message", [
+    ({"x/../y": {"port": 1, "chaos_target": True}}, "service name 'x/../y' is not a safe name"),
+    ({"..": {"port": 1, "chaos_target": True}}, "service name '..' is not a safe name"),
+    ({"web": {"port": 1, "chaos_target": True, "netns": ".."}}, "netns '..' is not a safe name"),
+    ({"web": {"port": 1, "chaos_target": True, "process": "a\nb"}}, "process 'a\\\\nb' is not a safe"),
+    ({"web": {"port": "80; rm", "chaos_target": True}}, "is not a TCP port"),
+    ({"web": {"port": 1, "data_dir": "/var/../etc"}}, "without '..'"),
+])
+def test_registry_names_that_would_escape_a_path_are_refused(tmp_path, services, message):
+    (tmp_path / "services.json").write_text(json.dumps({"runtime": "local", "services": services,
+                                                        "supervisor_url": "unix:///nonexistent"}))
+    (tmp_path / "leases").mkdir()
+    name = next(iter(services))
+    with pytest.raises(ChaosCheckoutError, match=f"invalid service registry .*{message}"):
+        kill_service(name, duration_s=5, configuration={"chaoscheckout_state_dir": str(tmp_path)})
+    assert os.listdir(tmp_path / "leases") == []  # no lease, no temp file
+
+
+@pytest.mark.parametrize("name", [".", "..", "a/b", "ns\n", "", "-x"])
+def test_netns_names_that_are_not_plain_names_are_refused(name):
+    with pytest.raises(ChaosCheckoutError, match="invalid network namespace name"):
+        netem.check_netns_name(name)
