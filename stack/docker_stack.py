@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -46,6 +47,7 @@ SERVICE_LABEL = "org.chaoscheckout.service"
 HASH_LABEL = "org.chaoscheckout.inputs-hash"
 STATE_LABEL = "org.chaoscheckout.state-dir"
 PASSTHROUGH_SERVICES = ("checkout", "catalog", "payments", "provider")
+PROXY_TOKEN = "proxy-control.token"  # compose secret: the fault proxy's control API token
 API_TIMEOUT_S = float(os.environ.get("CHAOSCHECKOUT_DOCKER_TIMEOUT_S", "30"))
 BUILD_TIMEOUT_S = 900
 UP_TIMEOUT_S = float(os.environ.get("CHAOSCHECKOUT_UP_TIMEOUT_S", "120"))
@@ -76,6 +78,7 @@ class Spec:
     volumes: dict[str, str]  # volume key -> container path
     healthcheck: dict[str, Any] | None = None
     depends_on: tuple[str, ...] = field(default_factory=tuple)
+    secrets: tuple[str, ...] = ()  # files of <state_dir>/secrets mounted at /run/secrets/<name>
 
     @property
     def main_port(self) -> int:
@@ -116,6 +119,7 @@ def load_compose(path: Path = COMPOSE_FILE, port_base: int = COMPOSE_PORT_BASE) 
             labels={k: str(v) for k, v in (svc.get("labels") or {}).items()},
             ports=ports, volumes=volumes, healthcheck=svc.get("healthcheck"),
             depends_on=tuple(svc.get("depends_on") or ()),
+            secrets=tuple(str(x) for x in svc.get("secrets") or ()),
         ))
     networks = list((raw.get("networks") or {"default": {}}).keys())
     return Compose(_start_order(specs), raw.get("volumes") or {}, networks[0])
@@ -157,14 +161,32 @@ class DockerStack:
     def reaper_pid_file(self) -> Path:
         return self.state_dir / "reaper.pid"
 
+    @property
+    def proxy_token_file(self) -> Path:
+        """The fault proxy's control token (0600, root): mounted into its container."""
+        return self.state_dir / "secrets" / PROXY_TOKEN
+
+    def _write_proxy_token(self) -> None:
+        secrets_dir = self.state_dir / "secrets"
+        secrets_dir.mkdir(mode=0o711, exist_ok=True)
+        os.chmod(secrets_dir, 0o711)
+        self.proxy_token_file.unlink(missing_ok=True)
+        fd = os.open(self.proxy_token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(32) + "\n")
+
     # -- up ------------------------------------------------------------------------
     def up(self) -> int:
         started = time.monotonic()
         if self._containers():
             raise DockerStackError(f"docker stack {self.prefix} already has containers: run `down` first")
+        _check_state_dir(self.state_dir)
         for sub in ("logs", "leases"):
             (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
+            os.chmod(self.state_dir / sub, 0o700)
+        os.chmod(self.state_dir, 0o755)
         try:
+            self._write_proxy_token()
             self.build_images()
             self._create_network()
             self._create_volumes()
@@ -199,8 +221,13 @@ class DockerStack:
                                    f"{', '.join(missing)} (is the compose stack up?)")
         if reaper_pid(self.reaper_pid_file) is not None:
             raise DockerStackError(f"a reaper already runs for {self.state_dir}: detach first")
+        _check_state_dir(self.state_dir)
+        if not self.proxy_token_file.is_file():
+            raise DockerStackError(f"{self.proxy_token_file} missing: the compose stack's fault proxy "
+                                   "reads its control token from it (see stack/docker-compose.yml)")
         for sub in ("logs", "leases"):
             (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
+            os.chmod(self.state_dir / sub, 0o700)
         self._wait_healthy()
         self._wait_database()
         registry = self.registry()
@@ -281,7 +308,7 @@ class DockerStack:
             services=entries,
             supervisor_url=None,
             prometheus_url=f"http://127.0.0.1:{port['prometheus']}",
-            proxy_control_url=f"http://127.0.0.1:{port['faultproxy']}",
+            proxy_control_url=f"http://127.0.0.1:{port['faultproxy']}#token_file={self.proxy_token_file}",
             extra={
                 "database_url": f"postgresql://postgres@127.0.0.1:{port['postgres']}/checkout",
                 "provider_url": f"http://127.0.0.1:{port['provider']}",
@@ -325,6 +352,7 @@ class DockerStack:
             network.remove()
         self.registry_file.unlink(missing_ok=True)
         shutil.rmtree(self.state_dir / "leases", ignore_errors=True)
+        self.proxy_token_file.unlink(missing_ok=True)
         if not quiet:
             self.say(f"docker stack {self.prefix} down: removed {len(removed)} container(s), "
                      "its network and volume")
@@ -435,7 +463,9 @@ class DockerStack:
         host_config = api.create_host_config(
             port_bindings={cport: ("127.0.0.1", hport) for cport, hport in spec.ports.items()},
             mounts=[docker.types.Mount(target, self.volume_name(key), type="volume")
-                    for key, target in spec.volumes.items()],
+                    for key, target in spec.volumes.items()]
+            + [docker.types.Mount(f"/run/secrets/{name}", str(self.state_dir / "secrets" / name),
+                                  type="bind", read_only=True) for name in spec.secrets],
             restart_policy={"Name": "no"},
         )
         networking = api.create_networking_config(
@@ -618,6 +648,15 @@ def _ns(value: str) -> int:
     if value.endswith("ms"):
         return int(float(value[:-2]) * 1e6)
     return int(float(value.rstrip("s")) * 1e9)
+
+
+def _check_state_dir(state_dir: Path) -> None:
+    from stack import statedir
+
+    try:
+        statedir.check(state_dir)
+    except statedir.StateDirError as exc:
+        raise DockerStackError(str(exc)) from None
 
 
 def _substitute(value: str) -> str:

@@ -87,8 +87,11 @@ class Registry:
             raise UnknownService(f"unknown service {name!r}; this stack has: {known}")
         return self.services[name]
 
-    def target(self, name: str) -> ServiceEntry:
-        """Return the entry for ``name`` if it is an allowed chaos target, else refuse."""
+    def target(self, name: str, check_container: bool = True) -> ServiceEntry:
+        """Return the entry for ``name`` if it is an allowed chaos target, else refuse.
+
+        For a docker registry the live container must also carry the target label (and a
+        named netns be its own), whatever runtime the configuration names."""
         entry = self.service(name)
         if not entry.chaos_target:
             allowed = ", ".join(sorted(n for n, s in self.services.items() if s.chaos_target))
@@ -96,6 +99,10 @@ class Registry:
                 f"service {name!r} is not a chaos target of this stack "
                 f"(allowed targets: {allowed or 'none'})"
             )
+        if check_container and self.runtime == "docker":
+            from chaoscheckout.runtime.docker import check_container_target  # the docker extra
+
+            check_container_target(entry)
         return entry
 
     def to_dict(self) -> dict[str, Any]:

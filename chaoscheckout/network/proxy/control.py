@@ -4,7 +4,8 @@ per connection, ``Connection: close``).
 Who may call it: the API listens either on a **unix socket** created with mode 0600 (only
 its owner, and root, can connect: the stack's choice) or on **TCP with a bearer token**
 read from a file that must be mode 0600 (or 0400) and owned by the proxy's user; every
-request but ``GET /healthz`` then needs ``Authorization: Bearer <token>`` (401 otherwise).
+request but ``GET /healthz`` and ``GET /metrics`` (read-only counters, scraped by
+Prometheus) then needs ``Authorization: Bearer <token>`` (401 otherwise).
 A toxic must carry a ``fault_id`` (``[A-Za-z0-9._-]``, at most 128) and an ``expires_at``
 no further than ``max_toxic_s`` ahead (default 86400); the proxy drops it at its expiry by
 itself, with or without traffic.
@@ -47,6 +48,7 @@ logger = logging.getLogger("chaoscheckout.proxy")
 MAX_BODY = 64 * 1024
 REQUEST_TIMEOUT_S = 5.0
 DEFAULT_MAX_TOXIC_S = 86400.0
+OPEN_PATHS = ("/healthz", "/metrics")  # read-only, no fault ids: no token needed
 FAULT_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
             405: "Method Not Allowed", 408: "Request Timeout", 413: "Payload Too Large"}
@@ -141,7 +143,7 @@ class ControlServer:
             writer.close()
 
     def _authorised(self, method: str, path: str, headers: dict[str, str]) -> bool:
-        if self.token is None or (method == "GET" and path.split("?", 1)[0].rstrip("/") == "/healthz"):
+        if self.token is None or (method == "GET" and path.split("?", 1)[0].rstrip("/") in OPEN_PATHS):
             return True
         given = headers.get("authorization", "")
         return hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode())
