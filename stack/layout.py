@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -10,10 +9,11 @@ from pathlib import Path
 
 from chaoscheckout.runtime.registry import ProxyRoute, Registry, ServiceEntry
 from stack import postgres, prometheus_config
+from stack.appuser import AppUser
 from stack.settings import StackSettings
 from stack.supervisord import Program
 
-__all__ = ["Service", "SERVICES", "APP_START_ORDER", "programs", "registry", "app_uid"]
+__all__ = ["Service", "SERVICES", "APP_START_ORDER", "programs", "registry"]
 
 # Env prefixes handed through from the caller's environment to each program (settings such
 # as CHECKOUT_RETRIES); the ports/URLs computed here always win.
@@ -51,13 +51,12 @@ SERVICES: tuple[Service, ...] = (
 )
 
 
-def app_uid() -> int:
-    """The uid the app programs run as (owner of their files and of checkout's pgpass)."""
-    return os.geteuid()
-
-
-def programs(settings: StackSettings, pg_bindir: Path, env: Mapping[str, str]) -> list[Program]:
-    """The supervisord programs of the stack, in start order."""
+def programs(settings: StackSettings, pg_bindir: Path, env: Mapping[str, str],
+             app: AppUser | None = None) -> list[Program]:
+    """The supervisord programs of the stack, in start order; Prometheus and the app
+    programs run as the unprivileged user of ``app`` (stack/appuser.py) when it can."""
+    system_user = app.name if app else None
+    python_user = app.python_user if app else None
     py = sys.executable
     p = settings.ports
     local = "http://127.0.0.1:"
@@ -88,7 +87,7 @@ def programs(settings: StackSettings, pg_bindir: Path, env: Mapping[str, str]) -
                 user="postgres", stopsignal="INT", startsecs=2, startretries=10,
                 directory=str(settings.pgdisk)),
         Program("prometheus", prometheus_config.command(settings), autorestart=True,
-                directory=str(settings.state_dir / "prometheus")),
+                directory=str(settings.state_dir / "prometheus"), user=system_user),
         Program("faultproxy", proxy_cmd, autorestart=True, environment=common),
         Program("reaper", [py, "-m", "chaoscheckout.faults.reaper", "--state-dir", str(settings.state_dir)],
                 autorestart=True, environment=common),
@@ -101,7 +100,8 @@ def programs(settings: StackSettings, pg_bindir: Path, env: Mapping[str, str]) -
         # App services are started by manage.py once Postgres is ready, and never
         # restarted by supervisord: a killed service must stay down (the kill fault).
         out.append(Program(name, [py, "-m", f"stack.services.{name}"], autorestart=False,
-                           autostart=False, environment=environment))
+                           autostart=False, environment=environment,
+                           user=None if name == "remediator" else python_user))  # remediator: ctl socket
     return out
 
 

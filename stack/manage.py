@@ -20,7 +20,7 @@ from pathlib import Path
 
 from chaoscheckout.runtime.registry import save_registry
 from chaoscheckout.runtime.supervisor import SupervisorError
-from stack import health, layout, postgres, preflight, prometheus_config, statedir, supervisord
+from stack import appuser, health, layout, postgres, preflight, prometheus_config, statedir, supervisord
 from stack.settings import StackConfigError, StackSettings, settings_from_env
 
 __all__ = ["main", "up", "down", "status"]
@@ -42,10 +42,13 @@ def up(settings: StackSettings) -> int:
             raise preflight.PreflightError(str(exc)) from None
 
     pg_bindir = preflight.run_all(settings, validate)  # raises PreflightError, nothing started yet
-    programs = layout.programs(settings, pg_bindir, os.environ)
+    app = appuser.resolve(settings.project_dir)
+    if not app.python_ok:
+        _say(f"warning: the Python app programs run as root: {app.reason}")
+    programs = layout.programs(settings, pg_bindir, os.environ, app)
     started = time.monotonic()
     try:
-        _start(settings, pg_bindir, programs)
+        _start(settings, pg_bindir, programs, app.uid)
     except BaseException as exc:
         message = _one_line(exc)
         _say("up failed; tearing down what was started")
@@ -122,9 +125,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 # ---------------------------------------------------------------------------
 
 
-def _start(settings: StackSettings, pg_bindir: Path, programs: list[supervisord.Program]) -> None:
-    _prepare_dirs(settings)
-    postgres.write_secrets(settings, app_uid=layout.app_uid())
+def _start(settings: StackSettings, pg_bindir: Path, programs: list[supervisord.Program],
+           app_uid: int) -> None:
+    _prepare_dirs(settings, app_uid)
+    postgres.write_secrets(settings, app_uid=app_uid)
     _say(f"mounting {settings.pg_disk_size} tmpfs at {settings.pgdisk}")
     postgres.mount_pgdisk(settings)
     _say("initdb")
@@ -167,11 +171,11 @@ def _wait_healthy(settings: StackSettings) -> None:
         time.sleep(0.5)
 
 
-def _prepare_dirs(settings: StackSettings) -> None:
+def _prepare_dirs(settings: StackSettings, app_uid: int) -> None:
     statedir.check(settings.state_dir)  # no symlink to follow in what is removed below
     for fresh in ("provider", "prometheus", "secrets"):  # a new stack: no charges, no TSDB
         shutil.rmtree(settings.state_dir / fresh, ignore_errors=True)
-    statedir.prepare(settings, app_uid=layout.app_uid(), postgres_uid=postgres.postgres_ids()[0])
+    statedir.prepare(settings, app_uid=app_uid, postgres_uid=postgres.postgres_ids()[0])
 
 
 def _teardown(settings: StackSettings, quiet: bool) -> None:

@@ -26,8 +26,8 @@ from chaoscheckout.runtime.supervisor import SupervisorClient
 from chaoscheckout.service.actions import kill_service
 from chaoscheckout.sli import guards
 from chaoscheckout.sli import probes as sli_probes
-from stack import statedir
-from stack.postgres import find_pg_bindir
+from stack import appuser, statedir
+from stack.postgres import find_pg_bindir, postgres_ids
 from stack.settings import settings_from_env
 from stack.supervisord import Program, SupervisordError, check_programs
 
@@ -311,3 +311,34 @@ def test_registry_names_that_would_escape_a_path_are_refused(tmp_path, services,
 def test_netns_names_that_are_not_plain_names_are_refused(name):
     with pytest.raises(ChaosCheckoutError, match="invalid network namespace name"):
         netem.check_netns_name(name)
+
+
+# --- who the programs run as, with what environment -----------------------------------------
+
+
+def test_programs_run_unprivileged_where_they_can_with_a_minimal_environment(stack):
+    app = appuser.resolve(ROOT)
+    assert app.name == appuser.APP_USER, app.reason
+    rpc = SupervisorClient(stack.registry.supervisor_url, timeout_s=5)
+    uids = {p["name"]: _uid(p["pid"]) for p in rpc.all_process_info() if p["pid"]}
+    python_uid = app.uid if app.python_ok else 0  # see stack/appuser.py: a venv under /root
+    assert uids["prometheus"] == app.uid
+    assert {n: uids[n] for n in ("catalog", "payments", "provider", "checkout")} == dict.fromkeys(
+        ("catalog", "payments", "provider", "checkout"), python_uid)
+    assert {n: uids[n] for n in ("faultproxy", "reaper", "remediator")} == dict.fromkeys(
+        ("faultproxy", "reaper", "remediator"), 0)
+    assert uids["postgres"] == postgres_ids()[0]
+    environ = Path(f"/proc/{rpc.pid('catalog')}/environ").read_bytes().split(b"\0")
+    names = {item.split(b"=", 1)[0].decode() for item in environ if item}
+    assert "CHAOSCHECKOUT_TEST_PORT_BASE" not in names and "PYTEST_CURRENT_TEST" not in names, names
+    assert names <= {"PATH", "LANG", "LC_ALL", "HOME", "USER", "LOGNAME", "SHELL", "SUPERVISOR_ENABLED",
+                     "SUPERVISOR_SERVER_URL", "SUPERVISOR_PROCESS_NAME", "SUPERVISOR_GROUP_NAME",
+                     "CHAOSCHECKOUT_STATE_DIR", "PYTHONUNBUFFERED", "PYTHONPATH"} | {
+        n for n in names if n.startswith("CATALOG_")}, names
+
+
+def _uid(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Uid:"):
+            return int(line.split()[2])  # effective uid
+    raise AssertionError(f"no Uid line for pid {pid}")
