@@ -194,10 +194,14 @@ def test_compose_up_then_attach(engine, tmp_path):
     for wheel in download_wheels():
         shutil.copy2(wheel, wheels_dir / wheel.name)
         copied.append(wheels_dir / wheel.name)
-    env = {**os.environ, "CHAOSCHECKOUT_BASE_IMAGE": "chaoscheckout/base:bookworm",
-           "CHAOSCHECKOUT_PIP_NO_INDEX": "1"}
-    compose = ["docker-compose", "-p", "cctestcompose", "-f", str(COMPOSE_FILE)]
     state = tmp_path / "state"
+    (state / "secrets").mkdir(parents=True)  # the proxy's control token, as the compose header says
+    token = os.open(state / "secrets" / "proxy-control.token", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.write(token, os.urandom(18).hex().encode())
+    os.close(token)
+    env = {**os.environ, "CHAOSCHECKOUT_BASE_IMAGE": "chaoscheckout/base:bookworm",
+           "CHAOSCHECKOUT_PIP_NO_INDEX": "1", "CHAOSCHECKOUT_STATE_DIR": str(state)}
+    compose = ["docker-compose", "-p", "cctestcompose", "-f", str(COMPOSE_FILE)]
     try:
         t0 = time.monotonic()
         up = subprocess.run([*compose, "up", "-d", "--build"], env=env, capture_output=True, text=True,
