@@ -48,6 +48,9 @@ HASH_LABEL = "org.chaoscheckout.inputs-hash"
 STATE_LABEL = "org.chaoscheckout.state-dir"
 PASSTHROUGH_SERVICES = ("checkout", "catalog", "payments", "provider")
 PROXY_TOKEN = "proxy-control.token"  # compose secret: the fault proxy's control API token
+# compose secrets for Postgres: one pgpass line "*:*:*:<role>:<password>" each
+PG_SECRETS = {"pg-postgres.pgpass": "postgres", "pg-checkout.pgpass": "checkout_app",
+              "pg-probe.pgpass": "checkout_probe"}
 API_TIMEOUT_S = float(os.environ.get("CHAOSCHECKOUT_DOCKER_TIMEOUT_S", "30"))
 BUILD_TIMEOUT_S = 900
 UP_TIMEOUT_S = float(os.environ.get("CHAOSCHECKOUT_UP_TIMEOUT_S", "120"))
@@ -166,14 +169,29 @@ class DockerStack:
         """The fault proxy's control token (0600, root): mounted into its container."""
         return self.state_dir / "secrets" / PROXY_TOKEN
 
-    def _write_proxy_token(self) -> None:
+    def write_secrets(self) -> list[Path]:
+        """Fresh credentials in <state_dir>/secrets (each 0600, root): the fault proxy's
+        control token and the three Postgres roles' pgpass files (compose secrets)."""
         secrets_dir = self.state_dir / "secrets"
-        secrets_dir.mkdir(mode=0o711, exist_ok=True)
+        secrets_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
         os.chmod(secrets_dir, 0o711)
-        self.proxy_token_file.unlink(missing_ok=True)
-        fd = os.open(self.proxy_token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_urlsafe(32) + "\n")
+        contents = {PROXY_TOKEN: secrets.token_urlsafe(32)}
+        for name, role in PG_SECRETS.items():
+            contents[name] = f"*:*:*:{role}:{secrets.token_urlsafe(32)}"
+        written = []
+        for name, text in contents.items():
+            path = secrets_dir / name
+            path.unlink(missing_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(text + "\n")
+            written.append(path)
+        return written
+
+    def dsn(self, role_secret: str, port: int, dbname: str = "checkout") -> str:
+        """A host-side DSN for the role of ``role_secret`` (its pgpass file names the password)."""
+        passfile = self.state_dir / "secrets" / role_secret
+        return f"postgresql://{PG_SECRETS[role_secret]}@127.0.0.1:{port}/{dbname}?passfile={passfile}"
 
     # -- up ------------------------------------------------------------------------
     def up(self) -> int:
@@ -186,7 +204,7 @@ class DockerStack:
             os.chmod(self.state_dir / sub, 0o700)
         os.chmod(self.state_dir, 0o755)
         try:
-            self._write_proxy_token()
+            self.write_secrets()
             self.build_images()
             self._create_network()
             self._create_volumes()
@@ -222,9 +240,11 @@ class DockerStack:
         if reaper_pid(self.reaper_pid_file) is not None:
             raise DockerStackError(f"a reaper already runs for {self.state_dir}: detach first")
         _check_state_dir(self.state_dir)
-        if not self.proxy_token_file.is_file():
-            raise DockerStackError(f"{self.proxy_token_file} missing: the compose stack's fault proxy "
-                                   "reads its control token from it (see stack/docker-compose.yml)")
+        missing = [n for n in (PROXY_TOKEN, *PG_SECRETS) if not (self.state_dir / "secrets" / n).is_file()]
+        if missing:
+            raise DockerStackError(
+                f"{', '.join(missing)} missing in {self.state_dir / 'secrets'}: the compose stack reads its "
+                "credentials there (`python -m stack.docker_stack secrets` before `docker compose up`)")
         for sub in ("logs", "leases"):
             (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
             os.chmod(self.state_dir / sub, 0o700)
@@ -310,7 +330,8 @@ class DockerStack:
             prometheus_url=f"http://127.0.0.1:{port['prometheus']}",
             proxy_control_url=f"http://127.0.0.1:{port['faultproxy']}#token_file={self.proxy_token_file}",
             extra={
-                "database_url": f"postgresql://postgres@127.0.0.1:{port['postgres']}/checkout",
+                "database_url": self.dsn("pg-probe.pgpass", port["postgres"]),
+                "database_admin_url": self.dsn("pg-postgres.pgpass", port["postgres"], "postgres"),
                 "provider_url": f"http://127.0.0.1:{port['provider']}",
                 "checkout_url": f"http://127.0.0.1:{port['checkout']}",
                 "catalog_url": f"http://127.0.0.1:{port['catalog']}",
@@ -352,7 +373,8 @@ class DockerStack:
             network.remove()
         self.registry_file.unlink(missing_ok=True)
         shutil.rmtree(self.state_dir / "leases", ignore_errors=True)
-        self.proxy_token_file.unlink(missing_ok=True)
+        for name in (PROXY_TOKEN, *PG_SECRETS):
+            (self.state_dir / "secrets" / name).unlink(missing_ok=True)
         if not quiet:
             self.say(f"docker stack {self.prefix} down: removed {len(removed)} container(s), "
                      "its network and volume")
@@ -693,6 +715,12 @@ if __name__ == "__main__":
         for wheel in download_wheels():
             shutil.copy2(wheel, target / wheel.name)
         print(f"wheels in {target}")
+    elif command == "secrets":  # before `docker compose up`: the credentials it mounts
+        state = Path(os.environ.get("CHAOSCHECKOUT_STATE_DIR", "/var/lib/chaoscheckout"))
+        _check_state_dir(state)
+        for path in DockerStack(state, int(os.environ.get("CHAOSCHECKOUT_PORT_BASE", COMPOSE_PORT_BASE))) \
+                .write_secrets():
+            print(path)
     elif command in ("attach", "detach"):
         state = Path(os.environ.get("CHAOSCHECKOUT_STATE_DIR", "/var/lib/chaoscheckout"))
         try:
@@ -701,5 +729,5 @@ if __name__ == "__main__":
         except (DockerStackError, docker.errors.DockerException) as exc:
             sys.exit(f"docker stack {command}: error: {str(exc).splitlines()[0]}")
     else:
-        sys.exit("usage: python -m stack.docker_stack wheels|attach|detach   "
+        sys.exit("usage: python -m stack.docker_stack wheels|secrets|attach|detach   "
                  "(up/down/status: python -m stack.manage ... --runtime docker)")

@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 
 docker = pytest.importorskip("docker")
@@ -195,10 +196,7 @@ def test_compose_up_then_attach(engine, tmp_path):
         shutil.copy2(wheel, wheels_dir / wheel.name)
         copied.append(wheels_dir / wheel.name)
     state = tmp_path / "state"
-    (state / "secrets").mkdir(parents=True)  # the proxy's control token, as the compose header says
-    token = os.open(state / "secrets" / "proxy-control.token", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    os.write(token, os.urandom(18).hex().encode())
-    os.close(token)
+    DockerStack(state, PORT_BASE).write_secrets()  # the credentials compose mounts (see its header)
     env = {**os.environ, "CHAOSCHECKOUT_BASE_IMAGE": "chaoscheckout/base:bookworm",
            "CHAOSCHECKOUT_PIP_NO_INDEX": "1", "CHAOSCHECKOUT_STATE_DIR": str(state)}
     compose = ["docker-compose", "-p", "cctestcompose", "-f", str(COMPOSE_FILE)]
@@ -359,6 +357,24 @@ def test_unlabelled_container_is_refused(dstack, tmp_path):
     # nothing reached the proxy either: catalog's route has no toxic
     assert _live_toxics(registry.proxy_control_url) == {}
     _remove_intruder()
+
+
+def test_docker_postgres_needs_a_password_and_roles_are_limited(dstack):
+    """scram, no trust: no password, no connection; the probe role only reads orders."""
+    registry = load_registry(STATE_DIR / "services.json")
+    port = str(registry.services["postgres"].port)
+    psql = "/usr/lib/postgresql/15/bin/psql"
+    nobody = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", psql, "-w",
+                             "-h", "127.0.0.1", "-p", port, "-U", "postgres", "-d", "checkout",
+                             "-c", "SELECT 1"],
+                            capture_output=True, text=True, timeout=30, env={"PGCONNECT_TIMEOUT": "5"})
+    assert nobody.returncode != 0 and "no password supplied" in nobody.stderr, nobody.stderr
+    with psycopg.connect(registry.extra["database_url"], connect_timeout=5, autocommit=True) as probe:
+        assert probe.execute("SELECT count(*) FROM orders").fetchone()[0] >= 0
+        for statement in ("INSERT INTO orders VALUES (gen_random_uuid(), '[]', 1, 'paid')",
+                          "COPY orders FROM PROGRAM 'id'"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                probe.execute(statement)
 
 
 def test_netns_of_another_container_is_refused(dstack, tmp_path):
