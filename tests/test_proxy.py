@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import socket
 import statistics
 import subprocess
 import sys
@@ -374,8 +375,11 @@ def test_proxy_refuses_to_start_without_a_trustworthy_credential(tmp_path) -> No
 def test_unix_control_socket_is_0600_and_refuses_other_users(tmp_path) -> None:
     tmp_path.chmod(0o755)
     sock = tmp_path / "control.sock"
+    with socket.socket() as probe:  # any free port for the route: only the control socket matters
+        probe.bind(("127.0.0.1", 0))
+        route_port = probe.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "chaoscheckout.network.proxy", "--control", f"unix:{sock}",
-                             "--route", f"x={BASE + 68}:127.0.0.1:1", "--log-level", "WARNING"], cwd=ROOT)
+                             "--route", f"x={route_port}:127.0.0.1:1", "--log-level", "WARNING"], cwd=ROOT)
     try:
         deadline = time.monotonic() + 10
         while not sock.exists():
