@@ -173,7 +173,7 @@ def main() -> int:
         health_url = catalog.health_url
         proxied_url = f"http://127.0.0.1:{catalog.proxy.listen_port}/healthz" if catalog.proxy else None
         data_dir = Path(registry.service("postgres").data_dir)
-        dsn = registry.extra["database_url"]
+        dsn = registry.extra.get("database_admin_url") or registry.extra["database_url"]  # a writer
         results = {
             "kill → start_service (GET /healthz 200)": bench_kill(health_url, args.trials),
             "disk → release_disk (64 KiB write + INSERT ok)": bench_disk(data_dir, dsn, args.trials),

@@ -24,6 +24,8 @@ import argparse
 import http.client
 import json
 import os
+import secrets
+import shutil
 import statistics
 import subprocess
 import sys
@@ -116,11 +118,11 @@ def _k6(url: str, requests: int, vus: int, workdir: Path) -> dict[str, float]:
     return {"p50_ms": duration["p(50)"], "p99_ms": duration["p(99)"], "rps": reqs["rate"]}
 
 
-def _revert_times(args: argparse.Namespace, route_port: int, control_port: int, upstream_port: int,
+def _revert_times(args: argparse.Namespace, route_port: int, control_url: str, upstream_port: int,
                   trials: int) -> list[float]:
     with tempfile.TemporaryDirectory(prefix="cc-bench-proxy-") as state:
         save_registry(Registry(
-            runtime="local", proxy_control_url=f"http://127.0.0.1:{control_port}",
+            runtime="local", proxy_control_url=control_url,
             services={"bench": ServiceEntry(name="bench", host="127.0.0.1", port=upstream_port,
                                             process="bench", chaos_target=True,
                                             proxy=ProxyRoute("bench", route_port))},
@@ -154,12 +156,18 @@ def main() -> int:
         parser.error("bounds: requests 1..20000, vus 1..100, rounds 1..5")
     upstream_port, route_port, control_port = args.port_base + 90, args.port_base + 91, args.port_base + 92
     procs = []
+    secret_dir = tempfile.mkdtemp(prefix="cc-bench-token-")  # the control API needs a token (0600)
+    token_file = Path(secret_dir) / "control.token"
+    token_file.write_text(secrets.token_hex(16))
+    token_file.chmod(0o600)
+    control_url = f"http://127.0.0.1:{control_port}#token_file={token_file}"
     try:
         procs.append(subprocess.Popen([sys.executable, "-c", UPSTREAM_APP, str(upstream_port)]))
         _wait(upstream_port, "/", procs[-1])
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "chaoscheckout.network.proxy", "--control", f"127.0.0.1:{control_port}",
-             "--route", f"bench={route_port}:127.0.0.1:{upstream_port}", "--log-level", "WARNING"],
+             "--token-file", str(token_file), "--route", f"bench={route_port}:127.0.0.1:{upstream_port}",
+             "--log-level", "WARNING"],
             cwd=ROOT))
         _wait(control_port, "/healthz", procs[-1])
         cases = [("small", "/", args.requests, args.vus),
@@ -168,7 +176,7 @@ def main() -> int:
               f"{args.rounds} round(s), upstream uvicorn on 127.0.0.1")
         print(f"{'case':8} {'round':>5} {'path':7} {'requests':>8} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>9}")
         ratios: dict[str, list[tuple[float, float, float]]] = {}
-        control = ProxyControl(f"http://127.0.0.1:{control_port}")
+        control = ProxyControl(control_url)
         with tempfile.TemporaryDirectory(prefix="cc-bench-k6-") as tmp:
             for name, path, requests, vus in cases:
                 paths = [("direct", upstream_port), ("proxy", route_port)]
@@ -178,7 +186,8 @@ def main() -> int:
                     figures = {}
                     for label, port in paths:
                         if label == "toxic":
-                            control.set_latency("bench", delay_ms=1, fraction=1e-9, scope="request")
+                            control.set_latency("bench", delay_ms=1, fraction=1e-9, scope="request",
+                                                expires_at=time.time() + 600, fault_id="bench")
                         try:
                             figures[label] = fig = _k6(f"http://127.0.0.1:{port}{path}", requests, vus,
                                                        Path(tmp))
@@ -200,7 +209,7 @@ def main() -> int:
         for name, values in ratios.items():
             p50, p99, rps = (statistics.median(v[i] for v in values) for i in range(3))
             print(f"  {name:14} p50 x{p50:.2f}  p99 x{p99:.2f}  throughput x{rps:.2f}")
-        reverts = _revert_times(args, route_port, control_port, upstream_port, args.revert_trials)
+        reverts = _revert_times(args, route_port, control_url, upstream_port, args.revert_trials)
         print(f"\nlatency revert (proxy backend, 500 ms): remove_latency call -> fresh request fast again: "
               f"median {statistics.median(reverts):.1f} ms, max {max(reverts):.1f} ms "
               f"over {len(reverts)} trials")
@@ -212,6 +221,7 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
+        shutil.rmtree(secret_dir, ignore_errors=True)
     return 0
 
 

@@ -9,21 +9,34 @@ defaults. Names (configuration key / environment variable):
 - ``chaoscheckout_runtime`` / ``CHAOSCHECKOUT_RUNTIME`` (default: the registry's
   ``runtime`` field, else ``local``).
 - ``chaoscheckout_max_fault_duration_s`` / ``CHAOSCHECKOUT_MAX_FAULT_DURATION_S``
-  (default 600): no lease may be longer.
-- ``chaoscheckout_io_timeout_s`` / ``CHAOSCHECKOUT_IO_TIMEOUT_S`` (default 5): the
-  timeout given to every HTTP, XML-RPC, SQL and subprocess call that has no better one.
+  (default 600, at most 86400): no lease may be longer.
+- ``chaoscheckout_io_timeout_s`` / ``CHAOSCHECKOUT_IO_TIMEOUT_S`` (default 5, at most
+  300): the timeout given to every HTTP, XML-RPC, SQL and subprocess call that has no
+  better one.
+
+A limit cannot be switched off: a value that is not a finite number within its bounds
+(``nan``, ``inf``, negative, zero, too large) is rejected with :class:`InvalidFaultArgument`
+by every activity, before it changes anything. ``chaos validate`` cannot check these
+values (chaoslib hands no configuration to an extension at validation time), so the first
+activity of the run does.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Settings", "settings_from", "DEFAULT_STATE_DIR"]
+from chaoscheckout.errors import InvalidFaultArgument
+
+__all__ = ["Settings", "settings_from", "DEFAULT_STATE_DIR", "MAX_FAULT_DURATION_CAP_S", "MAX_IO_TIMEOUT_S",
+           "finite_number"]
 
 DEFAULT_STATE_DIR = "/var/lib/chaoscheckout"
+MAX_FAULT_DURATION_CAP_S = 86400.0  # the fault proxy refuses a toxic further ahead, too
+MAX_IO_TIMEOUT_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -52,11 +65,39 @@ def _pick(configuration: dict[str, Any] | None, key: str, default: Any) -> Any:
     return default
 
 
+def finite_number(name: str, value: Any, low: float, high: float, low_inclusive: bool = False) -> float:
+    """``value`` as a float in (low, high] (or [low, high]); else InvalidFaultArgument.
+
+    Numbers given as strings (environment variables, ``${...}`` substitution) are parsed;
+    bools, NaN and infinities are refused."""
+    number: float | None = None
+    if isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            number = None
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        number = float(value)
+    above = number is not None and (number >= low if low_inclusive else number > low)
+    if number is None or not math.isfinite(number) or not above or number > high:
+        bounds = f"{'[' if low_inclusive else '('}{low:g}, {high:g}]"
+        raise InvalidFaultArgument(f"{name} must be a finite number in {bounds}, got {value!r}")
+    return number
+
+
 def settings_from(configuration: dict[str, Any] | None = None) -> Settings:
-    """Build :class:`Settings` from a chaoslib configuration dict and the environment."""
+    """Build :class:`Settings` from a chaoslib configuration dict and the environment;
+    raise InvalidFaultArgument for a value out of bounds (nothing is changed then)."""
+    state_dir = Path(str(_pick(configuration, "chaoscheckout_state_dir", DEFAULT_STATE_DIR)))
+    if not state_dir.is_absolute():
+        raise InvalidFaultArgument(f"chaoscheckout_state_dir must be an absolute path, got {state_dir}")
     return Settings(
-        state_dir=Path(_pick(configuration, "chaoscheckout_state_dir", DEFAULT_STATE_DIR)),
+        state_dir=state_dir,
         runtime=_pick(configuration, "chaoscheckout_runtime", None),
-        max_fault_duration_s=float(_pick(configuration, "chaoscheckout_max_fault_duration_s", 600)),
-        io_timeout_s=float(_pick(configuration, "chaoscheckout_io_timeout_s", 5)),
+        max_fault_duration_s=finite_number(
+            "chaoscheckout_max_fault_duration_s (CHAOSCHECKOUT_MAX_FAULT_DURATION_S)",
+            _pick(configuration, "chaoscheckout_max_fault_duration_s", 600), 0, MAX_FAULT_DURATION_CAP_S),
+        io_timeout_s=finite_number(
+            "chaoscheckout_io_timeout_s (CHAOSCHECKOUT_IO_TIMEOUT_S)",
+            _pick(configuration, "chaoscheckout_io_timeout_s", 5), 0, MAX_IO_TIMEOUT_S),
     )

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -46,6 +47,10 @@ SERVICE_LABEL = "org.chaoscheckout.service"
 HASH_LABEL = "org.chaoscheckout.inputs-hash"
 STATE_LABEL = "org.chaoscheckout.state-dir"
 PASSTHROUGH_SERVICES = ("checkout", "catalog", "payments", "provider")
+PROXY_TOKEN = "proxy-control.token"  # compose secret: the fault proxy's control API token
+# compose secrets for Postgres: one pgpass line "*:*:*:<role>:<password>" each
+PG_SECRETS = {"pg-postgres.pgpass": "postgres", "pg-checkout.pgpass": "checkout_app",
+              "pg-probe.pgpass": "checkout_probe"}
 API_TIMEOUT_S = float(os.environ.get("CHAOSCHECKOUT_DOCKER_TIMEOUT_S", "30"))
 BUILD_TIMEOUT_S = 900
 UP_TIMEOUT_S = float(os.environ.get("CHAOSCHECKOUT_UP_TIMEOUT_S", "120"))
@@ -76,6 +81,7 @@ class Spec:
     volumes: dict[str, str]  # volume key -> container path
     healthcheck: dict[str, Any] | None = None
     depends_on: tuple[str, ...] = field(default_factory=tuple)
+    secrets: tuple[str, ...] = ()  # files of <state_dir>/secrets mounted at /run/secrets/<name>
 
     @property
     def main_port(self) -> int:
@@ -116,6 +122,7 @@ def load_compose(path: Path = COMPOSE_FILE, port_base: int = COMPOSE_PORT_BASE) 
             labels={k: str(v) for k, v in (svc.get("labels") or {}).items()},
             ports=ports, volumes=volumes, healthcheck=svc.get("healthcheck"),
             depends_on=tuple(svc.get("depends_on") or ()),
+            secrets=tuple(str(x) for x in svc.get("secrets") or ()),
         ))
     networks = list((raw.get("networks") or {"default": {}}).keys())
     return Compose(_start_order(specs), raw.get("volumes") or {}, networks[0])
@@ -157,14 +164,47 @@ class DockerStack:
     def reaper_pid_file(self) -> Path:
         return self.state_dir / "reaper.pid"
 
+    @property
+    def proxy_token_file(self) -> Path:
+        """The fault proxy's control token (0600, root): mounted into its container."""
+        return self.state_dir / "secrets" / PROXY_TOKEN
+
+    def write_secrets(self) -> list[Path]:
+        """Fresh credentials in <state_dir>/secrets (each 0600, root): the fault proxy's
+        control token and the three Postgres roles' pgpass files (compose secrets)."""
+        secrets_dir = self.state_dir / "secrets"
+        secrets_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
+        os.chmod(secrets_dir, 0o711)
+        contents = {PROXY_TOKEN: secrets.token_urlsafe(32)}
+        for name, role in PG_SECRETS.items():
+            contents[name] = f"*:*:*:{role}:{secrets.token_urlsafe(32)}"
+        written = []
+        for name, text in contents.items():
+            path = secrets_dir / name
+            path.unlink(missing_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(text + "\n")
+            written.append(path)
+        return written
+
+    def dsn(self, role_secret: str, port: int, dbname: str = "checkout") -> str:
+        """A host-side DSN for the role of ``role_secret`` (its pgpass file names the password)."""
+        passfile = self.state_dir / "secrets" / role_secret
+        return f"postgresql://{PG_SECRETS[role_secret]}@127.0.0.1:{port}/{dbname}?passfile={passfile}"
+
     # -- up ------------------------------------------------------------------------
     def up(self) -> int:
         started = time.monotonic()
         if self._containers():
             raise DockerStackError(f"docker stack {self.prefix} already has containers: run `down` first")
+        _check_state_dir(self.state_dir)
         for sub in ("logs", "leases"):
             (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
+            os.chmod(self.state_dir / sub, 0o700)
+        os.chmod(self.state_dir, 0o755)
         try:
+            self.write_secrets()
             self.build_images()
             self._create_network()
             self._create_volumes()
@@ -199,8 +239,15 @@ class DockerStack:
                                    f"{', '.join(missing)} (is the compose stack up?)")
         if reaper_pid(self.reaper_pid_file) is not None:
             raise DockerStackError(f"a reaper already runs for {self.state_dir}: detach first")
+        _check_state_dir(self.state_dir)
+        missing = [n for n in (PROXY_TOKEN, *PG_SECRETS) if not (self.state_dir / "secrets" / n).is_file()]
+        if missing:
+            raise DockerStackError(
+                f"{', '.join(missing)} missing in {self.state_dir / 'secrets'}: the compose stack reads its "
+                "credentials there (`python -m stack.docker_stack secrets` before `docker compose up`)")
         for sub in ("logs", "leases"):
             (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
+            os.chmod(self.state_dir / sub, 0o700)
         self._wait_healthy()
         self._wait_database()
         registry = self.registry()
@@ -281,9 +328,10 @@ class DockerStack:
             services=entries,
             supervisor_url=None,
             prometheus_url=f"http://127.0.0.1:{port['prometheus']}",
-            proxy_control_url=f"http://127.0.0.1:{port['faultproxy']}",
+            proxy_control_url=f"http://127.0.0.1:{port['faultproxy']}#token_file={self.proxy_token_file}",
             extra={
-                "database_url": f"postgresql://postgres@127.0.0.1:{port['postgres']}/checkout",
+                "database_url": self.dsn("pg-probe.pgpass", port["postgres"]),
+                "database_admin_url": self.dsn("pg-postgres.pgpass", port["postgres"], "postgres"),
                 "provider_url": f"http://127.0.0.1:{port['provider']}",
                 "checkout_url": f"http://127.0.0.1:{port['checkout']}",
                 "catalog_url": f"http://127.0.0.1:{port['catalog']}",
@@ -325,6 +373,8 @@ class DockerStack:
             network.remove()
         self.registry_file.unlink(missing_ok=True)
         shutil.rmtree(self.state_dir / "leases", ignore_errors=True)
+        for name in (PROXY_TOKEN, *PG_SECRETS):
+            (self.state_dir / "secrets" / name).unlink(missing_ok=True)
         if not quiet:
             self.say(f"docker stack {self.prefix} down: removed {len(removed)} container(s), "
                      "its network and volume")
@@ -435,7 +485,9 @@ class DockerStack:
         host_config = api.create_host_config(
             port_bindings={cport: ("127.0.0.1", hport) for cport, hport in spec.ports.items()},
             mounts=[docker.types.Mount(target, self.volume_name(key), type="volume")
-                    for key, target in spec.volumes.items()],
+                    for key, target in spec.volumes.items()]
+            + [docker.types.Mount(f"/run/secrets/{name}", str(self.state_dir / "secrets" / name),
+                                  type="bind", read_only=True) for name in spec.secrets],
             restart_policy={"Name": "no"},
         )
         networking = api.create_networking_config(
@@ -631,6 +683,15 @@ def _ns(value: str) -> int:
     return int(float(value.rstrip("s")) * 1e9)
 
 
+def _check_state_dir(state_dir: Path) -> None:
+    from stack import statedir
+
+    try:
+        statedir.check(state_dir)
+    except statedir.StateDirError as exc:
+        raise DockerStackError(str(exc)) from None
+
+
 def _substitute(value: str) -> str:
     return value  # the compose file uses no variables in environment values
 
@@ -665,6 +726,12 @@ if __name__ == "__main__":
         for wheel in download_wheels():
             shutil.copy2(wheel, target / wheel.name)
         print(f"wheels in {target}")
+    elif command == "secrets":  # before `docker compose up`: the credentials it mounts
+        state = Path(os.environ.get("CHAOSCHECKOUT_STATE_DIR", "/var/lib/chaoscheckout"))
+        _check_state_dir(state)
+        for path in DockerStack(state, int(os.environ.get("CHAOSCHECKOUT_PORT_BASE", COMPOSE_PORT_BASE))) \
+                .write_secrets():
+            print(path)
     elif command in ("attach", "detach"):
         state = Path(os.environ.get("CHAOSCHECKOUT_STATE_DIR", "/var/lib/chaoscheckout"))
         try:
@@ -673,5 +740,5 @@ if __name__ == "__main__":
         except (DockerStackError, docker.errors.DockerException) as exc:
             sys.exit(f"docker stack {command}: error: {str(exc).splitlines()[0]}")
     else:
-        sys.exit("usage: python -m stack.docker_stack wheels|attach|detach   "
+        sys.exit("usage: python -m stack.docker_stack wheels|secrets|attach|detach   "
                  "(up/down/status: python -m stack.manage ... --runtime docker)")

@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 import psycopg
 
+from chaoscheckout.network.proxy_client import ProxyControl, ProxyError
 from chaoscheckout.runtime.supervisor import SupervisorError
 from stack import supervisord
 from stack.layout import SERVICES, Service
@@ -74,6 +75,12 @@ def check_one(
 def _probe(settings: StackSettings, svc: Service, http: httpx.Client) -> tuple[bool, str]:
     if svc.health == "process":
         return True, "running"
+    if svc.health == "proxy":
+        try:
+            ProxyControl(settings.proxy_control_url, PROBE_TIMEOUT_S).healthz()
+            return True, f"control API on {settings.proxy_control_socket}"
+        except ProxyError as exc:
+            return False, str(exc)
     if svc.health == "postgres":
         try:
             with psycopg.connect(settings.database_url, connect_timeout=int(PROBE_TIMEOUT_S)) as conn:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from chaoscheckout.runtime.registry import ProxyRoute, Registry, ServiceEntry
 from stack import postgres, prometheus_config
+from stack.appuser import AppUser
 from stack.settings import StackSettings
 from stack.supervisord import Program
 
@@ -22,7 +23,9 @@ APP_START_ORDER = ("provider", "catalog", "payments", "checkout", "remediator")
 
 @dataclass(frozen=True)
 class Service:
-    """One supervised program; ``port_key`` None means it has no port (reaper)."""
+    """One supervised program; ``port_key`` None means it has no TCP port of its own (the
+    reaper; the fault proxy, whose control API is a unix socket and whose listen ports are
+    its routes')."""
 
     name: str
     port_key: str | None
@@ -35,7 +38,7 @@ class Service:
 SERVICES: tuple[Service, ...] = (
     Service("postgres", "postgres", "postgres", True),
     Service("prometheus", "prometheus", "http:/-/ready", False),
-    Service("faultproxy", "proxy_control", "http:/healthz", False, "chaoscheckout.network.proxy"),
+    Service("faultproxy", None, "proxy", False, "chaoscheckout.network.proxy"),
     Service("reaper", None, "process", False, "chaoscheckout.faults.reaper"),
     Service("provider", "provider", "http:/healthz", True, "stack.services.provider",
             ("provider", "proxy_provider")),
@@ -48,8 +51,12 @@ SERVICES: tuple[Service, ...] = (
 )
 
 
-def programs(settings: StackSettings, pg_bindir: Path, env: Mapping[str, str]) -> list[Program]:
-    """The supervisord programs of the stack, in start order."""
+def programs(settings: StackSettings, pg_bindir: Path, env: Mapping[str, str],
+             app: AppUser | None = None) -> list[Program]:
+    """The supervisord programs of the stack, in start order; Prometheus and the app
+    programs run as the unprivileged user of ``app`` (stack/appuser.py) when it can."""
+    system_user = app.name if app else None
+    python_user = app.python_user if app else None
     py = sys.executable
     p = settings.ports
     local = "http://127.0.0.1:"
@@ -64,13 +71,13 @@ def programs(settings: StackSettings, pg_bindir: Path, env: Mapping[str, str]) -
         "checkout": {"CHECKOUT_PORT": str(p["checkout"]),
                      "CHECKOUT_CATALOG_URL": f"{local}{p['proxy_catalog']}",
                      "CHECKOUT_PAYMENTS_URL": f"{local}{p['proxy_payments']}",
-                     "CHECKOUT_DATABASE_URL": settings.database_url},
+                     "CHECKOUT_DATABASE_URL": settings.app_database_url},
         "remediator": {"REMEDIATOR_PORT": str(p["remediator"]),
                        "REMEDIATOR_SUPERVISOR_URL": settings.supervisor_url,
                        "REMEDIATOR_WATCH": "catalog,payments,provider,checkout"},
     }
     passthrough = {k: v for k, v in env.items() if k.startswith(PASSTHROUGH_PREFIXES)}
-    proxy_cmd = [py, "-m", "chaoscheckout.network.proxy", "--control", f"127.0.0.1:{p['proxy_control']}"]
+    proxy_cmd = [py, "-m", "chaoscheckout.network.proxy", "--control", settings.proxy_control_url]
     for svc in SERVICES:
         if svc.proxy:
             route, listen = svc.proxy
@@ -80,7 +87,7 @@ def programs(settings: StackSettings, pg_bindir: Path, env: Mapping[str, str]) -
                 user="postgres", stopsignal="INT", startsecs=2, startretries=10,
                 directory=str(settings.pgdisk)),
         Program("prometheus", prometheus_config.command(settings), autorestart=True,
-                directory=str(settings.state_dir / "prometheus")),
+                directory=str(settings.state_dir / "prometheus"), user=system_user),
         Program("faultproxy", proxy_cmd, autorestart=True, environment=common),
         Program("reaper", [py, "-m", "chaoscheckout.faults.reaper", "--state-dir", str(settings.state_dir)],
                 autorestart=True, environment=common),
@@ -93,7 +100,8 @@ def programs(settings: StackSettings, pg_bindir: Path, env: Mapping[str, str]) -
         # App services are started by manage.py once Postgres is ready, and never
         # restarted by supervisord: a killed service must stay down (the kill fault).
         out.append(Program(name, [py, "-m", f"stack.services.{name}"], autorestart=False,
-                           autostart=False, environment=environment))
+                           autostart=False, environment=environment,
+                           user=None if name == "remediator" else python_user))  # remediator: ctl socket
     return out
 
 
@@ -102,7 +110,7 @@ def registry(settings: StackSettings) -> Registry:
     entries: dict[str, ServiceEntry] = {}
     for svc in SERVICES:
         if svc.port_key is None:
-            continue  # the reaper has no address; it is found through supervisord
+            continue  # reaper and fault proxy: found through supervisord and proxy_control_url
         port = settings.port(svc.port_key)
         health_url = f"http://127.0.0.1:{port}{svc.health[5:]}" if svc.health.startswith("http:") else None
         entries[svc.name] = ServiceEntry(
@@ -116,9 +124,10 @@ def registry(settings: StackSettings) -> Registry:
         services=entries,
         supervisor_url=settings.supervisor_url,
         prometheus_url=settings.prometheus_url,
-        proxy_control_url=f"http://127.0.0.1:{settings.port('proxy_control')}",
+        proxy_control_url=settings.proxy_control_url,
         extra={
             "database_url": settings.database_url,
+            "database_admin_url": settings.admin_database_url,
             "provider_url": f"http://127.0.0.1:{settings.port('provider')}",
             "checkout_url": f"http://127.0.0.1:{settings.port('checkout')}",
             "catalog_url": f"http://127.0.0.1:{settings.port('catalog')}",

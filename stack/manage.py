@@ -21,7 +21,7 @@ from pathlib import Path
 from chaoscheckout.errors import ChaosCheckoutError
 from chaoscheckout.runtime.registry import load_registry, save_registry
 from chaoscheckout.runtime.supervisor import SupervisorError
-from stack import health, layout, postgres, preflight, prometheus_config, supervisord
+from stack import appuser, health, layout, postgres, preflight, prometheus_config, statedir, supervisord
 from stack.settings import StackConfigError, StackSettings, settings_from_env
 
 __all__ = ["main", "up", "down", "status"]
@@ -36,10 +36,20 @@ class UpFailed(Exception):
 def up(settings: StackSettings) -> int:
     if supervisord.supervisord_pid(settings) is not None:
         return _already_up(settings)
-    pg_bindir = preflight.run_all(settings)  # raises PreflightError, nothing started yet
+    def validate(bindir: Path) -> None:
+        try:
+            supervisord.check_programs(layout.programs(settings, bindir, os.environ))
+        except supervisord.SupervisordError as exc:
+            raise preflight.PreflightError(str(exc)) from None
+
+    pg_bindir = preflight.run_all(settings, validate)  # raises PreflightError, nothing started yet
+    app = appuser.resolve(settings.project_dir)
+    if not app.python_ok:
+        _say(f"warning: the Python app programs run as root: {app.reason}")
+    programs = layout.programs(settings, pg_bindir, os.environ, app)
     started = time.monotonic()
     try:
-        _start(settings, pg_bindir)
+        _start(settings, pg_bindir, programs, app.uid)
     except BaseException as exc:
         message = _one_line(exc)
         _say("up failed; tearing down what was started")
@@ -129,14 +139,16 @@ def _runtime(asked: str | None, command: str, settings: StackSettings) -> str:
     return "local"
 
 
-def _start(settings: StackSettings, pg_bindir: Path) -> None:
-    _prepare_dirs(settings)
+def _start(settings: StackSettings, pg_bindir: Path, programs: list[supervisord.Program],
+           app_uid: int) -> None:
+    _prepare_dirs(settings, app_uid)
+    postgres.write_secrets(settings, app_uid=app_uid)
     _say(f"mounting {settings.pg_disk_size} tmpfs at {settings.pgdisk}")
     postgres.mount_pgdisk(settings)
     _say("initdb")
     postgres.initdb(settings, pg_bindir)
     prometheus_config.render(settings)
-    supervisord.render_conf(settings, layout.programs(settings, pg_bindir, os.environ))
+    supervisord.render_conf(settings, programs)
     _say(f"starting supervisord (XML-RPC {settings.supervisor_url})")
     supervisord.start_supervisord(settings)
     postgres.wait_ready(settings)
@@ -173,13 +185,11 @@ def _wait_healthy(settings: StackSettings) -> None:
         time.sleep(0.5)
 
 
-def _prepare_dirs(settings: StackSettings) -> None:
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
-    os.chmod(settings.state_dir, 0o755)  # postgres must traverse it
-    for fresh in ("provider", "prometheus"):  # a new stack starts with no charges and no TSDB
+def _prepare_dirs(settings: StackSettings, app_uid: int) -> None:
+    statedir.check(settings.state_dir)  # no symlink to follow in what is removed below
+    for fresh in ("provider", "prometheus", "secrets"):  # a new stack: no charges, no TSDB
         shutil.rmtree(settings.state_dir / fresh, ignore_errors=True)
-    for sub in ("logs", "run", "leases", "provider", "prometheus"):
-        (settings.state_dir / sub).mkdir(parents=True, exist_ok=True)
+    statedir.prepare(settings, app_uid=app_uid, postgres_uid=postgres.postgres_ids()[0])
 
 
 def _teardown(settings: StackSettings, quiet: bool) -> None:
@@ -190,6 +200,7 @@ def _teardown(settings: StackSettings, quiet: bool) -> None:
         _say(f"unmounted {settings.pgdisk}")
     settings.registry_file.unlink(missing_ok=True)
     shutil.rmtree(settings.state_dir / "leases", ignore_errors=True)
+    shutil.rmtree(settings.state_dir / "secrets", ignore_errors=True)  # passwords of a gone cluster
 
 
 def _already_up(settings: StackSettings) -> int:

@@ -1,15 +1,31 @@
-"""PostgreSQL on a size-capped tmpfs: find the binaries, mount, initdb, create the database."""
+"""PostgreSQL on a size-capped tmpfs: find the binaries, mount, initdb, create the database.
+
+Authentication: scram-sha-256 over TCP for every role (no trust), peer on the unix socket
+(so only the OS user postgres is the superuser there). Three roles, each password random
+per `stack up` and kept in a 0600 file of ``<state_dir>/secrets/``:
+
+- ``postgres`` (superuser): ``postgres.pgpass`` (root) — for `stack up` and admin work;
+- ``checkout_app`` (SELECT, INSERT, UPDATE on ``orders``; no DDL, no DELETE):
+  ``checkout.pgpass``, owned by the user the checkout program runs as;
+- ``checkout_probe`` (SELECT on ``orders`` only): ``probe.pgpass`` (root) — the money
+  probe's DSN, the registry's ``extra.database_url``.
+
+DSNs name their pgpass file (``?passfile=...``), so no password is ever written to the
+registry, the supervisord config or a command line.
+"""
 
 from __future__ import annotations
 
 import glob
 import os
 import pwd
+import secrets
 import subprocess
 import time
 from pathlib import Path
 
 import psycopg
+from psycopg import sql
 
 from stack.settings import StackSettings
 
@@ -22,8 +38,14 @@ __all__ = [
     "initdb",
     "wait_ready",
     "create_database",
+    "write_secrets",
     "SCHEMA_SQL",
+    "APP_ROLE",
+    "PROBE_ROLE",
 ]
+
+APP_ROLE = "checkout_app"
+PROBE_ROLE = "checkout_probe"
 
 PG_BINARIES = ("initdb", "postgres")
 SCHEMA_SQL = """
@@ -113,19 +135,45 @@ def unmount_pgdisk(settings: StackSettings, timeout_s: float = 10) -> bool:
         time.sleep(0.5)
 
 
+def write_secrets(settings: StackSettings, app_uid: int) -> None:
+    """Fresh random passwords for the three roles, as pgpass files (mode 0600) in
+    <state_dir>/secrets; ``checkout.pgpass`` is owned by ``app_uid``."""
+    port = settings.port("postgres")
+    roles = (("postgres", "postgres", "*", 0), ("checkout", APP_ROLE, "checkout", app_uid),
+             ("probe", PROBE_ROLE, "checkout", 0))
+    for name, role, db, owner in roles:
+        path = settings.secrets_dir / f"{name}.pgpass"
+        path.unlink(missing_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            os.fchown(fh.fileno(), owner, -1)
+            fh.write(f"127.0.0.1:{port}:{db}:{role}:{secrets.token_urlsafe(32)}\n")
+
+
 def initdb(settings: StackSettings, bindir: Path) -> None:
-    """Create the cluster as user postgres (trust auth) and write the server settings."""
+    """Create the cluster as user postgres (scram over TCP, peer on the socket) and write
+    the server settings."""
     uid, gid = postgres_ids()
-    settings.run_dir.mkdir(parents=True, exist_ok=True)
     os.chown(settings.run_dir, uid, gid)
-    _run(
-        [str(bindir / "initdb"), "-D", str(settings.pgdata), "-U", "postgres", "--auth=trust",
-         "-E", "UTF8", "--locale=C.UTF-8"],
-        user=uid, group=gid,
-    )
+    os.chmod(settings.run_dir, 0o755)
+    pwfile = settings.pgdisk / ".pwfile"  # the tmpfs is postgres-owned 0700: initdb reads it
+    fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(_password(settings, "postgres") + "\n")
+    os.chown(pwfile, uid, gid)
+    try:
+        _run(
+            [str(bindir / "initdb"), "-D", str(settings.pgdata), "-U", "postgres",
+             "--auth-host=scram-sha-256", "--auth-local=peer", f"--pwfile={pwfile}",
+             "-E", "UTF8", "--locale=C.UTF-8"],
+            user=uid, group=gid,
+        )
+    finally:
+        pwfile.unlink(missing_ok=True)
     conf = dict(SERVER_CONF)
     conf["port"] = str(settings.port("postgres"))
     conf["unix_socket_directories"] = f"'{settings.run_dir}'"
+    conf["password_encryption"] = "'scram-sha-256'"
     with open(settings.pgdata / "postgresql.conf", "a") as fh:
         fh.write("\n# chaoscheckout stack settings\n")
         fh.writelines(f"{key} = {value}\n" for key, value in conf.items())
@@ -141,7 +189,7 @@ def wait_ready(settings: StackSettings, timeout_s: float = 30) -> None:
     last = ""
     while time.monotonic() < deadline:
         try:
-            with psycopg.connect(_dsn(settings, "postgres"), connect_timeout=2) as conn:
+            with psycopg.connect(settings.admin_database_url, connect_timeout=2) as conn:
                 conn.execute("SELECT 1")
                 return
         except psycopg.Error as exc:
@@ -151,15 +199,30 @@ def wait_ready(settings: StackSettings, timeout_s: float = 30) -> None:
 
 
 def create_database(settings: StackSettings) -> None:
-    """Create database ``checkout`` and the ``orders`` table, idempotently."""
-    with psycopg.connect(_dsn(settings, "postgres"), connect_timeout=5, autocommit=True) as conn:
+    """Create database ``checkout``, the ``orders`` table and the two login roles with only
+    the rights they need, idempotently (passwords from the pgpass files)."""
+    with psycopg.connect(settings.admin_database_url, connect_timeout=5, autocommit=True) as conn:
         conn.execute("SET statement_timeout = '10s'")
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = 'checkout'").fetchone()
         if not exists:
             conn.execute("CREATE DATABASE checkout")
-    with psycopg.connect(settings.database_url, connect_timeout=5, autocommit=True) as conn:
+        conn.execute("REVOKE ALL ON DATABASE checkout FROM PUBLIC")
+        for name, role in (("checkout", APP_ROLE), ("probe", PROBE_ROLE)):
+            known = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
+            verb = "ALTER" if known else "CREATE"
+            statement = verb + " ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD {}"
+            password = sql.Literal(_password(settings, name))
+            conn.execute(sql.SQL(statement).format(sql.Identifier(role), password))
+            conn.execute(sql.SQL("GRANT CONNECT ON DATABASE checkout TO {}").format(sql.Identifier(role)))
+    admin_checkout = settings.dsn("postgres", "checkout", "postgres")
+    with psycopg.connect(admin_checkout, connect_timeout=5, autocommit=True) as conn:
         conn.execute("SET statement_timeout = '10s'")
         conn.execute(SCHEMA_SQL)
+        conn.execute("REVOKE ALL ON SCHEMA public FROM PUBLIC")
+        conn.execute("REVOKE ALL ON orders FROM PUBLIC")
+        for role, rights in ((APP_ROLE, "SELECT, INSERT, UPDATE"), (PROBE_ROLE, "SELECT")):
+            conn.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(sql.Identifier(role)))
+            conn.execute(sql.SQL("GRANT " + rights + " ON orders TO {}").format(sql.Identifier(role)))
 
 
 # ---------------------------------------------------------------------------
@@ -167,8 +230,9 @@ def create_database(settings: StackSettings) -> None:
 # ---------------------------------------------------------------------------
 
 
-def _dsn(settings: StackSettings, dbname: str) -> str:
-    return f"postgresql://postgres@127.0.0.1:{settings.port('postgres')}/{dbname}"
+def _password(settings: StackSettings, name: str) -> str:
+    line = (settings.secrets_dir / f"{name}.pgpass").read_text().strip()
+    return line.rsplit(":", 1)[1]
 
 
 def _version_key(path: str) -> tuple[int, ...]:

@@ -6,9 +6,10 @@ import errno
 import os
 import pwd
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
-from stack import postgres, prometheus_config
+from stack import postgres, prometheus_config, statedir
 from stack.settings import StackSettings
 
 __all__ = ["PreflightError", "run_all", "busy_ports"]
@@ -18,12 +19,19 @@ class PreflightError(Exception):
     """A pre-flight check failed; nothing was started."""
 
 
-def run_all(settings: StackSettings) -> Path:
-    """Run every check in order; return the Postgres bin dir."""
+def run_all(settings: StackSettings, validate: Callable[[Path], None] | None = None) -> Path:
+    """Run every check in order; return the Postgres bin dir.
+
+    ``validate(bindir)`` (the rendered configuration's check) runs before the checks of
+    the machine's state (ports, mounts); its exception propagates."""
     if os.geteuid() != 0:
         raise PreflightError(
             "must run as root: the Postgres data disk is a tmpfs mount (run with sudo, or as root)"
         )
+    try:
+        statedir.check(settings.state_dir)
+    except statedir.StateDirError as exc:
+        raise PreflightError(str(exc)) from None
     try:
         bindir = postgres.find_pg_bindir(os.environ)
     except postgres.PostgresError as exc:
@@ -32,6 +40,8 @@ def run_all(settings: StackSettings) -> Path:
         pwd.getpwnam("postgres")
     except KeyError:
         raise PreflightError("system user 'postgres' missing: run `make setup`") from None
+    if validate is not None:
+        validate(bindir)
     if not os.access(prometheus_config.PROMETHEUS_BIN, os.X_OK):
         raise PreflightError(
             f"{prometheus_config.PROMETHEUS_BIN} not found: run `make setup` or `apt-get install prometheus`"
@@ -40,7 +50,7 @@ def run_all(settings: StackSettings) -> Path:
     if blocked is not None:
         raise PreflightError(
             f"user postgres cannot reach {settings.state_dir}: {blocked} is not world-searchable "
-            "(chmod o+x it, or pick another CHAOSCHECKOUT_STATE_DIR such as /var/tmp/chaoscheckout)"
+            "(chmod o+x it, or pick another CHAOSCHECKOUT_STATE_DIR such as /var/lib/chaoscheckout)"
         )
     busy = busy_ports(settings)
     if busy:

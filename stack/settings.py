@@ -26,9 +26,9 @@ PORT_OFFSETS: dict[str, int] = {
     "proxy_provider": 13,
     "postgres": 20,
     "prometheus": 30,
-    "supervisord": 40,
-    "proxy_control": 50,
 }
+# The control planes are not on TCP: supervisord's XML-RPC and the fault proxy's control
+# API listen on 0600 unix sockets in <state_dir>/ctl/ (root only).
 
 
 class StackConfigError(Exception):
@@ -62,6 +62,24 @@ class StackSettings:
         return self.state_dir / "run"
 
     @property
+    def ctl_dir(self) -> Path:
+        """Control sockets (supervisord, fault proxy): root only, mode 0700."""
+        return self.state_dir / "ctl"
+
+    @property
+    def secrets_dir(self) -> Path:
+        """Postgres passwords and pgpass files: each a 0600 file owned by its user."""
+        return self.state_dir / "secrets"
+
+    @property
+    def supervisord_socket(self) -> Path:
+        return self.ctl_dir / "supervisord.sock"
+
+    @property
+    def proxy_control_socket(self) -> Path:
+        return self.ctl_dir / "faultproxy.sock"
+
+    @property
     def logs_dir(self) -> Path:
         return self.state_dir / "logs"
 
@@ -79,7 +97,11 @@ class StackSettings:
 
     @property
     def supervisor_url(self) -> str:
-        return f"http://127.0.0.1:{self.port('supervisord')}/RPC2"
+        return f"unix://{self.supervisord_socket}"
+
+    @property
+    def proxy_control_url(self) -> str:
+        return f"unix:{self.proxy_control_socket}"
 
     @property
     def prometheus_url(self) -> str:
@@ -87,7 +109,23 @@ class StackSettings:
 
     @property
     def database_url(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port('postgres')}/checkout"
+        """Read-only (``checkout_probe``): the money probe's, the registry's ``database_url``."""
+        return self.dsn("checkout_probe", "checkout", "probe")
+
+    @property
+    def app_database_url(self) -> str:
+        """checkout's own role (``checkout_app``: SELECT, INSERT, UPDATE on orders)."""
+        return self.dsn("checkout_app", "checkout", "checkout")
+
+    @property
+    def admin_database_url(self) -> str:
+        """The superuser, for `stack up` and tests (its pgpass file is root's, 0600)."""
+        return self.dsn("postgres", "postgres", "postgres")
+
+    def dsn(self, role: str, dbname: str, secret: str) -> str:
+        """A DSN for ``role`` whose password is in <state_dir>/secrets/<secret>.pgpass."""
+        passfile = self.secrets_dir / f"{secret}.pgpass"
+        return f"postgresql://{role}@127.0.0.1:{self.port('postgres')}/{dbname}?passfile={passfile}"
 
 
 def _parse_size(raw: str) -> str:

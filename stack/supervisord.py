@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,6 +17,8 @@ from stack.settings import StackSettings
 __all__ = [
     "Program",
     "SupervisordError",
+    "check_programs",
+    "minimal_environment",
     "render_conf",
     "start_supervisord",
     "supervisord_pid",
@@ -48,14 +51,39 @@ def client(settings: StackSettings, timeout_s: float = 5.0) -> SupervisorClient:
     return SupervisorClient(settings.supervisor_url, timeout_s=timeout_s)
 
 
+def check_programs(programs: list[Program]) -> None:
+    """Raise SupervisordError when a name or value cannot be rendered safely.
+
+    supervisord's config is an INI file: a newline in a value would start a new section
+    (a program of the caller's choosing, run as root), and its ``environment=`` parser
+    (non-POSIX shlex) cannot carry a quote inside a quoted value. Such values are refused,
+    never escaped into something else.
+    """
+    for prog in programs:
+        if not _NAME.fullmatch(prog.name):
+            raise SupervisordError(f"program name {prog.name!r}: use letters, digits, '_' or '-'")
+        for arg in prog.command:
+            _check_value(f"program {prog.name} command argument", arg)
+        for key, value in prog.environment.items():
+            if not _ENV_KEY.fullmatch(key):
+                raise SupervisordError(f"environment variable name {key!r} ({prog.name}) is not valid")
+            _check_value(key, value)
+            if "'" in value or '"' in value:
+                raise SupervisordError(f"{key} contains a quote: supervisord's environment= cannot carry it")
+        for what, value in (("user", prog.user), ("directory", prog.directory)):
+            if value is not None:
+                _check_value(f"program {prog.name} {what}", value)
+
+
 def render_conf(settings: StackSettings, programs: list[Program]) -> Path:
-    """Write <state_dir>/supervisord.conf for ``programs``; returns its path."""
+    """Write <state_dir>/supervisord.conf (mode 0600) for ``programs``; returns its path."""
+    check_programs(programs)
     logs = settings.logs_dir
-    logs.mkdir(parents=True, exist_ok=True)
     lines = [
         "; written by stack/manage.py: do not edit, `stack up` rewrites it",
-        "[inet_http_server]",
-        f"port=127.0.0.1:{settings.port('supervisord')}",
+        "[unix_http_server]",
+        f"file={settings.supervisord_socket}",
+        "chmod=0600",
         "",
         "[supervisord]",
         f"pidfile={settings.supervisord_pidfile}",
@@ -70,7 +98,7 @@ def render_conf(settings: StackSettings, programs: list[Program]) -> Path:
         "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
         "",
         "[supervisorctl]",
-        f"serverurl=http://127.0.0.1:{settings.port('supervisord')}",
+        f"serverurl={settings.supervisor_url}",
         "",
     ]
     for prog in programs:
@@ -97,9 +125,13 @@ def render_conf(settings: StackSettings, programs: list[Program]) -> Path:
             env = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(prog.environment.items()))
             lines.append(f"environment={env}")
         lines.append("")
-    settings.run_dir.mkdir(parents=True, exist_ok=True)
-    settings.supervisord_conf.write_text("\n".join(lines))
-    return settings.supervisord_conf
+    text = "\n".join(lines)
+    conf = settings.supervisord_conf
+    conf.unlink(missing_ok=True)
+    fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    return conf
 
 
 def start_supervisord(settings: StackSettings, timeout_s: float = 15) -> None:
@@ -110,6 +142,7 @@ def start_supervisord(settings: StackSettings, timeout_s: float = 15) -> None:
     proc = subprocess.run(
         [str(exe), "-c", str(settings.supervisord_conf)],
         capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S, cwd=settings.project_dir,
+        env=minimal_environment(),
     )
     if proc.returncode != 0:
         detail = (proc.stderr or proc.stdout).strip().splitlines()
@@ -206,8 +239,28 @@ def _children_of(pid: int) -> list[int]:
     return found
 
 
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def minimal_environment() -> dict[str, str]:
+    """What supervisord (and so every program) inherits: no caller secrets, no proxies."""
+    return {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+
+
+def _check_value(what: str, value: str) -> None:
+    match = _CONTROL.search(value)
+    if match:
+        raise SupervisordError(
+            f"{what} contains the control character {match.group()!r} (a newline would inject "
+            "a section into supervisord.conf): refused"
+        )
+
+
 def _escape(value: str) -> str:
-    return value.replace("%", "%%").replace('"', '\\"')
+    return value.replace("%", "%%")
 
 
 def _quote_command(args: list[str]) -> str:

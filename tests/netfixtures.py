@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import http.client
 import os
+import secrets
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,7 +67,17 @@ class ProxyRig:
 
     @property
     def control_url(self) -> str:
+        """For ProxyControl: the TCP control API and its token file."""
+        return f"{self.api}#token_file={token_file(self.control_port)}"
+
+    @property
+    def api(self) -> str:
+        """The bare control API address (raw HTTP calls add :attr:`auth`)."""
         return f"http://127.0.0.1:{self.control_port}"
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token_file(self.control_port).read_text().strip()}"}
 
     @property
     def proxy_url(self) -> str:
@@ -82,9 +94,25 @@ def start_upstream(port: int) -> subprocess.Popen:
     return proc
 
 
+_TOKEN_DIR: Path | None = None
+
+
+def token_file(control_port: int) -> Path:
+    """A 0600 token file for the proxy whose TCP control API is on ``control_port``."""
+    global _TOKEN_DIR
+    if _TOKEN_DIR is None:
+        _TOKEN_DIR = Path(tempfile.mkdtemp(prefix="cc-proxy-tokens-"))
+    path = _TOKEN_DIR / f"{control_port}.token"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(16))
+    return path
+
+
 def start_proxy(control_port: int, *routes: str) -> subprocess.Popen:
     args = [sys.executable, "-m", "chaoscheckout.network.proxy", "--control", f"127.0.0.1:{control_port}",
-            "--log-level", "WARNING"]
+            "--token-file", str(token_file(control_port)), "--log-level", "WARNING"]
     for route in routes:
         args += ["--route", route]
     proc = subprocess.Popen(args, cwd=ROOT)

@@ -39,7 +39,7 @@ def _write_rows(dsn: str, rows: int) -> None:
 
 
 def test_fill_gives_enospc_then_release_recovers(stack):
-    dsn = stack.registry.extra["database_url"]
+    dsn = stack.registry.extra["database_admin_url"]  # the probe role may not write
     free_before = disk_free_bytes(TARGET)
     result = fill_disk(TARGET, leave_bytes=0, duration_s=60)
     try:

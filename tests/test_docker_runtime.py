@@ -26,15 +26,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 
 docker = pytest.importorskip("docker")
 
-from chaoscheckout.disk.actions import fill_disk  # noqa: E402
+from chaoscheckout.disk.actions import fill_disk, release_disk  # noqa: E402
 from chaoscheckout.disk.ballast import BALLAST_NAME  # noqa: E402
-from chaoscheckout.errors import TargetRefused  # noqa: E402
+from chaoscheckout.errors import InvalidFaultArgument, TargetRefused  # noqa: E402
 from chaoscheckout.faults.leases import LeaseStore  # noqa: E402
 from chaoscheckout.network.actions import add_latency  # noqa: E402
+from chaoscheckout.network.proxy_client import ProxyControl  # noqa: E402
 from chaoscheckout.runner import run_experiments  # noqa: E402
 from chaoscheckout.runtime import get_runtime  # noqa: E402
 from chaoscheckout.runtime.registry import ProxyRoute, ServiceEntry, load_registry, save_registry  # noqa: E402
@@ -168,9 +170,8 @@ def _no_fault_left() -> None:
 
 
 def _live_toxics(control_url: str) -> dict[str, object]:
-    answer = httpx.get(f"{control_url}/routes", timeout=5)
-    answer.raise_for_status()
-    return {r["name"]: r["latency"] for r in answer.json()["routes"] if r.get("latency")}
+    routes = ProxyControl(control_url, timeout_s=5).routes()  # the URL names the token file
+    return {name: r["latency"] for name, r in routes.items() if r.get("latency")}
 
 
 def test_compose_up_then_attach(engine, tmp_path):
@@ -189,10 +190,11 @@ def test_compose_up_then_attach(engine, tmp_path):
     for wheel in download_wheels():
         shutil.copy2(wheel, wheels_dir / wheel.name)
         copied.append(wheels_dir / wheel.name)
-    env = {**os.environ, "CHAOSCHECKOUT_BASE_IMAGE": "chaoscheckout/base:bookworm",
-           "CHAOSCHECKOUT_PIP_NO_INDEX": "1"}
-    compose = ["docker-compose", "-p", "cctestcompose", "-f", str(COMPOSE_FILE)]
     state = tmp_path / "state"
+    DockerStack(state, PORT_BASE).write_secrets()  # the credentials compose mounts (see its header)
+    env = {**os.environ, "CHAOSCHECKOUT_BASE_IMAGE": "chaoscheckout/base:bookworm",
+           "CHAOSCHECKOUT_PIP_NO_INDEX": "1", "CHAOSCHECKOUT_STATE_DIR": str(state)}
+    compose = ["docker-compose", "-p", "cctestcompose", "-f", str(COMPOSE_FILE)]
     try:
         t0 = time.monotonic()
         up = subprocess.run([*compose, "up", "-d", "--build"], env=env, capture_output=True, text=True,
@@ -339,14 +341,63 @@ def test_unlabelled_container_is_refused(dstack, tmp_path):
         add_latency("intruder", 200, duration_s=30, backend="proxy", configuration=config)
     with pytest.raises(TargetRefused, match="not labelled"):
         fill_disk("intruder", duration_s=30, configuration=config)
+    # reverts too (a kill's revert starts, a fill's release deletes), and a configuration
+    # that names the local runtime over a docker registry cannot skip the label check
+    with pytest.raises(TargetRefused, match="not labelled"):
+        start_service("intruder", configuration=config)
+    with pytest.raises(TargetRefused, match="not labelled"):
+        release_disk("intruder", configuration=config)
+    local = {**config, "chaoscheckout_runtime": "local"}
+    with pytest.raises(InvalidFaultArgument, match="docker stack's"):
+        kill_service("intruder", duration_s=30, configuration=local)
+    with pytest.raises(TargetRefused, match="not labelled"):
+        add_latency("intruder", 200, duration_s=30, backend="proxy", configuration=local)
     intruder.reload()
     assert intruder.status == "running"
     assert LeaseStore(state / "leases").live() == []
-    data = get_runtime(config).data_dir("intruder")
-    assert not (data / BALLAST_NAME).exists()
+    client = docker.from_env(timeout=30)
+    try:
+        mountpoint = Path(client.volumes.get(f"{INTRUDER}-data").attrs["Mountpoint"])
+    finally:
+        client.close()
+    assert not (mountpoint / BALLAST_NAME).exists()
     # nothing reached the proxy either: catalog's route has no toxic
     assert _live_toxics(registry.proxy_control_url) == {}
     _remove_intruder()
+
+
+def test_docker_postgres_needs_a_password_and_roles_are_limited(dstack):
+    """scram, no trust: no password, no connection; the probe role only reads orders."""
+    registry = load_registry(STATE_DIR / "services.json")
+    port = str(registry.services["postgres"].port)
+    psql = "/usr/lib/postgresql/15/bin/psql"
+    nobody = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", psql, "-w",
+                             "-h", "127.0.0.1", "-p", port, "-U", "postgres", "-d", "checkout",
+                             "-c", "SELECT 1"],
+                            capture_output=True, text=True, timeout=30, env={"PGCONNECT_TIMEOUT": "5"})
+    assert nobody.returncode != 0 and "no password supplied" in nobody.stderr, nobody.stderr
+    with psycopg.connect(registry.extra["database_url"], connect_timeout=5, autocommit=True) as probe:
+        assert probe.execute("SELECT count(*) FROM orders").fetchone()[0] >= 0
+        for statement in ("INSERT INTO orders VALUES (gen_random_uuid(), '[]', 1, 'paid')",
+                          "COPY orders FROM PROGRAM 'id'"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                probe.execute(statement)
+
+
+def test_netns_of_another_container_is_refused(dstack, tmp_path):
+    """A registry naming payments' netns for catalog: nothing is done in it."""
+    registry = load_registry(STATE_DIR / "services.json")
+    lying = dict(registry.services)
+    lying["catalog"] = dataclasses.replace(lying["catalog"], netns=registry.services["payments"].netns)
+    state = tmp_path / "state"
+    save_registry(dataclasses.replace(registry, services=lying), state / "services.json")
+    for action in (lambda: add_latency("catalog", 200, duration_s=30, backend="netem",
+                                       configuration=_config(state)),
+                   lambda: kill_service("catalog", duration_s=30, configuration=_config(state))):
+        with pytest.raises(TargetRefused, match="is not the network namespace of container"):
+            action()
+    assert _container(registry.services["catalog"].process).status == "running"
+    assert LeaseStore(state / "leases").live() == []
 
 
 CHILD = textwrap.dedent("""

@@ -225,7 +225,8 @@ def test_proxy_drops_toxic_at_lease_expiry_and_leftovers_are_cleaned(conf: dict,
     assert _toxics(rig)["up"] is None and timed_get(f"{rig.proxy_url}/healthz") < 0.14
     assert remove_latency("up", conf)["reverted"] == [fault["fault_id"]]
     # a toxic left without a lease (e.g. lease deleted by hand) is still removed
-    ProxyControl(rig.control_url).set_latency("up", delay_ms=100, fault_id=f"orphan-{uuid.uuid4().hex[:4]}")
+    ProxyControl(rig.control_url).set_latency("up", delay_ms=100, fault_id=f"orphan-{uuid.uuid4().hex[:4]}",
+                                              expires_at=time.time() + 60)
     cleaned = remove_latency("up", conf)
     assert cleaned["reverted"] == [] and cleaned["proxy_toxic_removed"] is True
     assert _toxics(rig)["up"] is None

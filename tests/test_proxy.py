@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import socket
 import statistics
 import subprocess
 import sys
@@ -34,9 +35,19 @@ def rig() -> Iterator[ProxyRig]:
         stop(upstream)
 
 
+class LeasedControlForTests(ProxyControl):
+    """Fills the fault id and expiry the proxy requires, so each test states only what it
+    measures (the requirement itself is tested below with the plain client)."""
+
+    def set_latency(self, route, delay_ms, jitter_ms=0.0, fraction=1.0, expires_at=None,
+                    fault_id=None, scope="connection"):
+        return super().set_latency(route, delay_ms, jitter_ms, fraction, expires_at or time.time() + 60,
+                                   fault_id or "test-fault", scope)
+
+
 @pytest.fixture()
 def control(rig: ProxyRig) -> Iterator[ProxyControl]:
-    control = ProxyControl(rig.control_url, timeout_s=5)
+    control = LeasedControlForTests(rig.control_url, timeout_s=5)
     control.clear_latency(rig.route)
     yield control
     control.clear_latency(rig.route)
@@ -138,7 +149,8 @@ def test_proxy_enforces_expires_at(rig: ProxyRig, control: ProxyControl) -> None
 ])
 def test_bad_toxic_rejected_and_live_toxic_unchanged(rig: ProxyRig, control: ProxyControl, body) -> None:
     control.set_latency(rig.route, delay_ms=77, fault_id="keep")
-    resp = httpx.put(f"{rig.control_url}/routes/up/latency", json=body, timeout=5)
+    body = {"fault_id": "bad", "expires_at": time.time() + 60, **body} if isinstance(body, dict) else body
+    resp = httpx.put(f"{rig.api}/routes/up/latency", json=body, headers=rig.auth, timeout=5)
     assert resp.status_code == 400 and resp.json()["error"]
     assert control.route(rig.route)["latency"]["fault_id"] == "keep"
     assert control.route(rig.route)["latency"]["delay_ms"] == 77
@@ -147,9 +159,9 @@ def test_bad_toxic_rejected_and_live_toxic_unchanged(rig: ProxyRig, control: Pro
 def test_control_api_errors_and_metrics(rig: ProxyRig, control: ProxyControl) -> None:
     with pytest.raises(ProxyError, match="no route 'nope'"):
         control.set_latency("nope", delay_ms=10)
-    bad_json = httpx.put(f"{rig.control_url}/routes/up/latency", content=b"{not json", timeout=5)
+    bad_json = httpx.put(f"{rig.api}/routes/up/latency", content=b"{not json", headers=rig.auth, timeout=5)
     assert bad_json.status_code == 400
-    assert httpx.get(f"{rig.control_url}/nothing", timeout=5).status_code == 404
+    assert httpx.get(f"{rig.api}/nothing", headers=rig.auth, timeout=5).status_code == 404
     assert control.healthz()["status"] == "ok"
     routes = control.routes()
     assert routes["up"]["upstream"] == f"127.0.0.1:{rig.upstream_port}" and routes["up"]["latency"] is None
@@ -317,3 +329,73 @@ def test_order_of_bytes_kept_under_request_scope(rig: ProxyRig, control: ProxyCo
             assert client.post(f"{rig.proxy_url}/echo", content=upload).content == upload
     effect = control.latency(rig.route)["effect"]
     assert effect["chunks_seen"] > 3  # the large body really went in several chunks
+
+
+# --- who may set a toxic (issue 16) -----------------------------------------------------
+
+
+@pytest.mark.parametrize("missing, message", [
+    ({"fault_id": None}, "fault_id is required"),
+    ({"fault_id": "../x"}, "fault_id is required"),
+    ({"expires_at": None}, "expires_at is required"),
+    ({"expires_at": time.time() + 10 * 86400}, "more than 86400 s ahead"),
+])
+def test_toxic_without_fault_id_or_bounded_expiry_is_refused(rig: ProxyRig, missing, message) -> None:
+    plain = ProxyControl(rig.control_url, timeout_s=5)
+    plain.clear_latency(rig.route)
+    arguments = {"fault_id": "f-1", "expires_at": time.time() + 60, **missing}
+    with pytest.raises(ProxyError, match=message):
+        plain.set_latency(rig.route, delay_ms=50, **arguments)
+    assert plain.latency(rig.route) is None
+
+
+def test_tcp_control_api_needs_the_token(rig: ProxyRig) -> None:
+    assert httpx.get(f"{rig.api}/healthz", timeout=5).status_code == 200  # liveness only
+    for headers in ({}, {"Authorization": "Bearer wrong-token-wrong-token"}):
+        assert httpx.get(f"{rig.api}/routes", headers=headers, timeout=5).status_code == 401
+        put = httpx.put(f"{rig.api}/routes/up/latency", headers=headers, timeout=5,
+                        json={"delay_ms": 50, "fault_id": "x", "expires_at": time.time() + 60})
+        assert put.status_code == 401
+    assert ProxyControl(rig.control_url).latency(rig.route) is None
+
+
+def test_proxy_refuses_to_start_without_a_trustworthy_credential(tmp_path) -> None:
+    loose = tmp_path / "token"
+    loose.write_text("0123456789abcdef0123")
+    loose.chmod(0o644)
+    for extra, message in (([], "needs a token"), (["--token-file", str(loose)], "mode 0600")):
+        result = subprocess.run(
+            [sys.executable, "-m", "chaoscheckout.network.proxy", "--control", f"127.0.0.1:{BASE + 69}",
+             "--route", f"x={BASE + 68}:127.0.0.1:1", *extra],
+            cwd=ROOT, capture_output=True, text=True, timeout=20,
+        )
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+def test_unix_control_socket_is_0600_and_refuses_other_users(tmp_path) -> None:
+    tmp_path.chmod(0o755)
+    sock = tmp_path / "control.sock"
+    with socket.socket() as probe:  # any free port for the route: only the control socket matters
+        probe.bind(("127.0.0.1", 0))
+        route_port = probe.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "chaoscheckout.network.proxy", "--control", f"unix:{sock}",
+                             "--route", f"x={route_port}:127.0.0.1:1", "--log-level", "WARNING"], cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 10
+        while not sock.exists():
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        assert oct(sock.stat().st_mode & 0o777) == "0o600"
+        control = ProxyControl(f"unix:{sock}", timeout_s=5)
+        assert control.healthz()["status"] == "ok"
+        # as user nobody, with the system interpreter (stdlib only): connect is refused
+        attempt = ("import socket,sys; s=socket.socket(socket.AF_UNIX)\n"
+                   "try: s.connect(sys.argv[1]); print('connected')\n"
+                   "except PermissionError: print('refused')")
+        result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                                 "/usr/bin/python3", "-c", attempt, str(sock)],
+                                capture_output=True, text=True, timeout=20)
+        assert result.stdout.strip() == "refused", result.stdout + result.stderr
+    finally:
+        stop(proc)
+    assert not sock.exists()  # removed at exit

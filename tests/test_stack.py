@@ -124,7 +124,10 @@ def test_registry_targets_and_routes(stack):
     assert targets == {"catalog", "payments", "provider", "postgres", "checkout"}
     assert reg.service("postgres").data_dir == str(stack.state_dir / "pgdisk")
     assert reg.service("catalog").proxy.listen_port == stack.port_base + 11
-    assert reg.extra["database_url"].endswith(f":{stack.port_base + 20}/checkout")
+    probe_dsn = f"postgresql://checkout_probe@127.0.0.1:{stack.port_base + 20}/checkout?passfile="
+    assert reg.extra["database_url"].startswith(probe_dsn)
+    assert reg.proxy_control_url == f"unix:{stack.state_dir}/ctl/faultproxy.sock"
+    assert reg.supervisor_url == f"unix://{stack.state_dir}/ctl/supervisord.sock"
 
 
 def test_cli_runs_manage_and_rejects_a_dir_without_the_stack(stack, tmp_path):
@@ -293,7 +296,7 @@ def test_up_twice_is_safe_and_down_leaves_nothing(other_base, other_state):
         assert first.returncode == 0, first.stdout + first.stderr
         again = _manage(env, "up")
         assert again.returncode == 0 and "already up" in again.stdout, again.stdout + again.stderr
-        rpc = SupervisorClient(f"http://127.0.0.1:{other_base + 40}/RPC2", timeout_s=5)
+        rpc = SupervisorClient(f"unix://{state}/ctl/supervisord.sock", timeout_s=5)
         pids = [int(p["pid"]) for p in rpc.all_process_info() if p["pid"]]
         pids.append(int((state / "supervisord.pid").read_text()))
         assert len(pids) == 10 and all(_alive(p) for p in pids)
@@ -365,5 +368,5 @@ def _assert_nothing_started(state: Path, base: int) -> None:
     assert not _mounted(state / "pgdisk")
     assert not (state / "services.json").exists()
     assert not (state / "supervisord.pid").exists()
-    assert not _listening(base + 40), "supervisord left running"
+    assert not (state / "ctl" / "supervisord.sock").exists(), "supervisord left running"
     assert not [base + off for off in PORT_OFFSETS.values() if off != 30 and _listening(base + off)]

@@ -59,7 +59,8 @@ class NetemQdisc:
 
 
 def check_netns_name(netns: str) -> str:
-    if not isinstance(netns, str) or not _NETNS_NAME.match(netns):
+    """``netns`` if it is a safe name under /run/netns (never ``.``, ``..`` or a path)."""
+    if not isinstance(netns, str) or not _NETNS_NAME.fullmatch(netns) or netns in (".", ".."):
         raise ChaosCheckoutError(f"invalid network namespace name {netns!r}")
     return netns
 

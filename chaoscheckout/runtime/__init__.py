@@ -31,6 +31,11 @@ def get_runtime(configuration: dict[str, Any] | None = None) -> Runtime:
     name = settings.runtime or registry.runtime or "local"
     if name not in RUNTIMES:
         raise InvalidFaultArgument(f"unknown runtime {name!r}; known: {', '.join(sorted(RUNTIMES))}")
+    if registry.runtime == "docker" and name != "docker":
+        raise InvalidFaultArgument(
+            f"the service registry is a docker stack's: runtime {name!r} would skip the container "
+            "label check (drop chaoscheckout_runtime or set it to docker)"
+        )
     module_name, class_name = RUNTIMES[name].split(":")
     try:
         module = importlib.import_module(module_name)

@@ -5,15 +5,21 @@ which ``stack up --runtime docker`` writes). The registry entry's ``process`` is
 container name, ``data_dir`` a path inside the container that must be a volume mount,
 ``netns`` a name under /run/netns bound to the container's network namespace.
 
-Only containers labelled ``org.chaoscheckout.target=true`` are ever killed, slowed or
-filled: the label is checked on the live container, on top of the registry's
-``chaos_target``, so a registry that lists some other container is refused.
+Only containers labelled ``org.chaoscheckout.target=true`` are ever killed, slowed,
+filled, started or released: the label is checked on the live container, on top of the
+registry's ``chaos_target``, for every action and every revert that goes through the
+runtime or the registry (:func:`check_container_target`, called by
+``Registry.target`` for a docker registry whatever ``chaoscheckout_runtime`` says), so a
+registry that lists some other container is refused. When the entry names a ``netns``,
+``/run/netns/<netns>`` must be that container's own network namespace (same nsfs inode
+as ``/proc/<pid>/ns/net``), so netem never lands in another container's namespace.
 Every Docker API call has a timeout (``chaoscheckout_io_timeout_s``).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -30,12 +36,42 @@ try:
 except ImportError as exc:  # pragma: no cover - the extra is missing
     raise ImportError(f"the docker runtime needs the `docker` package (pip install docker): {exc}") from None
 
-__all__ = ["DockerRuntime", "TARGET_LABEL"]
+__all__ = ["DockerRuntime", "TARGET_LABEL", "check_container_target"]
 
 logger = logging.getLogger("chaostoolkit")
 
 TARGET_LABEL = "org.chaoscheckout.target"
 DOWN_STATES = ("exited", "dead", "created")
+
+
+def check_container_target(entry: ServiceEntry, timeout_s: float = 5.0, client: Any = None) -> None:
+    """Raise TargetRefused unless ``entry``'s container carries the target label and, when
+    the entry names a netns that is attached, that netns is the container's own."""
+    try:
+        client = client or docker.from_env(timeout=max(10, int(timeout_s)))
+        container = client.containers.get(entry.process)
+    except docker.errors.NotFound:
+        raise ChaosCheckoutError(
+            f"container {entry.process!r} of service {entry.name!r} does not exist (is the docker stack up?)"
+        ) from None
+    except docker.errors.DockerException as exc:
+        raise BackendUnavailable(f"docker runtime: {exc}") from None
+    if (container.labels or {}).get(TARGET_LABEL) != "true":
+        raise TargetRefused(
+            f"container {container.name!r} of service {entry.name!r} is not labelled "
+            f"{TARGET_LABEL}=true: the docker runtime refuses to touch it"
+        )
+    pid = (container.attrs.get("State") or {}).get("Pid")
+    if entry.netns and pid:
+        try:
+            named, own = os.stat(Path("/run/netns", entry.netns)), os.stat(f"/proc/{pid}/ns/net")
+        except FileNotFoundError:
+            return  # not attached (yet): nothing can be done in it
+        if (named.st_dev, named.st_ino) != (own.st_dev, own.st_ino):
+            raise TargetRefused(
+                f"/run/netns/{entry.netns} is not the network namespace of container {container.name!r}: "
+                "refusing to act on another namespace"
+            )
 
 
 class DockerRuntime(Runtime):
@@ -62,14 +98,10 @@ class DockerRuntime(Runtime):
             raise BackendUnavailable(f"docker runtime: {exc}") from None
 
     def target(self, service: str) -> ServiceEntry:
-        """An allowed chaos target: in the registry AND its container carries the target label."""
-        entry = super().target(service)
-        container = self.container(service)
-        if (container.labels or {}).get(TARGET_LABEL) != "true":
-            raise TargetRefused(
-                f"container {container.name!r} of service {service!r} is not labelled "
-                f"{TARGET_LABEL}=true: the docker runtime refuses to touch it"
-            )
+        """An allowed chaos target: in the registry AND its container carries the target
+        label (and a named netns is the container's own)."""
+        entry = self.registry.target(service, check_container=False)
+        check_container_target(entry, self.settings.io_timeout_s, self.client)
         return entry
 
     def data_dir(self, service: str) -> Path:
@@ -78,7 +110,7 @@ class DockerRuntime(Runtime):
         Refused unless that path is exactly a volume mount point (a bind mount or a
         directory of the container's own filesystem is never filled).
         """
-        entry = self.entry(service)
+        entry = self.target(service)  # filled and released only on a labelled container
         if not entry.data_dir:
             raise InvalidFaultArgument(f"service {service!r} has no data_dir in the service registry")
         container = self.container(service)
@@ -130,7 +162,7 @@ class DockerRuntime(Runtime):
         raise ChaosCheckoutError(f"container {container.name!r} still up {timeout_s:g} s after SIGKILL")
 
     def start(self, service: str, timeout_s: float = 30.0) -> StartResult:
-        entry = self.entry(service)
+        entry = self.target(service)  # the revert of a kill: only a labelled container
         container = self.container(service)
         started = False
         if not self._state(container).get("Running"):

@@ -26,12 +26,18 @@ Format (JSON)::
     }
 
 ``health_url`` may be null: then health is "the TCP port accepts a connection".
+
+Names end up in file names (leases), supervisord calls and ``ip -n``: service, process,
+route and netns names must be 1-64 of ``[A-Za-z0-9_.-]`` starting with a letter or digit
+(so never ``.``, ``..`` or a path); ``port`` an integer port; ``data_dir`` an absolute path
+without ``..``. A registry breaking these rules is refused as a whole, with the reason.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -81,8 +87,11 @@ class Registry:
             raise UnknownService(f"unknown service {name!r}; this stack has: {known}")
         return self.services[name]
 
-    def target(self, name: str) -> ServiceEntry:
-        """Return the entry for ``name`` if it is an allowed chaos target, else refuse."""
+    def target(self, name: str, check_container: bool = True) -> ServiceEntry:
+        """Return the entry for ``name`` if it is an allowed chaos target, else refuse.
+
+        For a docker registry the live container must also carry the target label (and a
+        named netns be its own), whatever runtime the configuration names."""
         entry = self.service(name)
         if not entry.chaos_target:
             allowed = ", ".join(sorted(n for n, s in self.services.items() if s.chaos_target))
@@ -90,6 +99,10 @@ class Registry:
                 f"service {name!r} is not a chaos target of this stack "
                 f"(allowed targets: {allowed or 'none'})"
             )
+        if check_container and self.runtime == "docker":
+            from chaoscheckout.runtime.docker import check_container_target  # the docker extra
+
+            check_container_target(entry)
         return entry
 
     def to_dict(self) -> dict[str, Any]:
@@ -99,8 +112,32 @@ class Registry:
         return data
 
 
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def _name(what: str, value: Any) -> Any:
+    if value is not None and (not isinstance(value, str) or not _NAME.fullmatch(value)):
+        raise ValueError(f"{what} {value!r} is not a safe name (1-64 of [A-Za-z0-9_.-], "
+                         "starting with a letter or digit)")
+    return value
+
+
 def _entry(name: str, raw: dict[str, Any]) -> ServiceEntry:
+    _name("service name", name)
+    if not isinstance(raw, dict):
+        raise ValueError(f"service {name!r} is not an object")
     proxy = raw.get("proxy")
+    for key in ("process", "netns"):
+        _name(f"service {name!r} {key}", raw.get(key))
+    if proxy:
+        _name(f"service {name!r} proxy route", proxy.get("route"))
+    data_dir = raw.get("data_dir")
+    if data_dir is not None and (not isinstance(data_dir, str) or not data_dir.startswith("/")
+                                 or ".." in Path(data_dir).parts):
+        raise ValueError(f"service {name!r} data_dir {data_dir!r} must be an absolute path without '..'")
+    port = raw.get("port")
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise ValueError(f"service {name!r} port {port!r} is not a TCP port")
     return ServiceEntry(
         name=name,
         host=raw.get("host", "127.0.0.1"),
@@ -125,14 +162,17 @@ def load_registry(path: Path) -> Registry:
         ) from None
     except (OSError, ValueError) as exc:
         raise ChaosCheckoutError(f"unreadable service registry {path}: {exc}") from None
-    return Registry(
-        runtime=raw.get("runtime", "local"),
-        services={name: _entry(name, s) for name, s in raw.get("services", {}).items()},
-        supervisor_url=raw.get("supervisor_url"),
-        prometheus_url=raw.get("prometheus_url"),
-        proxy_control_url=raw.get("proxy_control_url"),
-        extra=raw.get("extra", {}),
-    )
+    try:
+        return Registry(
+            runtime=raw.get("runtime", "local"),
+            services={name: _entry(name, s) for name, s in raw.get("services", {}).items()},
+            supervisor_url=raw.get("supervisor_url"),
+            prometheus_url=raw.get("prometheus_url"),
+            proxy_control_url=raw.get("proxy_control_url"),
+            extra=raw.get("extra", {}),
+        )
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise ChaosCheckoutError(f"invalid service registry {path}: {exc}") from None
 
 
 def save_registry(registry: Registry, path: Path) -> None:

@@ -1,8 +1,13 @@
-"""A supervisord XML-RPC client with a timeout on every call."""
+"""A supervisord XML-RPC client with a timeout on every call.
+
+The URL is ``unix:///path/to/supervisord.sock`` (the stack's: a 0600 socket only its
+owner, root, can connect to) or ``http://host:port/RPC2``.
+"""
 
 from __future__ import annotations
 
 import http.client
+import socket
 import xmlrpc.client
 from typing import Any
 
@@ -26,12 +31,43 @@ class _TimeoutTransport(xmlrpc.client.Transport):
         return conn
 
 
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout_s: float) -> None:
+        super().__init__("localhost", timeout=timeout_s)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self._path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+class _UnixTransport(xmlrpc.client.Transport):
+    def __init__(self, path: str, timeout_s: float) -> None:
+        super().__init__()
+        self._path = path
+        self._timeout_s = timeout_s
+
+    def make_connection(self, host: Any) -> http.client.HTTPConnection:
+        return _UnixConnection(self._path, self._timeout_s)
+
+
 class SupervisorClient:
     """Thin wrapper over supervisord's ``supervisor.*`` XML-RPC namespace."""
 
     def __init__(self, url: str, timeout_s: float = 5.0) -> None:
         self.url = url
-        self._proxy = xmlrpc.client.ServerProxy(url, transport=_TimeoutTransport(timeout_s))
+        if url.startswith("unix://"):
+            transport: xmlrpc.client.Transport = _UnixTransport(url[len("unix://"):], timeout_s)
+            url = "http://localhost/RPC2"
+        else:
+            transport = _TimeoutTransport(timeout_s)
+        self._proxy = xmlrpc.client.ServerProxy(url, transport=transport)
 
     def _call(self, method: str, *args: Any) -> Any:
         try:

@@ -43,11 +43,18 @@ from typing import Any
 
 from chaoslib.exceptions import ActivityFailed
 
-from chaoscheckout.config import settings_from
+from chaoscheckout.config import finite_number, settings_from
 from chaoscheckout.errors import InvalidFaultArgument
 from chaoscheckout.faults.leases import LeaseStore
 from chaoscheckout.faults.revert import revert_all
-from chaoscheckout.sli.probes import charges_without_order, checkout_availability, checkout_latency_ms
+from chaoscheckout.sli.money import check_window_arguments
+from chaoscheckout.sli.probes import (
+    charges_without_order,
+    check_quantile,
+    check_window,
+    checkout_availability,
+    checkout_latency_ms,
+)
 
 __all__ = ["availability_guard", "latency_guard", "money_guard", "unix_time"]
 
@@ -69,6 +76,7 @@ def availability_guard(min_ratio: float = 0.5, window: str = "10s", during_fault
     A probe: changes nothing.
     """
     _check_ratio(min_ratio)
+    check_window(window)
     if during_fault and not _fault_live(configuration):
         return True
     value = checkout_availability(window=window, configuration=configuration)
@@ -87,10 +95,13 @@ def latency_guard(max_ms: float = 1000, quantile: float = 0.95, window: str = "1
 
     A probe: changes nothing.
     """
+    if isinstance(max_ms, str | bool):  # checked before anything else, fault live or not
+        raise InvalidFaultArgument(f"max_ms must be a number, got {max_ms!r}")
+    finite_number("max_ms", max_ms, 0, 3_600_000)
+    check_quantile(quantile)
+    check_window(window)
     if during_fault and not _fault_live(configuration):
         return True
-    if not (isinstance(max_ms, (int, float)) and max_ms > 0):
-        raise InvalidFaultArgument(f"max_ms must be a number > 0, got {max_ms!r}")
     value = checkout_latency_ms(quantile=quantile, window=window, configuration=configuration)
     return _judge("latency_guard", value <= max_ms, value, f"<= {max_ms} ms", configuration)
 
@@ -109,8 +120,15 @@ def money_guard(grace_s: float = 5, since: float | None = None, since_s: float =
         unobserved is still caught once they answer again (and by the after-check).
     :returns: ``True`` while no such charge exists, ``False`` at the first one.
 
+    Bad arguments (NaN, inf, negative, ``since_s`` <= ``grace_s``) raise
+    InvalidFaultArgument at once: they are never taken for "unobservable".
+
     A probe: changes nothing.
     """
+    check_window_arguments(grace_s, since_s, since)
+    if isinstance(max_unobserved_s, str | bool):
+        raise InvalidFaultArgument(f"max_unobserved_s must be a number, got {max_unobserved_s!r}")
+    finite_number("max_unobserved_s", max_unobserved_s, 0, 600, low_inclusive=True)
     try:
         count = charges_without_order(grace_s=grace_s, since_s=since_s, since=since,
                                       configuration=configuration)
@@ -213,5 +231,5 @@ def _fault_live(configuration: dict[str, Any] | None) -> bool:
 
 
 def _check_ratio(value: Any) -> None:
-    if not (isinstance(value, (int, float)) and 0 <= value <= 1):
+    if isinstance(value, bool) or not (isinstance(value, (int, float)) and 0 <= value <= 1):
         raise InvalidFaultArgument(f"min_ratio must be a number in [0, 1], got {value!r}")

@@ -6,8 +6,13 @@ a grace period (longer than any in-flight checkout) whose ``order_ref`` has no o
 means money was taken without an order: the invariant is "0 such charges".
 
 URLs: configuration ``provider_url`` / ``database_url``, else the registry's
-``extra.provider_url`` / ``extra.database_url``. Every call has a timeout (HTTP timeout,
-psycopg ``connect_timeout`` and ``statement_timeout``).
+``extra.provider_url`` / ``extra.database_url`` (the stack's is a read-only role). Every
+call has a timeout (HTTP timeout, psycopg ``connect_timeout`` and ``statement_timeout``).
+
+A check that judged nothing says so (``judged`` False): when every charge in the window is
+still within the grace period, it waits (at most ``grace_s``) for the oldest to leave it
+and looks again, so a charge present at the call is judged; a window with no captured
+charge at all is "not judged", never "0 charges without an order".
 """
 
 from __future__ import annotations
@@ -22,11 +27,15 @@ import httpx
 import psycopg
 from chaoslib.exceptions import ActivityFailed
 
-from chaoscheckout.config import settings_from
+from chaoscheckout.config import finite_number, settings_from
 from chaoscheckout.errors import ChaosCheckoutError, InvalidFaultArgument
 from chaoscheckout.runtime.registry import load_registry
 
-__all__ = ["Charge", "MoneyCheck", "find_charges_without_order"]
+__all__ = ["Charge", "MoneyCheck", "find_charges_without_order", "check_window_arguments",
+           "MAX_GRACE_S", "MAX_LOOKBACK_S"]
+
+MAX_GRACE_S = 600.0
+MAX_LOOKBACK_S = 30 * 86400.0
 
 logger = logging.getLogger("chaostoolkit")
 
@@ -45,9 +54,15 @@ class MoneyCheck:
     in_grace: int  # younger charges, not judged yet
     orphans: list[Charge]
 
+    @property
+    def judged(self) -> bool:
+        """False when no charge was judged: the count then proves nothing."""
+        return self.checked > 0
+
     def to_dict(self, max_refs: int = 20) -> dict[str, Any]:
         return {
             "count": len(self.orphans),
+            "judged": self.judged,
             "checked": self.checked,
             "in_grace": self.in_grace,
             "order_refs": [c.order_ref for c in self.orphans[:max_refs]],
@@ -55,31 +70,52 @@ class MoneyCheck:
         }
 
 
+def check_window_arguments(grace_s: Any, since_s: Any,
+                           since: Any = None) -> tuple[float, float | None, float]:
+    """Validate the money window; returns ``(grace_s, since, since_s)`` as floats.
+
+    ``grace_s`` in [0, 600], ``since_s`` in (grace_s, 30 days], ``since`` a finite unix
+    timestamp not in the future (NaN, inf, bools and negatives are refused)."""
+    for name, value in (("grace_s", grace_s), ("since_s", since_s), ("since", since)):
+        if isinstance(value, str) or isinstance(value, bool):
+            raise InvalidFaultArgument(f"{name} must be a number, got {value!r}")
+    grace = finite_number("grace_s", grace_s, 0, MAX_GRACE_S, low_inclusive=True)
+    lookback = finite_number("since_s", since_s, 0, MAX_LOOKBACK_S)
+    if lookback <= grace:
+        raise InvalidFaultArgument(f"since_s must be > grace_s ({grace:g}), got {since_s!r}")
+    start = None
+    if since is not None:
+        start = finite_number("since", since, 0, time.time() + 60)
+    return grace, start, lookback
+
+
 def find_charges_without_order(grace_s: float, since_s: float,
                                configuration: dict[str, Any] | None = None,
                                since: float | None = None) -> MoneyCheck:
     """Join the provider's captured charges since ``since`` (a unix timestamp), else of the
     last ``since_s`` seconds, to ``orders``."""
-    if not (isinstance(grace_s, (int, float)) and grace_s >= 0):
-        raise InvalidFaultArgument(f"grace_s must be a number >= 0, got {grace_s!r}")
-    now = time.time()
-    if since is not None:
-        if not (isinstance(since, (int, float)) and 0 < since <= now + 60):
-            raise InvalidFaultArgument(f"since must be a unix timestamp not in the future, got {since!r}")
-        start = float(since)
-    else:
-        if not (isinstance(since_s, (int, float)) and since_s > grace_s):
-            raise InvalidFaultArgument(f"since_s must be a number > grace_s ({grace_s}), got {since_s!r}")
-        start = now - since_s
+    grace_s, since, since_s = check_window_arguments(grace_s, since_s, since)
     settings = settings_from(configuration)
     provider_url, database_url = _endpoints(configuration)
+    now = time.time()
+    start = since if since is not None else now - since_s
     charges = _fetch_charges(provider_url, start, settings.io_timeout_s)
+    if charges and all(c.captured_at > now - grace_s for c in charges):
+        # nothing old enough to judge yet: wait for the oldest to leave the grace period
+        wait_s = min(c.captured_at for c in charges) + grace_s - now + 0.05
+        time.sleep(max(0.0, min(wait_s, grace_s)))
+        now = time.time()
+        charges = _fetch_charges(provider_url, start, settings.io_timeout_s)
     judged = [c for c in charges if c.captured_at <= now - grace_s]
     recorded = _recorded_refs(database_url, judged, settings.io_timeout_s)
     orphans = [c for c in judged if c.order_ref not in recorded]
     check = MoneyCheck(checked=len(judged), in_grace=len(charges) - len(judged), orphans=orphans)
-    logger.info(f"money safety: {len(orphans)} of {check.checked} captured charge(s) have no order "
-                f"({check.in_grace} within the {grace_s}s grace period)")
+    if check.judged:
+        logger.info(f"money safety: {len(orphans)} of {check.checked} captured charge(s) have no order "
+                    f"({check.in_grace} within the {grace_s:g}s grace period)")
+    else:
+        logger.warning(f"money safety NOT judged: no captured charge older than {grace_s:g}s since "
+                       f"{start:.0f} ({check.in_grace} within the grace period)")
     return check
 
 

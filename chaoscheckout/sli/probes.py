@@ -77,7 +77,7 @@ def checkout_availability(window: str = "30s", configuration: dict[str, Any] | N
 
     A probe: changes nothing, nothing to undo.
     """
-    _check_window(window)
+    check_window(window)
     if window in RULE_WINDOWS:
         expr = f"checkout:availability:ratio_{window}"
     else:
@@ -103,9 +103,8 @@ def checkout_latency_ms(quantile: float = 0.95, window: str = "30s",
 
     A probe: changes nothing, nothing to undo.
     """
-    _check_window(window)
-    if not (isinstance(quantile, (int, float)) and 0 < quantile < 1):
-        raise InvalidFaultArgument(f"quantile must be between 0 and 1 exclusive, got {quantile!r}")
+    check_window(window)
+    check_quantile(quantile)
     name = RULE_QUANTILES.get(round(float(quantile), 6))
     if name and window in RULE_WINDOWS:
         expr = f"checkout:latency_seconds:{name}_{window}"
@@ -166,20 +165,29 @@ def charges_without_order(grace_s: float = 5, since_s: float = 600, since: float
         provider's log: an earlier run that broke money safety keeps failing this probe
         until its charges are older than ``since_s``, so keep it close to the run length.
     :returns: the number of charges without an order; 0 is the steady state (use the
-        tolerance ``0``).
-    :raises ActivityFailed: Postgres or the provider unreachable (money safety unknown).
+        tolerance ``0``). Charges all within the grace period are waited for (at most
+        ``grace_s``) and then judged.
+    :raises ActivityFailed: Postgres or the provider unreachable, or no captured charge
+        in the window at all: money safety unknown, never reported as 0.
+    :raises InvalidFaultArgument: ``grace_s`` not in [0, 600], ``since_s`` not in
+        (grace_s, 30 days], ``since`` not a finite past timestamp (NaN, inf refused).
 
     Configuration: ``provider_url`` and ``database_url``, else the registry's
     ``extra.provider_url`` / ``extra.database_url``. A probe: nothing to undo.
     """
-    return len(find_charges_without_order(grace_s, since_s, configuration, since=since).orphans)
+    check = find_charges_without_order(grace_s, since_s, configuration, since=since)
+    if not check.judged:
+        raise ActivityFailed(f"money safety not judged: no captured charge older than grace_s={grace_s} "
+                             "in the window (no traffic?); 0 would be a guess")
+    return len(check.orphans)
 
 
 def charges_without_order_details(grace_s: float = 5, since_s: float = 600, since: float | None = None,
                                   configuration: dict[str, Any] | None = None) -> dict[str, Any]:
     """Like :func:`charges_without_order`, but return the evidence for the journal.
 
-    :returns: ``{"count", "checked", "in_grace", "order_refs" (first 20), "amount_cents"}``.
+    :returns: ``{"count", "judged", "checked", "in_grace", "order_refs" (first 20),
+        "amount_cents"}``; ``judged`` False (``checked`` 0) means the count proves nothing.
         Use it in the method (its output lands in the journal) next to the steady-state
         probe :func:`charges_without_order` (tolerance ``0``). chaoslib's ``jsonpath``
         tolerance needs an extra package not installed here, so do not judge this dict.
@@ -195,6 +203,13 @@ def charges_without_order_details(grace_s: float = 5, since_s: float = 600, sinc
 _WINDOW = re.compile(r"^[1-9][0-9]*(ms|s|m|h)$")
 
 
-def _check_window(window: str) -> None:
+def check_window(window: str) -> None:
+    """Raise InvalidFaultArgument unless ``window`` is a Prometheus duration like ``30s``."""
     if not isinstance(window, str) or not _WINDOW.match(window):
         raise InvalidFaultArgument(f"window must be a Prometheus duration like '30s' or '2m', got {window!r}")
+
+
+def check_quantile(quantile: float) -> None:
+    """Raise InvalidFaultArgument unless 0 < ``quantile`` < 1 (a number, not a bool)."""
+    if isinstance(quantile, bool) or not (isinstance(quantile, (int, float)) and 0 < quantile < 1):
+        raise InvalidFaultArgument(f"quantile must be between 0 and 1 exclusive, got {quantile!r}")

@@ -268,7 +268,10 @@ class Checkout:
         )
         await self.pool.open(wait=True, timeout=DB_STARTUP_WAIT_S)
         async with self.pool.connection() as conn:
-            await conn.execute(CREATE_ORDERS_TABLE)
+            # the stack's checkout role may not CREATE (its table is made by `stack up`)
+            found = await (await conn.execute("SELECT to_regclass('orders')")).fetchone()
+            if found[0] is None:
+                await conn.execute(CREATE_ORDERS_TABLE)
         if s.price_cache and s.price_refresh_s > 0:
             self._refresher = asyncio.create_task(self._refresh_prices_forever())
         logger.info("checkout ready: pool of %d Postgres connections; %s", s.db_pool_size,

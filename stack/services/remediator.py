@@ -3,8 +3,9 @@
 Run: ``python -m stack.services.remediator`` (from the repo root). Settings (environment):
 
 - ``REMEDIATOR_PORT`` (default 18104): listen port on 127.0.0.1.
-- ``REMEDIATOR_SUPERVISOR_URL`` (required): supervisord XML-RPC URL,
-  ``http://127.0.0.1:<base+40>/RPC2``.
+- ``REMEDIATOR_SUPERVISOR_URL`` (required): supervisord XML-RPC URL, the stack's
+  ``unix://<state_dir>/ctl/supervisord.sock`` (a 0600 socket: the remediator runs as
+  root to reach it) or ``http://host:port/RPC2``.
 - ``REMEDIATOR_WATCH`` (default ``catalog,payments,provider,checkout``): comma list of
   supervisord programs to watch.
 - ``REMEDIATOR_FD_THRESHOLD`` (default 200): open fds above which a program may be sick.
@@ -90,12 +91,19 @@ class RemediatorSettings:
             raise ConfigError("REMEDIATOR_WATCH: name at least one supervisord program")
         return cls(
             port=env_int(environ, "REMEDIATOR_PORT", default_port(PORT_OFFSET), 1, 65535),
-            supervisor_url=env_url(environ, "REMEDIATOR_SUPERVISOR_URL"),
+            supervisor_url=_supervisor_url(environ),
             watch=watch,
             fd_threshold=env_int(environ, "REMEDIATOR_FD_THRESHOLD", 200, 1),
             samples=env_int(environ, "REMEDIATOR_SAMPLES", 3, 1, 100),
             interval_s=env_float(environ, "REMEDIATOR_INTERVAL_S", 1.0, 0.05, 3600),
         )
+
+
+def _supervisor_url(environ: Mapping[str, str]) -> str:
+    value = environ.get("REMEDIATOR_SUPERVISOR_URL", "")
+    if value.startswith("unix:///"):
+        return value
+    return env_url(environ, "REMEDIATOR_SUPERVISOR_URL")
 
 
 def shows_fd_leak(samples: list[int], threshold: int, growths: int) -> bool:

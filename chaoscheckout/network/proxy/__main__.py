@@ -1,4 +1,5 @@
-"""``python -m chaoscheckout.network.proxy --control HOST:PORT --route NAME=LISTEN:HOST:PORT ...``"""
+"""``python -m chaoscheckout.network.proxy --control unix:PATH|HOST:PORT [--token-file FILE]
+--route NAME=LISTEN:HOST:PORT ...``"""
 
 from chaoscheckout.network.proxy.server import main
 

@@ -1,6 +1,15 @@
 """The proxy's HTTP control API: a tiny HTTP/1.1 server on asyncio streams (one request
 per connection, ``Connection: close``).
 
+Who may call it: the API listens either on a **unix socket** created with mode 0600 (only
+its owner, and root, can connect: the stack's choice) or on **TCP with a bearer token**
+read from a file that must be mode 0600 (or 0400) and owned by the proxy's user; every
+request but ``GET /healthz`` and ``GET /metrics`` (read-only counters, scraped by
+Prometheus) then needs ``Authorization: Bearer <token>`` (401 otherwise).
+A toxic must carry a ``fault_id`` (``[A-Za-z0-9._-]``, at most 128) and an ``expires_at``
+no further than ``max_toxic_s`` ahead (default 86400); the proxy drops it at its expiry by
+itself, with or without traffic.
+
 - ``GET /healthz`` → ``{"status": "ok", "routes": N}``
 - ``GET /routes`` → ``{"routes": [{name, listen, upstream, latency|null, connections_active}]}``
 - ``GET /routes/<name>`` → one route
@@ -19,43 +28,107 @@ per connection, ``Connection: close``).
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
+import os
+import re
+import stat
+import time
+from pathlib import Path
 from typing import Any
 
 from chaoscheckout.network.proxy.relay import Route
 from chaoscheckout.network.proxy.toxic import ToxicError, parse_latency
 
-__all__ = ["ControlServer", "render_metrics"]
+__all__ = ["ControlServer", "ControlAuthError", "read_token_file", "render_metrics", "DEFAULT_MAX_TOXIC_S"]
 
 logger = logging.getLogger("chaoscheckout.proxy")
 
 MAX_BODY = 64 * 1024
 REQUEST_TIMEOUT_S = 5.0
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-            408: "Request Timeout", 413: "Payload Too Large"}
+DEFAULT_MAX_TOXIC_S = 86400.0
+OPEN_PATHS = ("/healthz", "/metrics")  # read-only, no fault ids: no token needed
+FAULT_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
+            405: "Method Not Allowed", 408: "Request Timeout", 413: "Payload Too Large"}
+
+
+class ControlAuthError(Exception):
+    """The control API's credential cannot be trusted (token file mode, owner, content)."""
+
+
+def read_token_file(path: str | Path) -> str:
+    """The token in ``path``, refused unless the file is a regular file owned by this user
+    with no group/other permission bits."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise ControlAuthError(f"token file {path}: {exc.strerror}") from None
+    with os.fdopen(fd) as fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+            raise ControlAuthError(
+                f"token file {path} must be a regular file owned by uid {os.geteuid()} with mode "
+                f"0600 (found uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o})"
+            )
+        token = fh.read(4096).strip()
+    if len(token) < 16:
+        raise ControlAuthError(f"token file {path}: the token must be at least 16 characters")
+    return token
 
 
 class ControlServer:
-    def __init__(self, routes: dict[str, Route], host: str, port: int) -> None:
+    """The control API on ``socket_path`` (a 0600 unix socket) or on ``host:port`` with
+    ``token`` (required for TCP)."""
+
+    def __init__(self, routes: dict[str, Route], host: str | None = None, port: int | None = None,
+                 *, socket_path: str | None = None, token: str | None = None,
+                 max_toxic_s: float = DEFAULT_MAX_TOXIC_S) -> None:
+        if socket_path is None and (host is None or port is None):
+            raise ValueError("ControlServer needs socket_path, or host and port")
+        if socket_path is None and not token:
+            raise ControlAuthError("a TCP control API needs a token (--token-file)")
         self.routes = routes
         self.host = host
         self.port = port
+        self.socket_path = socket_path
+        self.token = token
+        self.max_toxic_s = max_toxic_s
         self.server: asyncio.base_events.Server | None = None
 
+    @property
+    def address(self) -> str:
+        return f"unix:{self.socket_path}" if self.socket_path else f"http://{self.host}:{self.port}"
+
     async def start(self) -> None:
-        self.server = await asyncio.start_server(self._handle, self.host, self.port)
+        if self.socket_path is None:
+            self.server = await asyncio.start_server(self._handle, self.host, self.port)
+            return
+        path = Path(self.socket_path)
+        if path.is_symlink() or (path.exists() and not stat.S_ISSOCK(path.lstat().st_mode)):
+            raise OSError(f"{path} exists and is not a socket: not replacing it")
+        path.unlink(missing_ok=True)  # a stale socket of an earlier run
+        old = os.umask(0o177)  # born 0600: no window where others may connect
+        try:
+            self.server = await asyncio.start_unix_server(self._handle, path=str(path))
+        finally:
+            os.umask(old)
+        os.chmod(path, 0o600)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             try:
-                method, path, body = await asyncio.wait_for(_read_request(reader), REQUEST_TIMEOUT_S)
+                method, path, headers, body = await asyncio.wait_for(_read_request(reader), REQUEST_TIMEOUT_S)
             except TimeoutError:
                 status, payload = 408, {"error": "request timeout"}
             except _HttpError as exc:
                 status, payload = exc.status, {"error": str(exc)}
             else:
-                status, payload = self.dispatch(method, path, body)
+                if self._authorised(method, path, headers):
+                    status, payload = self.dispatch(method, path, body)
+                else:
+                    status, payload = 401, {"error": "missing or wrong bearer token"}
             if isinstance(payload, str):
                 data, ctype = payload.encode(), "text/plain; version=0.0.4"
             else:
@@ -68,6 +141,12 @@ class ControlServer:
             pass
         finally:
             writer.close()
+
+    def _authorised(self, method: str, path: str, headers: dict[str, str]) -> bool:
+        if self.token is None or (method == "GET" and path.split("?", 1)[0].rstrip("/") in OPEN_PATHS):
+            return True
+        given = headers.get("authorization", "")
+        return hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode())
 
     def dispatch(self, method: str, path: str, body: bytes) -> tuple[int, Any]:
         path = path.split("?", 1)[0].rstrip("/") or "/"
@@ -101,7 +180,9 @@ class ControlServer:
 
     def _put_latency(self, route: Route, body: bytes) -> tuple[int, Any]:
         try:
-            toxic = parse_latency(json.loads(body or b"null"))
+            raw = json.loads(body or b"null")
+            self._check_lease_fields(raw)
+            toxic = parse_latency(raw)
         except ValueError as exc:  # JSONDecodeError and ToxicError
             reason = str(exc) if isinstance(exc, ToxicError) else f"invalid JSON: {exc}"
             return 400, {"error": reason}
@@ -110,13 +191,29 @@ class ControlServer:
         return 200, route.describe()
 
 
+    def _check_lease_fields(self, raw: Any) -> None:
+        """No toxic without a fault id and a bounded expiry: the proxy never holds a
+        fault that nothing would undo."""
+        if not isinstance(raw, dict):
+            return  # parse_latency says why
+        fault_id = raw.get("fault_id")
+        if not isinstance(fault_id, str) or not FAULT_ID.fullmatch(fault_id):
+            raise ToxicError("fault_id is required: 1-128 characters of [A-Za-z0-9._-]")
+        expires_at = raw.get("expires_at")
+        if expires_at is None:
+            raise ToxicError("expires_at is required (unix seconds): a toxic always ends")
+        if isinstance(expires_at, int | float) and not isinstance(expires_at, bool):
+            if expires_at > time.time() + self.max_toxic_s:
+                raise ToxicError(f"expires_at is more than {self.max_toxic_s:g} s ahead")
+
+
 class _HttpError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
 
 
-async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str, bytes]:
+async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str, dict[str, str], bytes]:
     try:
         head = await reader.readuntil(b"\r\n\r\n")
     except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
@@ -127,8 +224,10 @@ async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str, bytes]:
     except ValueError:
         raise _HttpError(400, "malformed request line") from None
     length = 0
+    headers: dict[str, str] = {}
     for line in lines[1:]:
         name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
         if name.strip().lower() == "content-length":
             try:
                 length = int(value.strip())
@@ -140,7 +239,7 @@ async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str, bytes]:
         body = await reader.readexactly(length) if length else b""
     except asyncio.IncompleteReadError:
         raise _HttpError(400, "truncated body") from None
-    return method.upper(), path, body
+    return method.upper(), path, headers, body
 
 
 def render_metrics(routes: dict[str, Route]) -> str:

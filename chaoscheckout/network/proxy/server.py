@@ -8,8 +8,14 @@ import logging
 import os
 import signal
 import sys
+from pathlib import Path
 
-from chaoscheckout.network.proxy.control import ControlServer
+from chaoscheckout.network.proxy.control import (
+    DEFAULT_MAX_TOXIC_S,
+    ControlAuthError,
+    ControlServer,
+    read_token_file,
+)
 from chaoscheckout.network.proxy.relay import Route, parse_route
 
 __all__ = ["main", "serve"]
@@ -19,15 +25,14 @@ logger = logging.getLogger("chaoscheckout.proxy")
 SWEEP_INTERVAL_S = 0.5
 
 
-async def serve(routes: dict[str, Route], control_host: str, control_port: int) -> None:
+async def serve(routes: dict[str, Route], control: ControlServer) -> None:
     """Run until SIGTERM/SIGINT: every route's listener, the control API, the sweeper."""
-    control = ControlServer(routes, control_host, control_port)
     for route in routes.values():
         await route.start()
         logger.info("route %s: %s:%s -> %s:%s", route.name, route.listen_host, route.listen_port,
                     route.upstream_host, route.upstream_port)
     await control.start()
-    logger.info("control API on http://%s:%s", control_host, control_port)
+    logger.info("control API on %s", control.address)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -40,11 +45,19 @@ async def serve(routes: dict[str, Route], control_host: str, control_port: int) 
         except TimeoutError:
             pass
     control.server.close()
+    if control.socket_path:
+        Path(control.socket_path).unlink(missing_ok=True)
     for route in routes.values():
         await route.stop()
 
 
-def _host_port(value: str) -> tuple[str, int]:
+def _control(value: str) -> tuple[str, int] | str:
+    """``unix:/path/to.sock`` (a socket path) or ``HOST:PORT``."""
+    if value.startswith("unix:"):
+        path = value[len("unix:"):]
+        if not path.startswith("/"):
+            raise argparse.ArgumentTypeError(f"expected unix:/absolute/path, got {value!r}")
+        return path
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
@@ -63,8 +76,13 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m chaoscheckout.network.proxy",
         description="TCP fault proxy (latency toxic) with an HTTP control API. Routes listen on 127.0.0.1.",
     )
-    parser.add_argument("--control", type=_host_port, required=True, metavar="HOST:PORT",
-                        help="address of the HTTP control API")
+    parser.add_argument("--control", type=_control, required=True, metavar="unix:PATH|HOST:PORT",
+                        help="the HTTP control API: a unix socket (created mode 0600) or a TCP "
+                        "address (then --token-file is required)")
+    parser.add_argument("--token-file", metavar="FILE",
+                        help="bearer token for a TCP control API (file mode 0600, owned by this user)")
+    parser.add_argument("--max-toxic-s", type=float, default=DEFAULT_MAX_TOXIC_S,
+                        help="refuse a toxic whose expires_at is further ahead (default %(default)g)")
     parser.add_argument("--route", type=_route, action="append", required=True,
                         metavar="NAME=LISTEN_PORT:UPSTREAM_HOST:UPSTREAM_PORT")
     parser.add_argument("--log-level", default="INFO")
@@ -78,8 +96,19 @@ def main(argv: list[str] | None = None) -> int:
         # containers: listen on every interface of the container's own network namespace
         route.listen_host = os.environ.get("CHAOSCHECKOUT_BIND_HOST", route.listen_host)
         routes[route.name] = route
+    if not 0 < args.max_toxic_s <= DEFAULT_MAX_TOXIC_S * 7:  # also refuses nan
+        parser.error(f"--max-toxic-s must be in (0, {DEFAULT_MAX_TOXIC_S * 7:g}]")
     try:
-        asyncio.run(serve(routes, *args.control))
+        token = read_token_file(args.token_file) if args.token_file else None
+        if isinstance(args.control, str):
+            control = ControlServer(routes, socket_path=args.control, token=token,
+                                    max_toxic_s=args.max_toxic_s)
+        else:
+            control = ControlServer(routes, *args.control, token=token, max_toxic_s=args.max_toxic_s)
+    except ControlAuthError as exc:
+        parser.error(str(exc))
+    try:
+        asyncio.run(serve(routes, control))
     except OSError as exc:
         logger.error("cannot start: %s", exc)
         return 1
