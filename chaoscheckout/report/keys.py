@@ -232,10 +232,26 @@ def guard_declarations(experiment: dict[str, Any]) -> list[tuple[str, dict[str, 
             continue
         for probe in (provider.get("arguments") or {}).get("probes") or []:
             inner = probe.get("provider") if isinstance(probe, dict) else None
-            if isinstance(inner, dict) and inner.get("module") == GUARD_MODULE:
-                args = inner.get("arguments") if isinstance(inner.get("arguments"), dict) else {}
+            if not isinstance(inner, dict):
+                continue
+            args = inner.get("arguments") if isinstance(inner.get("arguments"), dict) else {}
+            if inner.get("module") == GUARD_MODULE:
                 found.append((str(inner.get("func") or ""), args))
+                continue
+            bounds = _range(probe.get("tolerance"))  # an SLI probe as a safeguard, judged by its range
+            if bounds and inner.get("func") == AVAILABILITY_PROBE:
+                found.append((AVAILABILITY_GUARD, {"min_ratio": bounds[0]}))
+            elif bounds and inner.get("func") == LATENCY_PROBE:
+                found.append((LATENCY_GUARD, {"max_ms": bounds[1]}))
     return found
+
+
+def _range(tolerance: Any) -> list[float] | None:
+    bounds = tolerance.get("range") if isinstance(tolerance, dict) else tolerance
+    if isinstance(bounds, list) and len(bounds) == 2 and all(
+            isinstance(b, int | float) and not isinstance(b, bool) for b in bounds):
+        return [float(b) for b in bounds]
+    return None
 
 
 def guard_threshold_from_arguments(func: str, args: dict[str, Any], configuration: dict[str, Any]) -> str:

@@ -246,7 +246,7 @@ def _panel(run: Run, series: Series, top: float, t0: float, t1: float) -> str:
     elif abort is not None:
         parts.append(f'<text x="{x1 - 4}" y="{y1 + 12}" font-size="11" text-anchor="end" '
                      f'fill="{COLOURS["abort"]}">{escape(abort[1])} (off scale)</text>')
-    for segment in _segments(points):
+    for segment in _segments(points, _gaps(series.points)):
         coords = " ".join(f"{sx(t):.1f},{sy(v * factor):.1f}" for t, v in segment)
         parts.append(f'<polyline class="sli" points="{coords}" fill="none" stroke="{COLOURS["line"]}" '
                      'stroke-width="1.6" stroke-linejoin="round"/>')
@@ -291,15 +291,25 @@ def _breach_marks(series: Series, points: list[tuple[float, float]], sx, sy, fac
     return out
 
 
-def _segments(points: list[tuple[float, float]]) -> list[list[tuple[float, float]]]:
-    """Split a series where samples are missing (a gap over 2.5 times the usual step)."""
+def _gaps(points: list[tuple[float, float]]) -> list[float]:
+    """Start times of the gaps in the raw series (no sample for over 2.5 times its usual step)."""
     if len(points) < 3:
-        return [points]
+        return []
     steps = sorted(b[0] - a[0] for a, b in zip(points, points[1:], strict=False))
     limit = 2.5 * steps[len(steps) // 2]
+    return [a[0] for a, b in zip(points, points[1:], strict=False) if b[0] - a[0] > limit > 0]
+
+
+def _segments(points: list[tuple[float, float]], gaps: list[float]) -> list[list[tuple[float, float]]]:
+    """Split a (downsampled) series where the raw series has a gap between two kept samples."""
+    if not points:
+        return []
     segments = [[points[0]]]
+    index = 0
     for previous, point in zip(points, points[1:], strict=False):
-        if point[0] - previous[0] > limit > 0:
+        while index < len(gaps) and gaps[index] < previous[0]:
+            index += 1
+        if index < len(gaps) and gaps[index] < point[0]:
             segments.append([])
         segments[-1].append(point)
     return segments
