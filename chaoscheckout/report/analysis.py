@@ -9,8 +9,10 @@ are never counted as this run's.
 
 from __future__ import annotations
 
+import heapq
 import math
 import re
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -307,7 +309,8 @@ def _phases(run: Run, series: Series, window: tuple[float, float] | None) -> dic
     during = None
     if window is not None:
         start, end = window
-        values = [v for t, v in series.points if start <= t <= end and series.own(t)]
+        lo = max(start, series.fresh_from) if series.fresh_from is not None else start
+        values = [v for _, v in _between(series.points, lo, end)]
         if series.unit == "%":
             values += [s.value for s in run.guard_samples
                        if s.guard == keys.AVAILABILITY_GUARD and s.value is not None and start <= s.at <= end]
@@ -342,29 +345,35 @@ def _detect_recover(run: Run, window: tuple[float, float] | None) -> tuple[float
         return None, None
     start, _ = window
     series = [s for s in (run.availability, run.latency) if s is not None and s.points]
-    breaches = [t for s in series for t, v in s.points if t >= start and s.own(t) and not s.good(v)]
-    if not breaches:
+    firsts = []
+    for s in series:
+        lo = max(start, s.fresh_from) if s.fresh_from is not None else start
+        first = next((t for t, v in _between(s.points, lo, math.inf) if not s.good(v)), None)
+        if first is not None:
+            firsts.append(first)
+    if not firsts:
         return None, None
-    detect = min(breaches) - start
+    detect = min(firsts) - start
     reverted = [f.reverted_at for f in run.faults if f.reverted_at is not None]
     if not reverted:
         return detect, None
     revert = max(reverted)
-    times = sorted({t for s in series for t, _ in s.points if t >= revert})
-    for t in times:
+    after = heapq.merge(*[(t for t, _ in _between(s.points, revert, math.inf)) for s in series])
+    for t in after:  # lazily, oldest first: usually only a few samples are looked at
         if all(_good_at(s, t) for s in series):
             return detect, t - revert
     return detect, None
 
 
+def _between(points: list[tuple[float, float]], lo: float, hi: float) -> list[tuple[float, float]]:
+    """The samples with lo <= t <= hi (points are sorted by time)."""
+    return points[bisect_left(points, (lo, -math.inf)):bisect_right(points, (hi, math.inf))]
+
+
 def _good_at(series: Series, t: float) -> bool:
     """Whether the latest sample of series at or before t is within its SLO."""
-    latest = None
-    for ts, v in series.points:
-        if ts > t:
-            break
-        latest = v
-    return latest is None or series.good(latest)
+    index = bisect_right(series.points, (t, math.inf))
+    return index == 0 or series.good(series.points[index - 1][1])
 
 
 # --- which action reverted which fault, and how much traffic a latency fault slowed ---------

@@ -227,6 +227,18 @@ def tolerance_text(tolerance: Any) -> str:
     return compact(tolerance)
 
 
+def _loads(text: str) -> Any:
+    """JSON text as Python: orjson when installed (a long run's journal is tens of MB), else json."""
+    try:
+        import orjson
+    except ImportError:
+        return json.loads(text)
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)  # NaN/Infinity (Python's json writes them), or a real error to report
+
+
 def load_journal(path: Path) -> Run | Skipped:
     """Read one journal file; never raises for bad content (returns Skipped with a reason)."""
     try:
@@ -239,7 +251,7 @@ def load_journal(path: Path) -> Run | Skipped:
     except (OSError, UnicodeDecodeError) as exc:
         return Skipped(str(path), f"cannot read: {exc}")
     try:
-        journal = json.loads(text)
+        journal = _loads(text)
     except ValueError as exc:
         return Skipped(str(path), f"not valid JSON (truncated or not a journal): {exc}")
     if not isinstance(journal, dict) or not all(k in journal for k in CHAOSTOOLKIT_KEYS):
@@ -440,26 +452,44 @@ def _series(
         raw = series.get(name)
         if not isinstance(raw, list):
             continue
-        points = []
-        for item in raw:
-            if isinstance(item, list | tuple) and len(item) == 2:
-                t, v = parse_time(item[0]), _number(_maybe_float(item[1]))
-                if t is not None and v is not None:  # None: Prometheus had no value (a gap)
-                    points.append((t, v))
-        points.sort()
+        points = _points(raw)
         return Series(name=name, label=label, unit=unit, points=points,
                       objective=keys.objective(journal, rec, kind, name), direction=direction,
                       window_s=window_seconds(name))
     return None
 
 
-def _maybe_float(value: Any) -> Any:
-    if isinstance(value, str):  # Prometheus returns sample values as strings
-        try:
-            return float(value)
-        except ValueError:
-            return None
-    return value
+def _points(raw: list[Any]) -> list[tuple[float, float]]:
+    """``[[t, v], ...]`` as sorted (unix seconds, float) pairs; a null or unparsable value is a gap.
+    Written as one tight loop: a long run's timeline holds hundreds of thousands of samples."""
+    points = []
+    append, isfinite = points.append, math.isfinite
+    for item in raw:
+        if type(item) is not list or len(item) != 2:  # noqa: E721 - exact JSON types, fast
+            if isinstance(item, tuple) and len(item) == 2:
+                item = list(item)
+            else:
+                continue
+        t, v = item
+        kind_t, kind_v = type(t), type(v)
+        if kind_t is float or kind_t is int:
+            if not (t > 0 and isfinite(t)):
+                continue
+        else:
+            t = parse_time(t)
+            if t is None:
+                continue
+        if kind_v is str:
+            try:
+                v = float(v)  # Prometheus returns sample values as strings
+            except ValueError:
+                continue
+        elif kind_v is not float and kind_v is not int:
+            continue  # None (Prometheus had no value: a gap), bools, anything else
+        if isfinite(v):
+            append((float(t), float(v)))
+    points.sort()
+    return points
 
 
 def _guard_samples(rec: dict[str, Any]) -> list[GuardSample]:
