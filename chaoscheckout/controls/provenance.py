@@ -9,7 +9,8 @@ Before the experiment it records, and after it stores in the journal under
   a different experiment; ``configuration``: those resolved values.
 - ``tool``: chaoscheckout's version and, when it runs from a git checkout, the commit and
   whether the tree was dirty; Python, chaostoolkit, chaostoolkit-lib, chaostoolkit-addons.
-- ``host`` (name, platform) and ``runtime`` (the registry's runtime, state dir).
+- ``host`` (name, platform, cpus, load averages when the run started; ``loadavg_at_end``
+  too: a busy machine slows every timeout-bound call) and ``runtime`` (the registry's runtime, state dir).
 - ``k6`` (``k6 version``) and ``prometheus`` (its ``/api/v1/status/buildinfo``) versions.
 - ``load``: the load control's rate and duration as the run resolved them.
 - ``services``: for every service of the registry, what is running, asked from the service
@@ -43,6 +44,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import platform
 import re
 import socket
@@ -99,6 +101,7 @@ def after_experiment_control(context: dict[str, Any], state: dict[str, Any],
                                          if _identity(now.get(name)) != _identity(before.get(name))}
         except Exception as exc:
             record["services_at_end"] = {"error": f"{type(exc).__name__}: {exc}"}
+    record["loadavg_at_end"] = _loadavg()
     if isinstance(state, dict):
         state[JOURNAL_KEY] = record
 
@@ -118,7 +121,8 @@ def collect_provenance(experiment: dict[str, Any], configuration: dict[str, Any]
         "definition_digest": _digest(_definition(experiment)),
         "configuration": static,
         "tool": _tool(timeout),
-        "host": {"name": socket.gethostname(), "platform": platform.platform()},
+        "host": {"name": socket.gethostname(), "platform": platform.platform(), "cpus": os.cpu_count(),
+                 "loadavg": _loadavg()},
         "runtime": _runtime(configuration),
         "k6": _k6_version(timeout),
         "prometheus": _prometheus_version(configuration, timeout),
@@ -134,6 +138,14 @@ def collect_provenance(experiment: dict[str, Any], configuration: dict[str, Any]
 # Internals
 # ---------------------------------------------------------------------------
 _STATE: dict[str, Any] = {}
+
+
+def _loadavg() -> list[float] | None:
+    """The host's 1/5/15-minute load averages (a busy machine slows every timeout-bound call)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def _timeout(configuration: dict[str, Any] | None) -> float:
