@@ -198,6 +198,9 @@ def _tested_rows(run: Run) -> list[tuple[str, str]]:
     rows.append(("Load and observation", f"k6 rate {rate}/s ({prov.k6 or 'k6 unknown'}); "
                                          f"Prometheus {prom}; runtime {prov.runtime.get('name', '?')} on "
                                          f"{prov.host.get('name', '?')}"))
+    load = prov.host.get("loadavg")
+    if isinstance(load, list) and load:
+        rows.append(("Host load average at start", f"{load[0]} (1 min), {prov.host.get('cpus', '?')} CPUs"))
     rows.append(("Experiment digest", prov.experiment_digest[:16] or "?"))
     return rows
 
