@@ -27,7 +27,7 @@ __all__ = ["sli_chart", "downsample"]
 
 WIDTH = 880
 PANEL_H = 150
-TOP = 62
+TOP = 80
 GAP = 54
 LEFT = 64
 RIGHT = 24
@@ -318,7 +318,7 @@ def _fault_caption(run: Run) -> str:
         return ""
     text = "; ".join(f"fault: {f.kind} {f.target} {compact(f.parameters, None)}" for f in run.faults)
     lines = [text[i:i + 150] for i in range(0, len(text), 150)][:2]
-    return "".join(f'<text class="fault-parameters" x="{LEFT}" y="{36 + 12 * n}" font-size="10" '
+    return "".join(f'<text class="fault-parameters" x="{LEFT}" y="{38 + 13 * n}" font-size="10" '
                    f'fill="{COLOURS["abort"]}">{escape(line)}</text>' for n, line in enumerate(lines))
 
 
