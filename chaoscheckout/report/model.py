@@ -227,7 +227,7 @@ def tolerance_text(tolerance: Any) -> str:
     return compact(tolerance)
 
 
-def _loads(text: str) -> Any:
+def _loads(text: bytes) -> Any:
     """JSON text as Python: orjson when installed (a long run's journal is tens of MB), else json."""
     try:
         import orjson
@@ -247,7 +247,7 @@ def load_journal(path: Path) -> Run | Skipped:
             return Skipped(str(path), "empty file")
         if size > MAX_JOURNAL_BYTES:
             return Skipped(str(path), f"too large ({size} bytes > {MAX_JOURNAL_BYTES})")
-        text = path.read_text(encoding="utf-8")
+        text = path.read_bytes()
     except (OSError, UnicodeDecodeError) as exc:
         return Skipped(str(path), f"cannot read: {exc}")
     try:

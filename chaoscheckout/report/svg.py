@@ -78,12 +78,13 @@ def sli_chart(run: Run) -> str:
 
 
 def downsample(points: list[tuple[float, float]], t0: float, t1: float, columns: int,
-               ) -> list[tuple[float, float]]:
+               times: list[float] | None = None) -> list[tuple[float, float]]:
     """At most 4 samples per column of ``columns`` over [t0, t1]: each column's first, lowest,
-    highest and last sample in time order (short series are returned as they are)."""
+    highest and last sample in time order (short series are returned as they are). ``times``:
+    the points' times, when the caller has them already."""
     if len(points) <= 4 * columns or t1 <= t0:
         return points
-    times = [t for t, _ in points]
+    times = times if times is not None else [t for t, _ in points]
     values = [v for _, v in points]
     out: list[tuple[float, float]] = []
     width = (t1 - t0) / columns
@@ -171,7 +172,8 @@ def _panel(run: Run, series: Series, top: float, t0: float, t1: float) -> str:
     x0, x1 = LEFT, WIDTH - RIGHT
     y0, y1 = top + PANEL_H, top  # bottom, top
     factor = 100.0 if series.unit == "%" else 1.0
-    points = downsample(series.points, t0, t1, int(x1 - x0))
+    times = [t for t, _ in series.points]
+    points = downsample(series.points, t0, t1, int(x1 - x0), times)
     values = [v * factor for _, v in points]
     objective = series.objective * factor
     abort = _abort_line(run, series)
@@ -241,7 +243,7 @@ def _panel(run: Run, series: Series, top: float, t0: float, t1: float) -> str:
     elif abort is not None:
         parts.append(f'<text x="{x1 - 4}" y="{y1 + 12}" font-size="11" text-anchor="end" '
                      f'fill="{COLOURS["abort"]}">{escape(abort[1])} (off scale)</text>')
-    for segment in _segments(points, _gaps(series.points)):
+    for segment in _segments(points, _gaps(times)):
         coords = " ".join(f"{sx(t):.1f},{sy(v * factor):.1f}" for t, v in segment)
         parts.append(f'<polyline class="sli" points="{coords}" fill="none" stroke="{COLOURS["line"]}" '
                      'stroke-width="1.6" stroke-linejoin="round"/>')
@@ -286,11 +288,10 @@ def _breach_marks(series: Series, points: list[tuple[float, float]], sx, sy, fac
     return out
 
 
-def _gaps(points: list[tuple[float, float]]) -> list[float]:
+def _gaps(times: list[float]) -> list[float]:
     """Start times of the gaps in the raw series (no sample for over 2.5 times its usual step)."""
-    if len(points) < 3:
+    if len(times) < 3:
         return []
-    times = [t for t, _ in points]
     steps = [b - a for a, b in zip(times, times[1:], strict=False)]
     sample = sorted(steps[:: max(1, len(steps) // 10_000)])  # the usual step: a median of <= 10k steps
     limit = 2.5 * sample[len(sample) // 2]
