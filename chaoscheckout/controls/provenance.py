@@ -80,7 +80,8 @@ def configure_control(**kwargs: Any) -> None:
 
 def before_experiment_control(context: dict[str, Any], configuration: dict[str, Any] | None = None,
                               **kwargs: Any) -> None:
-    """Record what is about to be tested (never raises)."""
+    """Record what is about to be tested: experiment digest, tool, host, k6, Prometheus, load,
+    and each registry service's build and settings from its ``/version`` (never raises)."""
     _STATE.clear()
     try:
         _STATE["record"] = collect_provenance(context, configuration)
@@ -107,6 +108,7 @@ def after_experiment_control(context: dict[str, Any], state: dict[str, Any],
 
 
 def cleanup_control(**kwargs: Any) -> None:
+    """Forget this run's record, so a second run in the same process starts clean."""
     _STATE.clear()
 
 
