@@ -1,4 +1,4 @@
-"""The team's FINDINGS.md as HTML for the log: markdown-it-py (CommonMark) with raw HTML off.
+"""The team's FINDINGS.md as HTML for the log: markdown-it-py (CommonMark + tables), raw HTML off.
 
 Headings are shifted two levels down (``#`` becomes ``<h3>``, under the log's "Findings"
 heading). Journal file names (or run ids) in text or in code spans link to that run's
@@ -22,7 +22,7 @@ HEADING_SHIFT = 2
 def render_findings(text: str, anchors: dict[str, str] | None = None) -> str:
     """FINDINGS.md text as HTML. anchors maps a journal file name (or run id) to its section id."""
     anchors = anchors or {}
-    md = MarkdownIt("commonmark", {"html": False})
+    md = MarkdownIt("commonmark", {"html": False}).enable("table")
     tokens = md.parse(text)
     names = sorted(anchors, key=len, reverse=True)
     pattern = re.compile("|".join(re.escape(n) for n in names)) if names else None
