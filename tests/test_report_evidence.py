@@ -278,7 +278,7 @@ def test_removes_only_its_own_stale_charts(tmp_path: Path) -> None:
     assert sorted(p.name for p in charts.iterdir()) == ["06-stack-kill-catalog.svg", "mine.svg"]
 
 
-def test_full_disk_is_one_clear_error_and_nothing_half_written(tmp_path: Path) -> None:
+def test_full_disk_or_read_only_output_is_one_clear_error_and_nothing_half_written(tmp_path: Path) -> None:
     disk = tmp_path / "small"
     disk.mkdir()
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)],
@@ -294,6 +294,13 @@ def test_full_disk_is_one_clear_error_and_nothing_half_written(tmp_path: Path) -
         assert "no space left on device" in proc.stderr and "Traceback" not in proc.stderr
         assert (disk / "log.md").read_text().endswith("the previous log\n")  # not replaced by half a file
         assert not [p for p in disk.rglob(".*") if p.is_file()]  # no temporary file left behind
+        (disk / "log.md").unlink()
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True, timeout=30)
+        proc = subprocess.run([CHAOS, "--no-version-check", "report", str(FIXTURES), "--output",
+                               str(disk / "log"), "--format", "md"],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode != 0 and "cannot write" in proc.stderr and "Traceback" not in proc.stderr
+        assert proc.stderr.strip().count("\n") == 0, proc.stderr  # one line
     finally:
         subprocess.run(["umount", str(disk)], capture_output=True, timeout=30)
 
