@@ -26,6 +26,7 @@ ACTIVITY_MODULES = (
 CONTROL_MODULES = (
     "chaoscheckout.load.control",
     "chaoscheckout.controls.safety",
+    "chaoscheckout.controls.provenance",
 )
 
 

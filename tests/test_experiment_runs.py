@@ -138,6 +138,8 @@ class TestWeakenedCheckoutIsCaught:
         assert outcome.verdict == "broke", outcome.reason
         assert "checkout-p95-latency-ms-30s" in outcome.reason
         assert _fault_output(journal)["backend"] == "proxy"
+        checkout = journal["chaoscheckout_provenance"]["services"]["checkout"]  # what was tested, from itself
+        assert checkout["profile"] == "first-version" and checkout["settings"]["budget_s"] == 0
         _no_fault_left(weak)
 
     def test_fill_pg_disk_catches_charge_before_order(self, weak, tmp_path):
@@ -158,6 +160,7 @@ class TestFixedCheckoutHolds:
         outcome, journal = _run(fixed, name, tmp_path)
         assert outcome.verdict == "held", outcome.reason
         assert journal["chaoscheckout_load"]["summary"]["requests"] > 0
+        assert journal["chaoscheckout_provenance"]["services"]["checkout"]["profile"] == "resilient"
         _no_fault_left(fixed)
 
     @pytest.mark.parametrize("ctk", ["installed", pytest.param("newest", marks=pytest.mark.ctk_latest)])

@@ -52,12 +52,12 @@ def test_declarations_come_before_the_method(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
-def test_controls_safety_load_and_safeguards(name: str) -> None:
+def test_controls_safety_provenance_load_and_safeguards(name: str) -> None:
     controls = _load(name)["controls"]
     modules = [c["provider"]["module"] for c in controls]
-    assert modules == ["chaoscheckout.controls.safety", "chaoscheckout.load.control",
-                       "chaosaddons.controls.safeguards"]
-    guards = controls[2]["provider"]["arguments"]["probes"]
+    assert modules == ["chaoscheckout.controls.safety", "chaoscheckout.controls.provenance",
+                       "chaoscheckout.load.control", "chaosaddons.controls.safeguards"]
+    guards = controls[3]["provider"]["arguments"]["probes"]
     money = [g for g in guards if g["provider"]["func"] == "money_guard"]
     assert money and money[0]["frequency"] == 1, "money without order must abort at once"
     for guard in guards:

@@ -401,3 +401,15 @@ def _wait_gone(pid_file: Path, timeout_s: float = 20) -> None:
     deadline = time.monotonic() + timeout_s
     while pid_file.exists() and time.monotonic() < deadline:
         time.sleep(0.2)
+
+
+def test_checkout_profile_names_the_build_from_its_settings() -> None:
+    """GET /version's profile: first-version / resilient / custom, from the parsed settings."""
+    from stack.services.checkout import CheckoutSettings, profile
+
+    urls = {"CHECKOUT_CATALOG_URL": "http://127.0.0.1:1", "CHECKOUT_PAYMENTS_URL": "http://127.0.0.1:2",
+            "CHECKOUT_DATABASE_URL": "postgresql://postgres@127.0.0.1:3/checkout"}
+    assert profile(CheckoutSettings.from_env({**urls, "CHECKOUT_RESILIENCE": "0"})) == "first-version"
+    assert profile(CheckoutSettings.from_env(urls)) == "resilient"
+    assert profile(CheckoutSettings.from_env({**urls, "CHECKOUT_RESILIENCE": "0",
+                                              "CHECKOUT_ORDER_FIRST": "1"})) == "custom"

@@ -4,6 +4,8 @@ k6 starts before the steady-state hypothesis is first checked and stops after th
 experiment ends (whatever its status), so traffic flows through the before-check, the
 method and the after-check. The journal gets ``chaoscheckout_load`` (k6 exit code and
 meaning, how it was stopped, requests, rate, failed rate, p95/p99, thresholds) and
+``chaoscheckout_guards`` (``{"samples": [{guard, at, value, threshold, ok}, ...]}``: every
+measurement the chaoscheckout guards took during the run) and
 ``chaoscheckout_timeline`` (availability and p95 latency series over the run, 10 s
 windows, from Prometheus). Paste into an experiment::
 
@@ -57,6 +59,7 @@ from chaoslib.exceptions import InterruptExecution, InvalidActivity
 from chaoscheckout.config import settings_from
 from chaoscheckout.load.k6 import K6Error, K6Options, K6Process
 from chaoscheckout.runtime.registry import load_registry
+from chaoscheckout.sli import guards
 from chaoscheckout.sli.timeline import collect_timeline
 
 __all__ = [
@@ -138,6 +141,7 @@ def after_experiment_control(context: dict[str, Any], state: dict[str, Any], tim
                     f"{record['exit_meaning']}")
     if isinstance(state, dict):
         state["chaoscheckout_load"] = record
+        state["chaoscheckout_guards"] = {"samples": guards.samples()}
         if timeline and k6 is not None and k6.started_at is not None:
             state["chaoscheckout_timeline"] = collect_timeline(k6.started_at, time.time(), configuration)
 

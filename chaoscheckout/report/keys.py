@@ -22,6 +22,14 @@ controls store is a change in this one module.
   ``effect`` dict of the ``remove_latency`` output: ``{fault_id, scope, fraction,
   exchanges_seen, exchanges_delayed, exchanges_delayed_ratio, connections_decided,
   connections_picked, ...}``.
+- ``chaoscheckout_guards`` (load control): ``{samples: [{guard, at, value, threshold, ok}]}``,
+  every measurement the chaoscheckout guards took (the money-safety series comes from here).
+- ``chaoscheckout_provenance`` (provenance control): ``{experiment_digest, system_build,
+  system_label, tool, host, runtime, k6, prometheus, load, configuration, services,
+  services_at_end}`` or ``{error}``.
+- Guards declared in a ``chaosaddons.controls.safeguards`` control: ``probes[].provider``
+  with ``func`` availability_guard (``min_ratio``), latency_guard (``max_ms``, ``quantile``)
+  or money_guard.
 - ``FINDINGS.md`` in an input directory: the team's hand-written findings.
 """
 
@@ -33,6 +41,13 @@ EXTENSION_NAME = "chaoscheckout"
 TIMELINE_KEY = "chaoscheckout_timeline"
 LOAD_KEY = "chaoscheckout_load"
 SAFETY_KEY = "chaoscheckout_safety"
+GUARDS_KEY = "chaoscheckout_guards"
+PROVENANCE_KEY = "chaoscheckout_provenance"
+GUARD_MODULE = "chaoscheckout.sli.guards"
+SAFEGUARDS_MODULE = "chaosaddons.controls.safeguards"
+MONEY_GUARD = "money_guard"
+AVAILABILITY_GUARD = "availability_guard"
+LATENCY_GUARD = "latency_guard"
 LEGACY_RECORD_KEY = "chaoscheckout"  # one dict holding timeline/k6/safety (early drafts)
 K6_RUN_FIELDS = ("exit_code", "exit_meaning", "stopped_by", "error", "rate", "duration_s")
 
@@ -74,7 +89,7 @@ def record(journal: dict[str, Any]) -> dict[str, Any]:
     if not found:
         ext = extension(journal.get("experiment") or {})
         found = {k: ext[k] for k in ("timeline", "k6", "safety") if k in ext}
-    for key, name in ((TIMELINE_KEY, "timeline"), (SAFETY_KEY, "safety")):
+    for key, name in ((TIMELINE_KEY, "timeline"), (SAFETY_KEY, "safety"), (GUARDS_KEY, "guards")):
         if isinstance(journal.get(key), dict):
             found[name] = journal[key]
     load = journal.get(LOAD_KEY)
@@ -199,3 +214,62 @@ def effect(entry: dict[str, Any]) -> dict[str, Any] | None:
         return output
     found = output.get(EFFECT_KEY)
     return found if isinstance(found, dict) else None
+
+
+def guard_samples(rec: dict[str, Any]) -> list[dict[str, Any]]:
+    """The guards' recorded measurements ([] when the journal has none)."""
+    guards = rec.get("guards")
+    samples = guards.get("samples") if isinstance(guards, dict) else None
+    return [s for s in samples if isinstance(s, dict)] if isinstance(samples, list) else []
+
+
+def guard_declarations(experiment: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(guard func, arguments) of each chaoscheckout guard in the experiment's safeguards."""
+    found = []
+    for control in experiment.get("controls") or []:
+        provider = control.get("provider") if isinstance(control, dict) else None
+        if not isinstance(provider, dict) or provider.get("module") != SAFEGUARDS_MODULE:
+            continue
+        for probe in (provider.get("arguments") or {}).get("probes") or []:
+            inner = probe.get("provider") if isinstance(probe, dict) else None
+            if not isinstance(inner, dict):
+                continue
+            args = inner.get("arguments") if isinstance(inner.get("arguments"), dict) else {}
+            if inner.get("module") == GUARD_MODULE:
+                found.append((str(inner.get("func") or ""), args))
+                continue
+            bounds = _range(probe.get("tolerance"))  # an SLI probe as a safeguard, judged by its range
+            if bounds and inner.get("func") == AVAILABILITY_PROBE:
+                found.append((AVAILABILITY_GUARD, {"min_ratio": bounds[0]}))
+            elif bounds and inner.get("func") == LATENCY_PROBE:
+                found.append((LATENCY_GUARD, {"max_ms": bounds[1]}))
+    return found
+
+
+def _range(tolerance: Any) -> list[float] | None:
+    bounds = tolerance.get("range") if isinstance(tolerance, dict) else tolerance
+    if isinstance(bounds, list) and len(bounds) == 2 and all(
+            isinstance(b, int | float) and not isinstance(b, bool) for b in bounds):
+        return [float(b) for b in bounds]
+    return None
+
+
+def guard_threshold_from_arguments(func: str, args: dict[str, Any], configuration: dict[str, Any]) -> str:
+    """A guard's threshold as the guard writes it (">= 0.5", "<= 3000 ms", "== 0"), "" when the
+    arguments cannot be resolved (a ``${key}`` the configuration does not hold)."""
+
+    def value(name: str, default: Any) -> Any:
+        raw = args.get(name, default)
+        if isinstance(raw, str) and raw.startswith("${") and raw.endswith("}"):
+            raw = configuration.get(raw[2:-1])
+        return raw
+
+    if func == AVAILABILITY_GUARD:
+        bound = value("min_ratio", 0.5)
+        return f">= {bound}" if isinstance(bound, int | float) else ""
+    if func == LATENCY_GUARD:
+        bound = value("max_ms", 1000)
+        return f"<= {bound} ms" if isinstance(bound, int | float) else ""
+    if func == MONEY_GUARD:
+        return "== 0"
+    return ""

@@ -1,9 +1,14 @@
-"""The report's own view of a journal: dataclasses, and loading journal files into them."""
+"""The report's own view of a journal: dataclasses holding the journal's facts, and loading.
+
+Facts only: what the journal recorded, parsed into types. What the facts mean (verdict,
+fault window, which action reverted which fault, consistency) is :mod:`analysis`'s job.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,18 +17,23 @@ from typing import Any
 from chaoscheckout.report import keys
 
 __all__ = [
+    "Activity",
     "Fault",
+    "GuardSample",
     "ProbeResult",
+    "Provenance",
     "Run",
     "Series",
     "Skipped",
     "SteadyState",
+    "compact",
     "load_journal",
     "parse_time",
 ]
 
 MAX_JOURNAL_BYTES = 64 * 1024 * 1024
 CHAOSTOOLKIT_KEYS = ("experiment", "status", "start")
+RAW = {"json": False}  # field metadata: raw journal values kept for analysis, left out of JSON output
 
 
 @dataclass
@@ -31,14 +41,23 @@ class ProbeResult:
     name: str
     value: str
     tolerance: str
-    met: bool | None
+    met: bool | None  # as recorded (tolerance_met)
     status: str
+    func: str = ""
+    window_s: float | None = None  # the probe's measurement window (its "window" argument)
+    quantile: float | None = None  # its "quantile" argument (latency probes)
+    start: float | None = None
+    end: float | None = None
+    raw_value: Any = field(default=None, metadata=RAW)
+    raw_tolerance: Any = field(default=None, metadata=RAW)
+    derived_met: bool | None = None  # re-derived from raw_value and raw_tolerance (analysis)
 
 
 @dataclass
 class SteadyState:
-    met: bool | None
+    met: bool | None  # as recorded (steady_state_met)
     probes: list[ProbeResult] = field(default_factory=list)
+    not_run: list[str] = field(default_factory=list)  # declared probes with no result (analysis)
 
 
 @dataclass
@@ -52,7 +71,7 @@ class Fault:
     expires_at: float | None
     action: str
     target_detail: str = ""
-    reverted_at: float | None = None
+    reverted_at: float | None = None  # analysis: matched from revert outputs
     reverted_by: str = ""
     effect: dict[str, Any] = field(default_factory=dict)  # latency_fault_effect counts (latest)
     effect_by: str = ""
@@ -65,6 +84,9 @@ class Activity:
     start: float | None
     end: float | None
     output: str
+    type: str = ""
+    func: str = ""
+    raw_output: Any = field(default=None, metadata=RAW)
 
 
 @dataclass
@@ -75,9 +97,41 @@ class Series:
     points: list[tuple[float, float]]
     objective: float
     direction: str  # "min": SLI >= objective is good; "max": SLI <= objective is good
+    window_s: float | None = None  # each sample covers the window_s seconds before its time
+    fresh_from: float | None = None  # analysis: samples before this also cover the previous run
 
     def good(self, value: float) -> bool:
         return value >= self.objective if self.direction == "min" else value <= self.objective
+
+    def own(self, t: float) -> bool:
+        """Whether the sample at t measures only this run (not the previous run's tail)."""
+        return self.fresh_from is None or t >= self.fresh_from
+
+
+@dataclass
+class GuardSample:
+    guard: str
+    at: float
+    value: float | None
+    threshold: str
+    ok: bool
+
+
+@dataclass
+class Provenance:
+    experiment_digest: str = ""
+    system_build: str = ""
+    system_label: str = ""
+    tool: dict[str, Any] = field(default_factory=dict)
+    services: dict[str, Any] = field(default_factory=dict)
+    configuration: dict[str, Any] = field(default_factory=dict)
+    load: dict[str, Any] = field(default_factory=dict)
+    k6: str = ""
+    prometheus: dict[str, Any] = field(default_factory=dict)
+    host: dict[str, Any] = field(default_factory=dict)
+    runtime: dict[str, Any] = field(default_factory=dict)
+    changed_during_run: dict[str, Any] = field(default_factory=dict)
+    error: str = ""
 
 
 @dataclass
@@ -89,12 +143,14 @@ class Run:
     end: float | None
     duration_s: float | None
     status: str
-    deviated: bool
+    deviated: bool | None
     has_extension: bool
     hypothesis: str
     blast_radius: str
     abort_condition: str
     result: Any
+    has_hypothesis: bool
+    declared_probes: list[str]
     before: SteadyState | None
     after: SteadyState | None
     faults: list[Fault]
@@ -106,12 +162,18 @@ class Run:
     safety_reverts: list[dict[str, Any]]
     timeline_error: str = ""
     abort: dict[str, Any] = field(default_factory=dict)
+    guard_samples: list[GuardSample] = field(default_factory=list)
+    guard_thresholds: dict[str, str] = field(default_factory=dict)  # guard → abort threshold text
+    provenance: Provenance | None = None
+    # derived by analysis
     verdict: str = ""
     reason: str = ""
     aborted_at: float | None = None
     time_to_detect_s: float | None = None
     time_to_recover_s: float | None = None
     sli_phases: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    guard_worst: dict[str, float] = field(default_factory=dict)  # guard → worst sample in the fault window
+    problems: list[str] = field(default_factory=list)  # contradictions found by verification
 
 
 @dataclass
@@ -137,93 +199,11 @@ def parse_time(value: Any) -> float | None:
     return None
 
 
-def load_journal(path: Path) -> Run | Skipped:
-    """Read one journal file; never raises for bad content (returns Skipped with a reason)."""
-    try:
-        size = path.stat().st_size
-        if size == 0:
-            return Skipped(str(path), "empty file")
-        if size > MAX_JOURNAL_BYTES:
-            return Skipped(str(path), f"too large ({size} bytes > {MAX_JOURNAL_BYTES})")
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        return Skipped(str(path), f"cannot read: {exc}")
-    try:
-        journal = json.loads(text)
-    except ValueError as exc:
-        return Skipped(str(path), f"not valid JSON (truncated or not a journal): {exc}")
-    if not isinstance(journal, dict) or not all(k in journal for k in CHAOSTOOLKIT_KEYS):
-        return Skipped(str(path), "not a chaostoolkit journal (no experiment/status/start)")
-    if not isinstance(journal.get("experiment"), dict):
-        return Skipped(str(path), "not a chaostoolkit journal (experiment is not an object)")
-    try:
-        return _parse(path, journal)
-    except (TypeError, ValueError, AttributeError, KeyError) as exc:  # malformed parts
-        return Skipped(str(path), f"malformed journal ({type(exc).__name__}: {exc})")
-
-
-# ---------------------------------------------------------------------------
-# Internals
-# ---------------------------------------------------------------------------
-
-
-def _parse(path: Path, journal: dict[str, Any]) -> Run:
-    experiment = journal["experiment"]
-    ext = keys.extension(experiment)
-    rec = keys.record(journal)
-    activities = [a for a in journal.get("run") or [] if isinstance(a, dict)]
-    rollbacks = [a for a in journal.get("rollbacks") or [] if isinstance(a, dict)]
-    steady = journal.get("steady_states") or {}
-    start = parse_time(journal.get("start"))
-    run = Run(
-        path=str(path),
-        run_id=path.stem,
-        title=str(experiment.get("title") or "(untitled experiment)"),
-        start=start,
-        end=parse_time(journal.get("end")),
-        duration_s=_number(journal.get("duration")),
-        status=str(journal.get("status") or "unknown"),
-        deviated=bool(journal.get("deviated")),
-        has_extension=bool(ext),
-        hypothesis=_text(ext.get("hypothesis")),
-        blast_radius=_text(ext.get("blast_radius")),
-        abort_condition=_text(ext.get("abort_condition")),
-        result=ext.get("result"),
-        before=_steady(steady.get("before")),
-        after=_steady(steady.get("after")),
-        faults=_faults(activities),
-        run_activities=[_activity(a) for a in activities],
-        rollbacks=[_activity(a) for a in rollbacks],
-        k6=keys.k6_summary(rec),
-        availability=_series(journal, rec, "availability", keys.AVAILABILITY_SERIES, "availability", "%",
-                             "min"),
-        latency=_series(journal, rec, "latency", keys.LATENCY_SERIES, "p95 latency", "ms", "max"),
-        safety_reverts=keys.safety_reverts(rec),
-        timeline_error=keys.timeline_error(rec),
-        abort=keys.abort_record(rec),
-    )
-    _match_reverts(run, activities + rollbacks)
-    _match_effects(run, activities + rollbacks)
-    return run
-
-
-def _text(value: Any) -> str:
-    if value is None:
-        return ""
-    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
-    return None
-
-
-def compact(value: Any, limit: int = 90) -> str:
-    """A short one-line rendering of a JSON value."""
+def compact(value: Any, limit: int | None = 90) -> str:
+    """A one-line rendering of a JSON value (cut at limit characters; None: never cut)."""
     text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
     text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return text if limit is None or len(text) <= limit else text[: limit - 1] + "…"
 
 
 def round_value(value: Any) -> Any:
@@ -247,7 +227,124 @@ def tolerance_text(tolerance: Any) -> str:
     return compact(tolerance)
 
 
-def _steady(block: Any) -> SteadyState | None:
+def _loads(text: bytes) -> Any:
+    """JSON text as Python: orjson when installed (a long run's journal is tens of MB), else json."""
+    try:
+        import orjson
+    except ImportError:
+        return json.loads(text)
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)  # NaN/Infinity (Python's json writes them), or a real error to report
+
+
+def load_journal(path: Path) -> Run | Skipped:
+    """Read one journal file; never raises for bad content (returns Skipped with a reason)."""
+    try:
+        size = path.stat().st_size
+        if size == 0:
+            return Skipped(str(path), "empty file")
+        if size > MAX_JOURNAL_BYTES:
+            return Skipped(str(path), f"too large ({size} bytes > {MAX_JOURNAL_BYTES})")
+        text = path.read_bytes()
+    except (OSError, UnicodeDecodeError) as exc:
+        return Skipped(str(path), f"cannot read: {exc}")
+    try:
+        journal = _loads(text)
+    except ValueError as exc:
+        return Skipped(str(path), f"not valid JSON (truncated or not a journal): {exc}")
+    if not isinstance(journal, dict) or not all(k in journal for k in CHAOSTOOLKIT_KEYS):
+        return Skipped(str(path), "not a chaostoolkit journal (no experiment/status/start)")
+    if not isinstance(journal.get("experiment"), dict):
+        return Skipped(str(path), "not a chaostoolkit journal (experiment is not an object)")
+    try:
+        return parse_journal(path, journal)
+    except (TypeError, ValueError, AttributeError, KeyError) as exc:  # malformed parts
+        return Skipped(str(path), f"malformed journal ({type(exc).__name__}: {exc})")
+
+
+def parse_journal(path: Path, journal: dict[str, Any]) -> Run:
+    """A journal dict as a :class:`Run` (facts only; :func:`analysis.analyse` derives the rest)."""
+    experiment = journal["experiment"]
+    ext = keys.extension(experiment)
+    rec = keys.record(journal)
+    activities = [a for a in journal.get("run") or [] if isinstance(a, dict)]
+    rollbacks = [a for a in journal.get("rollbacks") or [] if isinstance(a, dict)]
+    steady = journal.get("steady_states") or {}
+    hypothesis = experiment.get("steady-state-hypothesis")
+    declared = ([str(p.get("name", "?")) for p in hypothesis.get("probes") or [] if isinstance(p, dict)]
+                if isinstance(hypothesis, dict) else [])
+    deviated = journal.get("deviated")
+    samples = _guard_samples(rec)
+    return Run(
+        path=str(path),
+        run_id=path.stem,
+        title=str(experiment.get("title") or "(untitled experiment)"),
+        start=parse_time(journal.get("start")),
+        end=parse_time(journal.get("end")),
+        duration_s=_number(journal.get("duration")),
+        status=str(journal.get("status") or "unknown"),
+        deviated=deviated if isinstance(deviated, bool) else None,
+        has_extension=bool(ext),
+        hypothesis=_text(ext.get("hypothesis")),
+        blast_radius=_text(ext.get("blast_radius")),
+        abort_condition=_text(ext.get("abort_condition")),
+        result=ext.get("result"),
+        has_hypothesis=bool(declared),
+        declared_probes=declared,
+        before=_steady(steady.get("before"), hypothesis),
+        after=_steady(steady.get("after"), hypothesis),
+        faults=_faults(activities),
+        run_activities=[_activity(a) for a in activities],
+        rollbacks=[_activity(a) for a in rollbacks],
+        k6=keys.k6_summary(rec),
+        availability=_series(journal, rec, "availability", keys.AVAILABILITY_SERIES, "availability", "%",
+                             "min"),
+        latency=_series(journal, rec, "latency", keys.LATENCY_SERIES, "p95 latency", "ms", "max"),
+        safety_reverts=keys.safety_reverts(rec),
+        timeline_error=keys.timeline_error(rec),
+        abort=keys.abort_record(rec),
+        guard_samples=samples,
+        guard_thresholds=_guard_thresholds(journal, samples, rec),
+        provenance=_provenance(journal.get(keys.PROVENANCE_KEY)),
+    )
+
+
+# ---------------------------------------------------------------------------
+# Internals
+# ---------------------------------------------------------------------------
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def window_seconds(text: Any) -> float | None:
+    """A Prometheus duration ("30s", "1m") or a series name ending in one ("p95_ms_10s") in seconds."""
+    match = re.search(r"(\d+(?:\.\d+)?)(ms|s|m|h)$", str(text or ""))
+    if not match:
+        return None
+    scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[match.group(2)]
+    return float(match.group(1)) * scale
+
+
+def _declared_probe(hypothesis: Any, name: str) -> dict[str, Any]:
+    for probe in (hypothesis or {}).get("probes") or [] if isinstance(hypothesis, dict) else []:
+        if isinstance(probe, dict) and probe.get("name") == name:
+            return probe
+    return {}
+
+
+def _steady(block: Any, hypothesis: Any) -> SteadyState | None:
     if not isinstance(block, dict):
         return None
     probes = []
@@ -256,15 +353,27 @@ def _steady(block: Any) -> SteadyState | None:
             continue
         activity = probe.get("activity") or {}
         met = probe.get("tolerance_met")
-        value = probe.get("output") if probe.get("status") == "succeeded" else probe.get("exception")
-        if isinstance(value, list):  # an exception is a list of traceback lines
-            value = (value[-1] if value else "").strip() if probe.get("status") != "succeeded" else value
+        succeeded = probe.get("status") == "succeeded"
+        value = probe.get("output") if succeeded else probe.get("exception")
+        if isinstance(value, list) and not succeeded:  # an exception is a list of traceback lines
+            value = (value[-1] if value else "").strip()
+        provider = activity.get("provider") if isinstance(activity.get("provider"), dict) else {}
+        args = provider.get("arguments") if isinstance(provider.get("arguments"), dict) else {}
+        declared = _declared_probe(hypothesis, str(activity.get("name")))
+        tolerance = activity.get("tolerance", declared.get("tolerance"))
         probes.append(ProbeResult(
             name=str(activity.get("name", "?")),
             value=compact(round_value(value)),
-            tolerance=tolerance_text(activity.get("tolerance")),
+            tolerance=tolerance_text(tolerance),
             met=met if isinstance(met, bool) else None,
             status=str(probe.get("status", "?")),
+            func=str(provider.get("func") or ""),
+            window_s=window_seconds(args.get("window")),
+            quantile=_number(args.get("quantile")),
+            start=parse_time(probe.get("start")),
+            end=parse_time(probe.get("end")),
+            raw_value=probe.get("output") if succeeded else None,
+            raw_tolerance=tolerance,
         ))
     met = block.get("steady_state_met")
     return SteadyState(met=met if isinstance(met, bool) else None, probes=probes)
@@ -283,6 +392,9 @@ def _activity(entry: dict[str, Any]) -> Activity:
         start=parse_time(entry.get("start")),
         end=parse_time(entry.get("end")),
         output=output,
+        type=keys.activity_type(entry),
+        func=keys.activity_func(entry),
+        raw_output=entry.get("output"),
     )
 
 
@@ -327,82 +439,8 @@ def _target(value: Any) -> tuple[str, str]:
     if isinstance(value, dict):
         name = value.get("service") or value.get("name") or value.get("route") or "?"
         rest = {k: v for k, v in value.items() if k not in ("service", "name")}
-        return str(name), compact(rest, 160) if rest else ""
+        return str(name), compact(rest, None) if rest else ""
     return str(value), ""
-
-
-def _mentions(output: Any, fault: Fault, depth: int = 0) -> bool:
-    """Whether a revert output names this fault: its id lists (``reverted``/``reverted_leases``)
-    decide when present, else its ``fault_id``, else (no id at all) its service/target. Nested
-    measurements (``effect``) are not reverts."""
-    if depth > 4:
-        return False
-    if isinstance(output, list):
-        return any(_mentions(item, fault, depth + 1) for item in output)
-    if not isinstance(output, dict) or keys.is_fault_output(output):
-        return False
-    ids = keys.reverted_ids(output)
-    if ids is not None:
-        return fault.fault_id in ids
-    if "fault_id" in output:
-        return output.get("fault_id") == fault.fault_id
-    if fault.target in (output.get("service"), output.get("target")):
-        return True
-    return any(_mentions(v, fault, depth + 1) for k, v in output.items()
-               if k not in keys.MEASUREMENT_KEYS and isinstance(v, dict | list))
-
-
-def _reverted_time(output: Any) -> float | None:
-    if isinstance(output, dict):
-        for key in keys.TIME_KEYS_REVERTED:
-            found = parse_time(output.get(key))
-            if found:
-                return found
-    return None
-
-
-def _match_reverts(run: Run, entries: list[dict[str, Any]]) -> None:
-    for fault in run.faults:
-        candidates: list[tuple[float, str]] = []
-        for entry in entries:
-            output = entry.get("output")
-            end = parse_time(entry.get("end"))
-            is_probe = keys.activity_type(entry) == keys.PROBE_TYPE  # probes measure, never revert
-            if entry.get("status") != "succeeded" or end is None or is_probe or not _mentions(output, fault):
-                continue
-            if fault.injected_at is not None and end < fault.injected_at:
-                continue
-            when = _reverted_time(output) or end
-            candidates.append((when, str((entry.get("activity") or {}).get("name", "?"))))
-        for revert in run.safety_reverts:
-            if revert.get("error"):
-                continue
-            if revert.get("fault_id") == fault.fault_id or fault.target in (
-                revert.get("service"), revert.get("target")
-            ):
-                when = _reverted_time(revert)
-                if when is not None:
-                    candidates.append((when, "safety control"))
-        breach = run.abort.get("first_breach")
-        if isinstance(breach, dict) and fault.fault_id in (breach.get("reverted") or []):
-            when = parse_time(breach.get("reverted_at"))
-            if when is not None:  # the guard reverted on breach, before the safety control
-                candidates.append((when, f"{breach.get('guard', 'guard')} on breach"))
-        if candidates:
-            fault.reverted_at, fault.reverted_by = min(candidates)
-
-
-def _match_effects(run: Run, entries: list[dict[str, Any]]) -> None:
-    """Attach to each fault the latest effect counts recorded for it (probe or revert output)."""
-    for entry in sorted(entries, key=lambda e: parse_time(e.get("end")) or 0.0):
-        found = keys.effect(entry) if entry.get("status") == "succeeded" else None
-        if not found:
-            continue
-        name = str((entry.get("activity") or {}).get("name", "?"))
-        for fault in run.faults:
-            named = found.get("fault_id")
-            if named == fault.fault_id or (named is None and _mentions(entry.get("output"), fault)):
-                fault.effect, fault.effect_by = found, name
 
 
 def _series(
@@ -414,22 +452,100 @@ def _series(
         raw = series.get(name)
         if not isinstance(raw, list):
             continue
-        points = []
-        for item in raw:
-            if isinstance(item, list | tuple) and len(item) == 2:
-                t, v = parse_time(item[0]), _number(_maybe_float(item[1]))
-                if t is not None and v is not None:  # None: Prometheus had no value (a gap)
-                    points.append((t, v))
-        points.sort()
+        points = _points(raw)
         return Series(name=name, label=label, unit=unit, points=points,
-                      objective=keys.objective(journal, rec, kind, name), direction=direction)
+                      objective=keys.objective(journal, rec, kind, name), direction=direction,
+                      window_s=window_seconds(name))
     return None
 
 
-def _maybe_float(value: Any) -> Any:
-    if isinstance(value, str):  # Prometheus returns sample values as strings
-        try:
-            return float(value)
-        except ValueError:
-            return None
-    return value
+def _points(raw: list[Any]) -> list[tuple[float, float]]:
+    """``[[t, v], ...]`` as sorted (unix seconds, float) pairs; a null or unparsable value is a gap.
+    Written as one tight loop: a long run's timeline holds hundreds of thousands of samples."""
+    points = []
+    append, isfinite = points.append, math.isfinite
+    for item in raw:
+        if type(item) is not list or len(item) != 2:  # noqa: E721 - exact JSON types, fast
+            if isinstance(item, tuple) and len(item) == 2:
+                item = list(item)
+            else:
+                continue
+        t, v = item
+        kind_t, kind_v = type(t), type(v)
+        if kind_t is float or kind_t is int:
+            if not (t > 0 and isfinite(t)):
+                continue
+        else:
+            t = parse_time(t)
+            if t is None:
+                continue
+        if kind_v is str:
+            try:
+                v = float(v)  # Prometheus returns sample values as strings
+            except ValueError:
+                continue
+        elif kind_v is not float and kind_v is not int:
+            continue  # None (Prometheus had no value: a gap), bools, anything else
+        if isfinite(v):
+            append((float(t), float(v)))
+    points.sort()
+    return points
+
+
+def _guard_samples(rec: dict[str, Any]) -> list[GuardSample]:
+    out = []
+    for raw in keys.guard_samples(rec):
+        at = parse_time(raw.get("at"))
+        if at is None:
+            continue
+        value = _number(raw.get("value"))
+        out.append(GuardSample(str(raw.get("guard") or "?"), at, value, str(raw.get("threshold") or ""),
+                               bool(raw.get("ok"))))
+    return sorted(out, key=lambda s: s.at)
+
+
+def _guard_thresholds(journal: dict[str, Any], samples: list[GuardSample],
+                      rec: dict[str, Any]) -> dict[str, str]:
+    """Each chaoscheckout guard's abort threshold as it judged: from its samples or breach record,
+    else from the safeguard's arguments (resolved with the provenance configuration)."""
+    found: dict[str, str] = {}
+    for sample in samples:
+        if sample.value is not None and sample.threshold:
+            found.setdefault(sample.guard, sample.threshold)
+    breach = keys.abort_record(rec).get("first_breach")
+    if isinstance(breach, dict) and breach.get("guard") and breach.get("threshold"):
+        found.setdefault(str(breach["guard"]), str(breach["threshold"]))
+    provenance = journal.get(keys.PROVENANCE_KEY)
+    configuration = provenance.get("configuration") if isinstance(provenance, dict) else None
+    for func, args in keys.guard_declarations(journal.get("experiment") or {}):
+        if func in found:
+            continue
+        text = keys.guard_threshold_from_arguments(func, args, configuration or {})
+        if text:
+            found[func] = text
+    return found
+
+
+def _provenance(raw: Any) -> Provenance | None:
+    if not isinstance(raw, dict):
+        return None
+
+    def mapping(key: str) -> dict[str, Any]:
+        value = raw.get(key)
+        return value if isinstance(value, dict) else {}
+
+    return Provenance(
+        experiment_digest=str(raw.get("experiment_digest") or ""),
+        system_build=str(raw.get("system_build") or ""),
+        system_label=str(raw.get("system_label") or ""),
+        tool=mapping("tool"),
+        services=mapping("services"),
+        configuration=mapping("configuration"),
+        load=mapping("load"),
+        k6=str(raw.get("k6") or ""),
+        prometheus=mapping("prometheus"),
+        host=mapping("host"),
+        runtime=mapping("runtime"),
+        changed_during_run=mapping("services_at_end"),
+        error=str(raw.get("error") or ""),
+    )

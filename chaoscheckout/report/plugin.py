@@ -20,23 +20,38 @@ __all__ = ["report"]
                    "Default: experiment-log in the (first) input directory.")
 @click.option("--format", "formats", type=click.Choice(["md", "html", "json"]), multiple=True,
               help="Format(s) to write; repeat the option for several. Default: md and html.")
-def report(inputs: tuple[Path, ...], output: Path | None, formats: tuple[str, ...]) -> None:
+@click.option("--verify", is_flag=True, default=False,
+              help="Only check the journals: re-derive each verdict from the raw values and tolerances, "
+                   "flag contradictions and inconsistent timestamps; write nothing; exit 1 when one is "
+                   "flagged.")
+def report(inputs: tuple[Path, ...], output: Path | None, formats: tuple[str, ...], verify: bool) -> None:
     """Write the experiment log from chaostoolkit journals.
 
     INPUTS are journal files or directories (every *.json in them). Writes
     experiment-log.md (with SVG charts in experiment-log-charts/) and experiment-log.html
     next to the journals. Unreadable or foreign files are skipped with a reason; nothing is
-    written when no journal can be read.
+    written when no journal can be read; no input and no file the command did not generate
+    is ever overwritten. Journals that contradict themselves are reported as warnings (and
+    their runs are inconclusive); with --verify that is all it does, exiting 1 when any is.
     """
-    from chaoscheckout.report.build import ReportError, write_report
+    from chaoscheckout.report.build import ReportError, load_runs, write_report
 
     try:
-        result = write_report(list(inputs), output, formats or ("md", "html"))
+        result = load_runs(list(inputs)) if verify else write_report(list(inputs), output,
+                                                                    formats or ("md", "html"))
     except ReportError as exc:
         raise click.ClickException(str(exc)) from exc
     for skipped in result.skipped:
         click.echo(f"skipped {skipped.path}: {skipped.reason}", err=True)
+    flagged = 0
     for run in result.runs:
-        click.echo(f"{run.verdict:8} {run.title} ({run.run_id}) — {run.reason}")
+        click.echo(f"{run.verdict:12} {run.title} ({run.run_id}) — {run.reason}")
+        for problem in run.problems:
+            flagged += 1
+            click.echo(f"warning: {run.path}: {problem}", err=True)
     for path in result.written:
         click.echo(f"wrote {path}")
+    if verify:
+        click.echo(f"verified {len(result.runs)} journal(s): {flagged} contradiction(s)", err=True)
+        if flagged:
+            raise SystemExit(1)

@@ -1,30 +1,47 @@
-"""A small SVG line chart of a run's SLI timeline (no plotting library)."""
+"""A small SVG line chart of a run's SLI timeline (no plotting library).
+
+Panels share the time axis: availability, p95 latency and, for runs whose money guard
+sampled, charges without an order. Each panel shows its SLO (dashed orange), the guard's
+abort threshold beside it (dashed red; the latency guard judges p99, said so), the fault
+window (shaded red), the before/after steady-state checks' measurement windows (shaded
+grey), samples that still measure the previous run (hatched, never marked as breaches) and
+every sample of this run outside its SLO (red marks, at any series length).
+
+Long series are downsampled to one column per pixel keeping each column's first, last,
+lowest and highest sample, so extremes and breaches survive and an 800k-sample series
+renders as a few thousand points.
+"""
 
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from datetime import UTC, datetime
 from html import escape
 
-from chaoscheckout.report.analysis import fault_window
-from chaoscheckout.report.model import Run, Series, parse_time
+from chaoscheckout.report import keys
+from chaoscheckout.report.analysis import fault_window, threshold_number
+from chaoscheckout.report.model import GuardSample, Run, Series, compact, parse_time
 
-__all__ = ["sli_chart"]
+__all__ = ["sli_chart", "downsample"]
 
 WIDTH = 880
 PANEL_H = 150
-TOP = 44
+TOP = 80
 GAP = 54
 LEFT = 64
 RIGHT = 24
 BOTTOM = 46
-COLOURS = {"line": "#1f5fa8", "slo": "#d9822b", "fault": "#e5484d", "abort": "#b3001b", "grid": "#e4e7eb"}
+COLOURS = {"line": "#1f5fa8", "slo": "#d9822b", "fault": "#e5484d", "abort": "#b3001b", "grid": "#e4e7eb",
+           "check": "#6b7280", "tail": "#9aa0a6"}
 
 
 def sli_chart(run: Run) -> str:
-    """An inline <svg> (class "sli-chart") with availability and p95 latency panels sharing the
-    time axis: the fault window shaded, the abort moment marked, the SLO as a dashed line."""
+    """An inline <svg> (class "sli-chart") of the run's SLI panels (see the module docstring)."""
     panels = [s for s in (run.availability, run.latency) if s is not None and s.points]
+    money = _money_series(run)
+    if money is not None:
+        panels.append(money)
     label = f"SLI timeline of {run.title} ({run.run_id})"
     if not panels:
         height = 70
@@ -46,6 +63,7 @@ def sli_chart(run: Run) -> str:
         'font-family="Helvetica, Arial, sans-serif">',
         f'<rect x="0" y="0" width="{WIDTH}" height="{height}" fill="#ffffff"/>',
         _legend(run),
+        _fault_caption(run),
     ]
     for index, series in enumerate(panels):
         top = TOP + index * (PANEL_H + GAP)
@@ -59,15 +77,48 @@ def sli_chart(run: Run) -> str:
     return "".join(out)
 
 
+def downsample(points: list[tuple[float, float]], t0: float, t1: float, columns: int,
+               times: list[float] | None = None) -> list[tuple[float, float]]:
+    """At most 4 samples per column of ``columns`` over [t0, t1]: each column's first, lowest,
+    highest and last sample in time order (short series are returned as they are). ``times``:
+    the points' times, when the caller has them already."""
+    if len(points) <= 4 * columns or t1 <= t0:
+        return points
+    times = times if times is not None else [t for t, _ in points]
+    values = [v for _, v in points]
+    out: list[tuple[float, float]] = []
+    width = (t1 - t0) / columns
+    lo = bisect_left(times, t0)
+    for column in range(columns + 1):
+        hi = bisect_left(times, t0 + (column + 1) * width, lo) if column < columns else len(times)
+        if hi - lo <= 4:
+            out.extend(points[lo:hi])
+        elif hi > lo:
+            chunk = values[lo:hi]
+            low = lo + chunk.index(min(chunk))
+            high = lo + chunk.index(max(chunk))
+            out.extend(points[i] for i in sorted({lo, low, high, hi - 1}))
+        lo = hi
+    return out
+
+
 # ---------------------------------------------------------------------------
 # Internals
 # ---------------------------------------------------------------------------
 
 
+def _money_series(run: Run) -> Series | None:
+    samples: list[GuardSample] = [s for s in run.guard_samples if s.guard == keys.MONEY_GUARD
+                                  and s.value is not None]
+    if not samples:
+        return None
+    return Series(name="money_guard", label="charges without an order (money guard)", unit="charges",
+                  points=[(s.at, float(s.value or 0.0)) for s in samples], objective=0.0, direction="max")
+
+
 def _time_range(run: Run, panels: list[Series]) -> tuple[float, float]:
-    times = [t for s in panels for t, _ in s.points]
-    t0 = min(times + ([run.start] if run.start else []))
-    ends = [max(times)] + [x for x in (run.end, run.aborted_at) if x]
+    t0 = min([s.points[0][0] for s in panels] + ([run.start] if run.start else []))
+    ends = [s.points[-1][0] for s in panels] + [x for x in (run.end, run.aborted_at) if x]
     window = fault_window(run)
     if window:
         ends.append(window[1])
@@ -92,16 +143,47 @@ def _fmt(v: float) -> str:
     return f"{v:.0f}" if abs(v - round(v)) < 1e-9 or abs(v) >= 100 else f"{v:g}"
 
 
+def _abort_line(run: Run, series: Series) -> tuple[float, str] | None:
+    """(value in the panel's unit, label) of the guard's abort threshold for this panel."""
+    if series.unit == "%":
+        guard, factor, prefix = keys.AVAILABILITY_GUARD, 100.0, "abort <"
+    elif series.unit == "ms":
+        guard, factor, prefix = keys.LATENCY_GUARD, 1.0, "abort (p99) >"
+    else:
+        return None
+    bound = threshold_number(run.guard_thresholds.get(guard, ""))
+    if bound is None:
+        return None
+    return bound * factor, f"{prefix} {_fmt(bound * factor)} {series.unit}"
+
+
+def _check_windows(run: Run) -> list[tuple[str, float, float]]:
+    """(label, start, end) of the before/after steady-state checks' measurement windows."""
+    found = []
+    for phase, state in (("before", run.before), ("after", run.after)):
+        spans = [(p.end - p.window_s, p.end) for p in (state.probes if state else [])
+                 if p.end is not None and p.window_s]
+        if spans:
+            found.append((f"{phase} check", min(a for a, _ in spans), max(b for _, b in spans)))
+    return found
+
+
 def _panel(run: Run, series: Series, top: float, t0: float, t1: float) -> str:
     x0, x1 = LEFT, WIDTH - RIGHT
     y0, y1 = top + PANEL_H, top  # bottom, top
     factor = 100.0 if series.unit == "%" else 1.0
-    values = [v * factor for _, v in series.points]
+    times = [t for t, _ in series.points]
+    points = downsample(series.points, t0, t1, int(x1 - x0), times)
+    values = [v * factor for _, v in points]
     objective = series.objective * factor
+    abort = _abort_line(run, series)
     if series.unit == "%":
         ticks = [0.0, 25.0, 50.0, 75.0, 100.0]
     else:
-        ticks = _nice_ticks(max(values + [objective]) * 1.1)
+        top_value = max(values + [objective, 1.0])
+        if abort is not None and abort[0] <= top_value * 3:
+            top_value = max(top_value, abort[0])
+        ticks = _nice_ticks(top_value * 1.1)
     lo, hi = 0.0, ticks[-1]
 
     def sx(t: float) -> float:
@@ -111,17 +193,25 @@ def _panel(run: Run, series: Series, top: float, t0: float, t1: float) -> str:
         return _scale(min(max(v, lo), hi), lo, hi, y0, y1)
 
     parts = [f'<g class="panel" data-series="{escape(series.name)}">']
-    title = f"{series.label} ({series.name})"
     parts.append(f'<text x="{x0}" y="{top - 8}" font-size="13" font-weight="bold" fill="#222">'
-                 f"{escape(title)}</text>")
+                 f"{escape(f'{series.label} ({series.name})')}</text>")
+    for label, start, end in _check_windows(run):
+        cx0, cx1 = sx(max(start, t0)), sx(min(end, t1))
+        parts.append(f'<rect class="check-window" x="{cx0:.1f}" y="{y1}" width="{max(cx1 - cx0, 1.0):.1f}" '
+                     f'height="{PANEL_H}" fill="{COLOURS["check"]}" fill-opacity="0.10"/>')
+        parts.append(f'<text x="{cx0 + 3:.1f}" y="{y0 - 18}" font-size="10" fill="{COLOURS["check"]}">'
+                     f"{escape(label)}</text>")
+    if series.fresh_from is not None and series.fresh_from > t0:
+        tx = sx(min(series.fresh_from, t1))
+        parts.append(f'<rect class="previous-run-tail" x="{x0}" y="{y1}" width="{max(tx - x0, 0):.1f}" '
+                     f'height="{PANEL_H}" fill="{COLOURS["tail"]}" fill-opacity="0.18"/>')
+        parts.append(f'<text x="{x0 + 3}" y="{y0 - 6}" font-size="10" fill="#555">'
+                     "previous run's tail</text>")
     window = fault_window(run)
     if window:
         wx0, wx1 = sx(max(window[0], t0)), sx(min(window[1], t1))
-        kinds = ", ".join(sorted({f"{f.kind} {f.target}" for f in run.faults}))
         parts.append(f'<rect class="fault-window" x="{wx0:.1f}" y="{y1}" width="{max(wx1 - wx0, 1.5):.1f}" '
                      f'height="{PANEL_H}" fill="{COLOURS["fault"]}" fill-opacity="0.13"/>')
-        parts.append(f'<text x="{wx0 + 4:.1f}" y="{y1 + 14}" font-size="11" fill="{COLOURS["abort"]}">'
-                     f"fault: {escape(kinds)}</text>")
     for tick in ticks:
         y = sy(tick)
         parts.append(f'<line x1="{x0}" y1="{y:.1f}" x2="{x1}" y2="{y:.1f}" stroke="{COLOURS["grid"]}"/>')
@@ -144,14 +234,20 @@ def _panel(run: Run, series: Series, top: float, t0: float, t1: float) -> str:
     label_y = slo_y + 13 if slo_y - y1 < 16 else slo_y - 5  # below the line when it hugs the top
     parts.append(f'<text x="{x0 + 4}" y="{label_y:.1f}" font-size="11" font-weight="bold" '
                  f'fill="{COLOURS["slo"]}">SLO {sign} {_fmt(objective)} {escape(series.unit)}</text>')
-    for segment in _segments(series.points):
-        points = " ".join(f"{sx(t):.1f},{sy(v * factor):.1f}" for t, v in segment)
-        parts.append(f'<polyline class="sli" points="{points}" fill="none" stroke="{COLOURS["line"]}" '
-                     'stroke-width="2" stroke-linejoin="round"/>')
-    if len(series.points) <= 80:
-        for t, v in series.points:
-            colour = COLOURS["line"] if series.good(v) else COLOURS["fault"]
-            parts.append(f'<circle cx="{sx(t):.1f}" cy="{sy(v * factor):.1f}" r="2.6" fill="{colour}"/>')
+    if abort is not None and lo <= abort[0] <= hi:
+        ay = sy(abort[0])
+        parts.append(f'<line class="abort-threshold" x1="{x0}" y1="{ay:.1f}" x2="{x1}" y2="{ay:.1f}" '
+                     f'stroke="{COLOURS["abort"]}" stroke-width="1.2" stroke-dasharray="2 3"/>')
+        parts.append(f'<text x="{x1 - 4}" y="{ay - 4:.1f}" font-size="11" text-anchor="end" '
+                     f'fill="{COLOURS["abort"]}">{escape(abort[1])}</text>')
+    elif abort is not None:
+        parts.append(f'<text x="{x1 - 4}" y="{y1 + 12}" font-size="11" text-anchor="end" '
+                     f'fill="{COLOURS["abort"]}">{escape(abort[1])} (off scale)</text>')
+    for segment in _segments(points, _gaps(times)):
+        coords = " ".join(f"{sx(t):.1f},{sy(v * factor):.1f}" for t, v in segment)
+        parts.append(f'<polyline class="sli" points="{coords}" fill="none" stroke="{COLOURS["line"]}" '
+                     'stroke-width="1.6" stroke-linejoin="round"/>')
+    parts.extend(_breach_marks(series, points, sx, sy, factor))
     breach = run.abort.get("first_breach") if isinstance(run.abort.get("first_breach"), dict) else {}
     breach_at = parse_time(breach.get("at")) if breach else None
     if breach_at is not None and t0 <= breach_at <= t1:
@@ -172,36 +268,76 @@ def _panel(run: Run, series: Series, top: float, t0: float, t1: float) -> str:
     return "".join(parts)
 
 
-def _segments(points: list[tuple[float, float]]) -> list[list[tuple[float, float]]]:
-    """Split a series where samples are missing (a gap over 2.5 times the usual step)."""
-    if len(points) < 3:
-        return [points]
-    steps = sorted(b[0] - a[0] for a, b in zip(points, points[1:], strict=False))
-    limit = 2.5 * steps[len(steps) // 2]
+def _breach_marks(series: Series, points: list[tuple[float, float]], sx, sy, factor: float) -> list[str]:
+    """A red mark for every sample of this run outside its SLO (one per pixel column: the worst);
+    the previous run's tail is drawn grey, never as a breach."""
+    marks: dict[int, tuple[float, float]] = {}
+    tail: dict[int, tuple[float, float]] = {}
+    worse = (lambda a, b: a < b) if series.direction == "min" else (lambda a, b: a > b)
+    for t, v in points:
+        if series.good(v):
+            continue
+        column = int(sx(t))
+        bucket = marks if series.own(t) else tail
+        if column not in bucket or worse(v, bucket[column][1]):
+            bucket[column] = (t, v)
+    out = [f'<circle class="outside-slo" cx="{sx(t):.1f}" cy="{sy(v * factor):.1f}" r="2.4" '
+           f'fill="{COLOURS["fault"]}"/>' for t, v in marks.values()]
+    out += [f'<circle class="previous-run" cx="{sx(t):.1f}" cy="{sy(v * factor):.1f}" r="2.2" '
+            f'fill="{COLOURS["tail"]}"/>' for t, v in tail.values()]
+    return out
+
+
+def _gaps(times: list[float]) -> list[float]:
+    """Start times of the gaps in the raw series (no sample for over 2.5 times its usual step)."""
+    if len(times) < 3:
+        return []
+    steps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    sample = sorted(steps[:: max(1, len(steps) // 10_000)])  # the usual step: a median of <= 10k steps
+    limit = 2.5 * sample[len(sample) // 2]
+    return [times[i] for i, step in enumerate(steps) if step > limit > 0]
+
+
+def _segments(points: list[tuple[float, float]], gaps: list[float]) -> list[list[tuple[float, float]]]:
+    """Split a (downsampled) series where the raw series has a gap between two kept samples."""
+    if not points:
+        return []
     segments = [[points[0]]]
+    index = 0
     for previous, point in zip(points, points[1:], strict=False):
-        if point[0] - previous[0] > limit > 0:
+        while index < len(gaps) and gaps[index] < previous[0]:
+            index += 1
+        if index < len(gaps) and gaps[index] < point[0]:
             segments.append([])
         segments[-1].append(point)
     return segments
 
 
+def _fault_caption(run: Run) -> str:
+    """The faults with their parameters in full (scope included), under the legend."""
+    if not run.faults:
+        return ""
+    text = "; ".join(f"fault: {f.kind} {f.target} {compact(f.parameters, None)}" for f in run.faults)
+    lines = [text[i:i + 150] for i in range(0, len(text), 150)][:2]
+    return "".join(f'<text class="fault-parameters" x="{LEFT}" y="{38 + 13 * n}" font-size="10" '
+                   f'fill="{COLOURS["abort"]}">{escape(line)}</text>' for n, line in enumerate(lines))
+
+
 def _legend(run: Run) -> str:
     x = LEFT
-    items = [("line", "SLI sample (red dot: outside SLO)"), ("slo", "SLO objective")]
+    items = [("line", "SLI sample (red dot: outside SLO)"), ("slo", "SLO"), ("abort", "abort threshold")]
     if run.faults:
-        items.append(("fault", "fault injected → reverted"))
-    if run.aborted_at is not None:
-        items.append(("abort", "run aborted"))
+        items.append(("fault", "fault window"))
+    items.append(("check", "before/after check window"))
     parts = []
     for key, text in items:
-        if key == "fault":
-            parts.append(f'<rect x="{x}" y="10" width="18" height="12" fill="{COLOURS["fault"]}" '
+        if key in ("fault", "check"):
+            parts.append(f'<rect x="{x}" y="10" width="18" height="12" fill="{COLOURS[key]}" '
                          'fill-opacity="0.2"/>')
         else:
-            dash = {"slo": ' stroke-dasharray="6 4"', "abort": ' stroke-dasharray="3 3"'}.get(key, "")
+            dash = {"slo": ' stroke-dasharray="6 4"', "abort": ' stroke-dasharray="2 3"'}.get(key, "")
             parts.append(f'<line x1="{x}" y1="16" x2="{x + 18}" y2="16" stroke="{COLOURS[key]}" '
                          f'stroke-width="2"{dash}/>')
         parts.append(f'<text x="{x + 24}" y="20" font-size="11" fill="#333">{escape(text)}</text>')
-        x += 40 + 6.2 * len(text)
+        x += 34 + 6.0 * len(text)
     return "".join(parts)

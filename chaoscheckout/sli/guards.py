@@ -7,7 +7,10 @@ On a breach the guard reverts every live fault at once, from its own thread, the
 safeguards interrupt the run (which, unlike a rollback, cannot be delayed by a running
 pause). Every breach is remembered in this process (time, guard, measured value, what was
 reverted and when) so the safety control can record when the first breaching sample was
-taken and how long it took to revert the fault (``chaoscheckout_safety.abort``). Paste::
+taken and how long it took to revert the fault (``chaoscheckout_safety.abort``); every
+measurement a guard takes is remembered too (:func:`samples`, at most 20000), and the load
+control stores them in the journal (``chaoscheckout_guards``), so the log can chart them
+(the money-safety series) and count them in "worst during the fault". Paste::
 
     {
       "name": "safeguards",
@@ -168,10 +171,18 @@ def breaches() -> list[dict[str, Any]]:
         return [asdict(b) for b in _BREACHES]
 
 
+def samples() -> list[dict[str, Any]]:
+    """Every measurement taken since the last :func:`reset`, oldest first: ``{guard, at, value,
+    threshold, ok}`` (``value`` None: the guard could not observe the system)."""
+    with _LOCK:
+        return [dict(s) for s in _SAMPLES]
+
+
 def reset() -> None:
-    """Forget recorded breaches (the safety control calls it before each experiment)."""
+    """Forget recorded breaches and samples (the safety control calls it before each experiment)."""
     with _LOCK:
         _BREACHES.clear()
+        _SAMPLES.clear()
         _UNOBSERVED_SINCE.clear()
 
 
@@ -180,11 +191,21 @@ def reset() -> None:
 # ---------------------------------------------------------------------------
 _LOCK = threading.Lock()
 _BREACHES: list[Breach] = []
+_SAMPLES: list[dict[str, Any]] = []
+MAX_SAMPLES = 20000
 _UNOBSERVED_SINCE: dict[str, float] = {}
+
+
+def _sample(guard: str, value: float | None, threshold: str, ok: bool) -> None:
+    sample = {"guard": guard, "at": time.time(), "value": value, "threshold": threshold, "ok": ok}
+    with _LOCK:
+        if len(_SAMPLES) < MAX_SAMPLES:
+            _SAMPLES.append(sample)
 
 
 def _judge(guard: str, ok: bool, value: float, threshold: str,
            configuration: dict[str, Any] | None) -> bool:
+    _sample(guard, float(value), threshold, ok)
     if not ok:
         logger.warning(f"{guard}: breach, measured {value:g} (abort threshold {threshold})")
         _breach(guard, float(value), threshold, configuration)
@@ -194,6 +215,7 @@ def _judge(guard: str, ok: bool, value: float, threshold: str,
 def _unobserved(guard: str, exc: Exception, max_unobserved_s: float,
                 configuration: dict[str, Any] | None) -> bool:
     now = time.time()
+    _sample(guard, None, f"unobserved ({type(exc).__name__})", True)
     with _LOCK:
         since = _UNOBSERVED_SINCE.setdefault(guard, now)
     if now - since <= max_unobserved_s:

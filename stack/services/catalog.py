@@ -44,6 +44,7 @@ from stack.services.common import (
     metrics_route,
     read_json,
     serve,
+    version_route,
 )
 
 __all__ = ["CatalogSettings", "PRODUCTS", "build_app", "main"]
@@ -147,6 +148,7 @@ def build_app(settings: CatalogSettings) -> Starlette:
         Route("/prices", prices, methods=["GET"]),
         Route("/admin/fd-leak", fd_leak_switch, methods=["POST"]),
         healthz_route(can_open_files),
+        version_route("catalog", settings),
         metrics_route(),
     ])
     app.state.fd_leak = leak

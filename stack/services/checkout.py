@@ -123,9 +123,10 @@ from stack.services.common import (
     metrics_route,
     read_json,
     serve,
+    version_route,
 )
 
-__all__ = ["CheckoutSettings", "build_app", "main", "CREATE_ORDERS_TABLE"]
+__all__ = ["CheckoutSettings", "build_app", "main", "profile", "CREATE_ORDERS_TABLE"]
 
 logger = logging.getLogger("stack.checkout")
 
@@ -491,12 +492,31 @@ def build_app(settings: CheckoutSettings) -> Starlette:
         routes=[
             Route("/checkout", post_checkout, methods=["POST"]),
             healthz_route(checkout.database_answers),
+            version_route("checkout", settings, profile(settings)),
             metrics_route(),
         ],
         lifespan=lifespan,
     )
     app.state.checkout = checkout
     return app
+
+
+RESILIENCE_FIELDS = ("price_cache", "price_cache_max_age_s", "price_refresh_s", "catalog_timeout_s",
+                     "order_first", "payments_timeout_s", "payments_retries", "budget_s")
+
+
+def profile(settings: CheckoutSettings) -> str:
+    """Which build of checkout's behaviour these settings are: "first-version" (every resilience
+    setting at its ``CHECKOUT_RESILIENCE=0`` value), "resilient" (every one at its default), or
+    "custom" (anything else). Shown by ``GET /version`` and so in every journal."""
+    for name, resilient in (("first-version", "0"), ("resilient", "1")):
+        reference = CheckoutSettings.from_env({
+            "CHECKOUT_RESILIENCE": resilient, "CHECKOUT_CATALOG_URL": settings.catalog_url,
+            "CHECKOUT_PAYMENTS_URL": settings.payments_url, "CHECKOUT_DATABASE_URL": settings.database_url,
+        })
+        if all(getattr(reference, f) == getattr(settings, f) for f in RESILIENCE_FIELDS):
+            return name
+    return "custom"
 
 
 def main() -> None:

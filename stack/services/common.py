@@ -8,10 +8,15 @@ that into one line on stderr and exit status 2, before anything is started.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import hashlib
 import logging
 import os
+import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -34,6 +39,8 @@ __all__ = [
     "read_json",
     "metrics_route",
     "healthz_route",
+    "version_route",
+    "build_info",
     "http_client",
     "count_open_fds",
     "serve",
@@ -168,6 +175,49 @@ def healthz_route(check: HealthCheck | None = None) -> Route:
     return Route("/healthz", healthz, methods=["GET"])
 
 
+STACK_VERSION = "0.1.0"
+GIT_TIMEOUT_S = 2.0
+SERVICES_DIR = Path(__file__).resolve().parent
+
+
+@functools.cache
+def build_info() -> dict[str, Any]:
+    """What build of the stack's services this process runs, read once at first use.
+
+    ``{"version", "source_sha256", "commit", "dirty"}``: ``source_sha256`` digests the
+    service sources (``stack/services/*.py``) actually loaded, so two processes with the
+    same digest run the same code even where there is no git checkout (containers);
+    ``commit``/``dirty`` come from git when the sources are in a checkout, else None.
+    """
+    digest = hashlib.sha256()
+    for path in sorted(SERVICES_DIR.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    commit = _git("rev-parse", "HEAD")
+    status = None
+    if commit:
+        status = _git("status", "--porcelain", "--untracked-files=no", "--", str(SERVICES_DIR))
+    return {"version": STACK_VERSION, "source_sha256": digest.hexdigest(), "commit": commit,
+            "dirty": None if status is None else bool(status)}
+
+
+def version_route(service: str, settings: Any, profile: str | None = None) -> Route:
+    """``GET /version``: ``{"service", "build": build_info(), "settings", "profile"}``.
+
+    ``settings`` is the service's settings dataclass (what changes its behaviour, as parsed
+    from its environment at start-up); ``profile`` names a known combination of them
+    (checkout: "first-version" / "resilient" / "custom"). The chaoscheckout provenance
+    control records this answer in every journal.
+    """
+    values = dataclasses.asdict(settings) if dataclasses.is_dataclass(settings) else dict(settings)
+    values = {k: _plain(v) for k, v in values.items()}
+    body = {"service": service, "build": build_info(), "settings": values, "profile": profile}
+
+    async def version(_: Request) -> Response:
+        return JSONResponse(body)
+
+    return Route("/version", version, methods=["GET"])
+
+
 def http_client(timeout_s: float, max_connections: int = 100) -> httpx.AsyncClient:
     """A pooled AsyncClient; ``timeout_s`` bounds connect, read, write and pool waits."""
     return httpx.AsyncClient(
@@ -209,6 +259,23 @@ def serve(build: Callable[[Mapping[str, str]], tuple[Any, int]]) -> None:
 # ---------------------------------------------------------------------------
 # Internals
 # ---------------------------------------------------------------------------
+
+
+def _plain(value: Any) -> Any:
+    """A settings value as JSON: paths as text, tuples as lists."""
+    if isinstance(value, bool | int | float | str | None):
+        return value
+    return list(value) if isinstance(value, tuple | list) else str(value)
+
+
+def _git(*args: str) -> str | None:
+    """``git -C <services dir> ARGS`` output, or None (no git, not a checkout, timeout)."""
+    try:
+        done = subprocess.run(["git", "-C", str(SERVICES_DIR), *args], capture_output=True, text=True,
+                              timeout=GIT_TIMEOUT_S, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
 
 
 def _check_range(name: str, value: float, minimum: float | None, maximum: float | None) -> None:

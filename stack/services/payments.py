@@ -50,6 +50,7 @@ from stack.services.common import (
     metrics_route,
     read_json,
     serve,
+    version_route,
 )
 
 __all__ = ["PaymentsSettings", "build_app", "main"]
@@ -157,6 +158,7 @@ def build_app(settings: PaymentsSettings) -> Starlette:
         routes=[
             Route("/payments", create_payment, methods=["POST"]),
             healthz_route(),
+            version_route("payments", settings),
             metrics_route(),
         ],
         lifespan=lifespan,

@@ -54,6 +54,7 @@ from stack.services.common import (
     metrics_route,
     read_json,
     serve,
+    version_route,
 )
 
 __all__ = ["ProviderSettings", "ChargeStore", "build_app", "main"]
@@ -248,6 +249,7 @@ def build_app(settings: ProviderSettings) -> Starlette:
             Route("/charges", create_charge, methods=["POST"]),
             Route("/charges", list_charges, methods=["GET"]),
             healthz_route(store_answers),
+            version_route("provider", settings),
             metrics_route(),
         ],
         lifespan=lifespan,

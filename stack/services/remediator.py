@@ -59,6 +59,7 @@ from stack.services.common import (
     healthz_route,
     metrics_route,
     serve,
+    version_route,
 )
 
 __all__ = ["RemediatorSettings", "Remediator", "shows_fd_leak", "build_app", "main"]
@@ -263,6 +264,7 @@ def build_app(settings: RemediatorSettings) -> Starlette:
         routes=[
             Route("/status", status, methods=["GET"]),
             healthz_route(remediator.healthy),
+            version_route("remediator", settings),
             metrics_route(),
         ],
         lifespan=lifespan,
