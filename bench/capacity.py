@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import httpx  # noqa: E402
-from table import BenchContext, Row  # noqa: E402
+from table import BenchContext, Row, wait_ports_free  # noqa: E402
 
 from chaoscheckout.runtime.supervisor import SupervisorClient  # noqa: E402
 from stack import layout  # noqa: E402
@@ -128,6 +128,7 @@ class _direct_services:  # noqa: N801 - a context manager used like a function
             "checkout": {"CHECKOUT_PORT": str(checkout_port), "CHECKOUT_CATALOG_URL": direct["catalog"],
                          "CHECKOUT_PAYMENTS_URL": f"http://127.0.0.1:{payments_port}"},
         }
+        wait_ports_free([payments_port, checkout_port], log=ctx.log)
         try:
             for name in ("payments", "checkout"):
                 env = {**os.environ, **programs[name].environment, **overrides[name]}

@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from table import BenchContext, Row, median  # noqa: E402
+from table import BenchContext, Row, median, wait_ports_free  # noqa: E402
 
 from chaoscheckout.network.proxy_client import ProxyControl  # noqa: E402
 
@@ -187,6 +187,7 @@ def _k6(url: str, requests: int, vus: int, workdir: Path) -> dict[str, float]:
 @contextmanager
 def _processes(upstream_port: int, route_port: int, control_port: int) -> Iterator[ProxyControl]:
     procs: list[subprocess.Popen] = []
+    wait_ports_free([upstream_port, route_port, control_port])
     try:
         procs.append(subprocess.Popen([sys.executable, "-c", UPSTREAM_APP, str(upstream_port)]))
         _wait(upstream_port, "/", procs[-1])

@@ -41,9 +41,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from table import BenchContext, Row, machine_line, render_console, render_markdown  # noqa: E402
+from table import BenchContext, Row, machine_line, render_console, render_markdown, wait_ports_free  # noqa: E402
 
 from chaoscheckout.runtime.registry import load_registry  # noqa: E402
+from stack.settings import settings_from_env  # noqa: E402
 
 MODULES = ("proxy", "report", "faults", "abort", "interrupt", "capacity")
 OPTIONAL = {"interrupt": "owner killed -> fault reverted"}
@@ -142,6 +143,10 @@ def _with_stack(names: list[str], modules: dict[str, ModuleType | None], ctx: Be
                 use_running: bool) -> list[Row]:
     manage = [sys.executable, "-m", "stack.manage"]
     if not use_running:
+        try:
+            wait_ports_free(sorted(settings_from_env().ports.values()), log=_log)
+        except RuntimeError as exc:
+            return [Row(n, "stack up failed", None, error=str(exc)) for n in names]
         _log(f"== stack up (port base {ctx.port_base}, state dir {ctx.state_dir})")
         up = subprocess.run([*manage, "up"], cwd=ROOT, timeout=UP_TIMEOUT_S, check=False,
                             capture_output=True, text=True)

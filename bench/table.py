@@ -18,16 +18,20 @@ says what it is compared with in ``reference_label`` (or nothing).
 
 from __future__ import annotations
 
+import errno
 import os
 import platform
+import socket
 import statistics
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from chaoscheckout.runtime.registry import Registry
 
-__all__ = ["Row", "BenchContext", "PORT_OFFSETS", "render_console", "render_markdown", "median"]
+__all__ = ["Row", "BenchContext", "PORT_OFFSETS", "render_console", "render_markdown", "median",
+           "wait_ports_free"]
 
 # Ports (port base + offset) that benchmark modules may start their own processes on.
 PORT_OFFSETS = {
@@ -83,6 +87,25 @@ def median(values: Sequence[float]) -> float:
     return statistics.median(values)
 
 
+def wait_ports_free(ports: Sequence[int], timeout_s: float = 75.0,
+                    log: Callable[[str], None] = print) -> None:
+    """Wait (bounded) until every port can be bound on 127.0.0.1.
+
+    Every port here is inside Linux's ephemeral range (32768-60999): a client connection
+    of an earlier benchmark may have used one as its local port, and while that socket is
+    in TIME_WAIT (60 s) a server cannot bind it. Waiting it out beats a failed run.
+    """
+    deadline = time.monotonic() + timeout_s
+    busy = _busy(ports)
+    if busy:
+        log(f"waiting up to {timeout_s:.0f} s for port(s) {', '.join(map(str, busy))} (TIME_WAIT?)")
+    while busy and time.monotonic() < deadline:
+        time.sleep(1)
+        busy = _busy(ports)
+    if busy:
+        raise RuntimeError(f"port(s) {', '.join(map(str, busy))} still in use after {timeout_s:.0f} s")
+
+
 def machine_line() -> str:
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
     return f"{os.cpu_count()} cores, load average {load} (1/5/15 min), {platform.platform(terse=True)}"
@@ -116,6 +139,20 @@ def render_markdown(rows: Sequence[Row], title: str, header_lines: Sequence[str]
 # ---------------------------------------------------------------------------
 # Internals
 # ---------------------------------------------------------------------------
+
+
+def _busy(ports: Sequence[int]) -> list[int]:
+    busy = []
+    for port in ports:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+                busy.append(port)
+    return busy
 
 
 def _num(value: float) -> str:
