@@ -12,11 +12,14 @@ or >= 2 % of iterations dropped by k6), twice:
   stack/layout.py), started here on base + 51 / + 52 and calling catalog, payments and the
   provider directly; same Postgres, catalog and provider.
 
-The capacity is the highest step that held; the experiments' load rate is at most 25 % of
-it (``baseline_for``). Then, at a fixed moderate rate through the proxy, the CPU each
+The two paths step up interleaved (the same machine conditions for both); the capacity
+is the highest step that held; the experiments' load rate is at most 25 % of it
+(``baseline_for``). First, at a fixed rate (20/s) through the proxy, the CPU each
 process spends per checkout (from /proc: user + system time; Postgres with its backends;
-k6 from this process' waited children): what limits the capacity on this machine.
-Every step is bounded (its duration + 60 s).
+k6 from this process' waited children): what limits the capacity on this machine. The
+app services (provider, catalog, payments, checkout) are restarted before the CPU figure,
+before the sweeps and after any broken step, since an overloaded step can leave them slow
+for longer than the load lasts. Every step is bounded (its duration + 60 s).
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ MAX_DROPPED = 0.02
 BASELINE_SHARE = 0.25
 FULL_STEPS = (10, 20, 30, 40, 50, 60, 80, 100, 120, 150, 200)
 SMOKE_STEPS = (5, 10)
+APP_SERVICES = ("provider", "catalog", "payments", "checkout")  # start order
+CPU_RATE = 20  # checkouts/s while CPU per checkout is measured (fixed: comparable across runs)
 CPU_PROCESSES = ("checkout", "payments", "catalog", "provider", "faultproxy", "postgres")
 CLOCK_TICK = os.sysconf("SC_CLK_TCK")
 
@@ -64,30 +69,58 @@ def baseline_for(capacity: float) -> int:
     return max(1, rate - rate % 5) if rate >= 5 else max(1, rate)
 
 
-def sweep(ctx: BenchContext, label: str, checkout_url: str, steps: tuple[int, ...], step_s: int) -> float:
-    """The highest step that held (0: the lowest broke); logs each step."""
-    capacity = 0.0
-    for rate in steps:
-        result = run_k6(checkout_url, rate, step_s, max_vus=min(400, max(50, rate * 2)))
-        ok = holds(result, step_s)
-        ctx.log(f"capacity {label:6} {rate:>4}/s offered: {result.requests_per_s:6.1f}/s achieved, p95 "
-                f"{result.p95_ms:6.1f} ms, p99 {result.p99_ms:6.1f} ms, "
-                f"errors {100 * result.failed_rate:.2f} %, "
-                f"dropped {result.dropped_iterations}: {'held' if ok else 'BROKEN'}")
-        if not ok:
-            break
-        capacity = float(rate)
-        time.sleep(2)  # let the stack drain between steps
+def step(ctx: BenchContext, label: str, checkout_url: str, rate: int, step_s: int) -> bool:
+    """One bounded k6 step at ``rate``; whether the SLOs held (logged)."""
+    result = run_k6(checkout_url, rate, step_s, max_vus=min(400, max(50, rate * 2)))
+    ok = holds(result, step_s)
+    ctx.log(f"capacity {label:6} {rate:>4}/s offered: {result.requests_per_s:6.1f}/s achieved, p95 "
+            f"{result.p95_ms:6.1f} ms, p99 {result.p99_ms:6.1f} ms, "
+            f"errors {100 * result.failed_rate:.2f} %, "
+            f"dropped {result.dropped_iterations}: {'held' if ok else 'BROKEN'}")
+    return ok
+
+
+def sweeps(ctx: BenchContext, steps: tuple[int, ...], step_s: int) -> dict[str, float]:
+    """Both paths step by step, interleaved (same machine conditions); highest step held each.
+
+    A path stops at its first broken step. An overloaded step can leave the services slow
+    for longer than the load lasts (timeouts -> reconnects -> more CPU), so after a broken
+    step every app service is restarted before the other path's next step.
+    """
+    capacity = {"proxy": 0.0, "direct": 0.0}
+    alive = {"proxy": True, "direct": True}
+    _fresh_services(ctx)
+    procs, direct_url = _start_direct(ctx)
+    try:
+        urls = {"proxy": ctx.registry.extra["checkout_url"], "direct": direct_url}
+        for index, rate in enumerate(steps):
+            order = ("proxy", "direct") if index % 2 == 0 else ("direct", "proxy")
+            broke = False
+            for label in order:
+                if alive[label]:
+                    if step(ctx, label, urls[label], rate, step_s):
+                        capacity[label] = float(rate)
+                    else:
+                        alive[label], broke = False, True
+                time.sleep(2)  # let the stack drain between steps
+            if not any(alive.values()):
+                break
+            if broke:
+                _stop_direct(procs)
+                _fresh_services(ctx)
+                procs, urls["direct"] = _start_direct(ctx)
+    finally:
+        _stop_direct(procs)
     return capacity
 
 
 def rows(ctx: BenchContext) -> list[Row]:
     steps, step_s = (SMOKE_STEPS, 5) if ctx.smoke else (FULL_STEPS, 10)
-    registry = ctx.registry
-    with_proxy = sweep(ctx, "proxy", registry.extra["checkout_url"], steps, step_s)
-    with _direct_services(ctx) as direct_url:
-        run_k6(direct_url, steps[0], 3)  # warm up the fresh processes (pools, first imports): not counted
-        direct = sweep(ctx, "direct", direct_url, steps, step_s)
+    rate, seconds = (5, 5) if ctx.smoke else (CPU_RATE, 15)
+    _fresh_services(ctx)
+    cpu = _cpu_per_checkout(ctx, rate, seconds)
+    found = sweeps(ctx, steps, step_s)
+    with_proxy, direct = found["proxy"], found["direct"]
     out = [
         Row(SECTION, "checkouts/s at p95 < 300 ms, fault proxy in the path", with_proxy, "/s", direct or None,
             "without the proxy, same run",
@@ -97,9 +130,8 @@ def rows(ctx: BenchContext) -> list[Row]:
         Row(SECTION, "experiments' load rate (<= 25 % of capacity with the proxy)",
             float(baseline_for(with_proxy)) if with_proxy else None, "/s"),
     ]
-    rate, seconds = (5, 5) if ctx.smoke else (max(5, baseline_for(with_proxy) * 2), 15)
-    where = f"at {rate} checkouts/s for {seconds} s through the proxy"
-    for name, ms in _cpu_per_checkout(ctx, rate, seconds).items():
+    where = f"at {rate} checkouts/s for {seconds} s through the proxy, before the sweeps"
+    for name, ms in cpu.items():
         out.append(Row(SECTION, f"CPU per checkout, {name}", ms, "ms",
                        note=where if name == "checkout" else ""))
     return out
@@ -110,45 +142,57 @@ def rows(ctx: BenchContext) -> list[Row]:
 # ---------------------------------------------------------------------------
 
 
-class _direct_services:  # noqa: N801 - a context manager used like a function
+def _fresh_services(ctx: BenchContext) -> None:
+    """Restart the app services (not Postgres) and warm them up: every sweep starts alike."""
+    supervisor = SupervisorClient(ctx.registry.supervisor_url, timeout_s=30)
+    for name in reversed(APP_SERVICES):
+        supervisor.stop(name, wait=True)
+    for name in APP_SERVICES:
+        supervisor.start(name, wait=True)
+    for name in APP_SERVICES:
+        _wait_healthy(ctx.registry.service(name).health_url, [])
+    run_k6(ctx.registry.extra["checkout_url"], 5, 3)  # pools and first imports: not counted
+
+
+def _start_direct(ctx: BenchContext) -> tuple[list[subprocess.Popen], str]:
     """checkout + payments of the same code and settings, calling their upstreams directly."""
+    registry = ctx.registry
+    settings = settings_from_env()
+    programs = {p.name: p for p in layout.programs(settings, Path("unused-pg-bindir"), os.environ)}
+    checkout_port, payments_port = ctx.port("checkout_direct"), ctx.port("payments_direct")
+    direct = {name: f"http://127.0.0.1:{registry.service(name).port}" for name in ("catalog", "provider")}
+    overrides = {
+        "payments": {"PAYMENTS_PORT": str(payments_port), "PAYMENTS_PROVIDER_URL": direct["provider"]},
+        "checkout": {"CHECKOUT_PORT": str(checkout_port), "CHECKOUT_CATALOG_URL": direct["catalog"],
+                     "CHECKOUT_PAYMENTS_URL": f"http://127.0.0.1:{payments_port}"},
+    }
+    wait_ports_free([payments_port, checkout_port], log=ctx.log)
+    procs: list[subprocess.Popen] = []
+    try:
+        for name in ("payments", "checkout"):
+            env = {**os.environ, **programs[name].environment, **overrides[name]}
+            log = ctx.state_dir / "logs" / f"bench-direct-{name}.log"
+            with log.open("ab") as out:
+                procs.append(subprocess.Popen(programs[name].command, cwd=ROOT, env=env,
+                                              stdout=out, stderr=subprocess.STDOUT))
+        for port in (payments_port, checkout_port):
+            _wait_healthy(f"http://127.0.0.1:{port}/healthz", procs)
+        url = f"http://127.0.0.1:{checkout_port}"
+        run_k6(url, 5, 3)  # pools and first imports: not counted
+    except BaseException:
+        _stop_direct(procs)
+        raise
+    return procs, url
 
-    def __init__(self, ctx: BenchContext) -> None:
-        self.ctx = ctx
-        self.procs: list[subprocess.Popen] = []
 
-    def __enter__(self) -> str:
-        registry, ctx = self.ctx.registry, self.ctx
-        settings = settings_from_env()
-        programs = {p.name: p for p in layout.programs(settings, Path("unused-pg-bindir"), os.environ)}
-        checkout_port, payments_port = ctx.port("checkout_direct"), ctx.port("payments_direct")
-        direct = {name: f"http://127.0.0.1:{registry.service(name).port}" for name in ("catalog", "provider")}
-        overrides = {
-            "payments": {"PAYMENTS_PORT": str(payments_port), "PAYMENTS_PROVIDER_URL": direct["provider"]},
-            "checkout": {"CHECKOUT_PORT": str(checkout_port), "CHECKOUT_CATALOG_URL": direct["catalog"],
-                         "CHECKOUT_PAYMENTS_URL": f"http://127.0.0.1:{payments_port}"},
-        }
-        wait_ports_free([payments_port, checkout_port], log=ctx.log)
+def _stop_direct(procs: list[subprocess.Popen]) -> None:
+    for proc in reversed(procs):
+        proc.terminate()
         try:
-            for name in ("payments", "checkout"):
-                env = {**os.environ, **programs[name].environment, **overrides[name]}
-                self.procs.append(subprocess.Popen(programs[name].command, cwd=ROOT, env=env,
-                                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-            for port in (payments_port, checkout_port):
-                _wait_healthy(f"http://127.0.0.1:{port}/healthz", self.procs)
-        except BaseException:
-            self.__exit__()
-            raise
-        return f"http://127.0.0.1:{checkout_port}"
-
-    def __exit__(self, *exc: object) -> None:
-        for proc in reversed(self.procs):
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
 
 
 def _wait_healthy(url: str, procs: list[subprocess.Popen], timeout_s: float = 30) -> None:
