@@ -77,6 +77,9 @@ down:
 status:
 	$(PY) -m stack.manage status
 
+# Every benchmark in one go (bench/run.py): starts its own stack on CHAOSCHECKOUT_PORT_BASE /
+# CHAOSCHECKOUT_STATE_DIR (the defaults of stack.manage when unset), stops it, prints one table
+# and writes bench/RESULTS.md.
 bench: setup
-	$(PY) -m stack.manage up
-	$(PY) bench/capacity.py
+	CHAOSCHECKOUT_PORT_BASE=$${CHAOSCHECKOUT_PORT_BASE:-18100} \
+	CHAOSCHECKOUT_STATE_DIR=$${CHAOSCHECKOUT_STATE_DIR:-/var/lib/chaoscheckout} $(PY) bench/run.py

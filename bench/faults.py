@@ -1,10 +1,10 @@
 """Benchmark fault revert times: from the revert call until the effect is gone for a caller.
 
-    .venv/bin/python bench/faults.py [--port-base 20100] [--state-dir /var/tmp/cc-bench-faults]
-                                     [--trials 5] [--use-running]
+    CHAOSCHECKOUT_PORT_BASE=... CHAOSCHECKOUT_STATE_DIR=... python bench/faults.py [--smoke]
+        [--use-running]
 
-Brings a real stack up (``python -m stack.manage up``; ``--use-running`` uses the stack
-already running in ``--state-dir``), then for each fault, ``--trials`` times:
+(= ``bench/run.py --only faults``: brings the stack up and down). For each fault, 5 times
+(1 with ``--smoke``):
 
 - kill (catalog): ``kill_service`` then ``start_service``; effect gone = a fresh
   GET /healthz from the caller answers 200.
@@ -14,19 +14,15 @@ already running in ``--state-dir``), then for each fault, ``--trials`` times:
 - latency (catalog, proxy backend, 300 ms) when ``chaoscheckout.network`` exists:
   ``add_latency`` then ``remove_latency``; effect gone = a fresh GET through the fault
   proxy takes < 100 ms.
-- reaper: kill and disk with a 2 s lease and no revert call; time from lease expiry until
-  the effect is gone (the path a SIGKILLed ``chaos run`` relies on).
+- reaper: kill and disk with a 2 s lease and no revert call (3 times; 1 with ``--smoke``);
+  time from lease expiry until the effect is gone (the path a SIGKILLed ``chaos run``
+  relies on), beside the reaper's tick.
 
-Every loop is bounded (trials, and a deadline per poll). The stack it brought up is torn
-down at the end. Timing on a shared machine is noisy.
+Every loop is bounded (trials, and a deadline per poll). Timing on a shared machine is noisy.
 """
 
 from __future__ import annotations
 
-import argparse
-import os
-import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -34,16 +30,20 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 import httpx  # noqa: E402
 import psycopg  # noqa: E402
+from table import BenchContext, Row, median  # noqa: E402
 
 from chaoscheckout.disk.actions import fill_disk, release_disk  # noqa: E402
 from chaoscheckout.faults.leases import LeaseStore  # noqa: E402
-from chaoscheckout.runtime.registry import load_registry  # noqa: E402
 from chaoscheckout.service.actions import kill_service, start_service  # noqa: E402
 
+SECTION = "faults"
+NEEDS_STACK = True
 POLL_S = 0.005
+REAPER_TICK_MS = 500.0
 
 
 def wait_for(check: Callable[[], bool], timeout_s: float) -> float:
@@ -144,57 +144,36 @@ def bench_reaper(state_dir: Path, health_url: str, data_dir: Path, dsn: str, tri
     return out
 
 
-def row(name: str, times: list[float] | None) -> str:
+def rows(ctx: BenchContext) -> list[Row]:
+    trials = 1 if ctx.smoke else 5
+    registry = ctx.registry
+    catalog = registry.service("catalog")
+    health_url = catalog.health_url
+    proxied_url = f"http://127.0.0.1:{catalog.proxy.listen_port}/healthz" if catalog.proxy else None
+    data_dir = Path(registry.service("postgres").data_dir)
+    dsn = registry.extra.get("database_admin_url") or registry.extra["database_url"]  # a writer
+    out = [
+        _row("kill catalog → start_service (GET /healthz 200)", bench_kill(health_url, trials)),
+        _row("disk full → release_disk (64 KiB write + INSERT ok)", bench_disk(data_dir, dsn, trials)),
+        _row("latency 300 ms → remove_latency (GET via proxy < 100 ms)",
+             bench_latency(proxied_url, trials) if proxied_url else None),
+    ]
+    reaper = bench_reaper(ctx.state_dir, health_url, data_dir, dsn, 1 if ctx.smoke else 3)
+    out.append(_row("reaper: kill lease expired → catalog up", reaper["kill"], REAPER_TICK_MS,
+                    "reaper tick"))
+    out.append(_row("reaper: disk lease expired → writes ok", reaper["disk"], REAPER_TICK_MS, "reaper tick"))
+    return out
+
+
+def _row(figure: str, times: list[float] | None, reference: float | None = None, label: str = "") -> Row:
     if not times:
-        return f"| {name} | n/a | | | |"
+        return Row(SECTION, figure, None, note="not measured (chaoscheckout.network missing)")
     ms = [t * 1000 for t in times]
-    return (f"| {name} | {len(ms)} | {statistics.median(ms):.0f} | {min(ms):.0f} | {max(ms):.0f} |")
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--port-base", type=int, default=20100)
-    parser.add_argument("--state-dir", type=Path, default=Path("/var/tmp/cc-bench-faults"))
-    parser.add_argument("--trials", type=int, default=5)
-    parser.add_argument("--use-running", action="store_true")
-    args = parser.parse_args()
-    if not 1 <= args.trials <= 50:
-        parser.error("--trials must be in 1..50")
-    env = {**os.environ, "CHAOSCHECKOUT_STATE_DIR": str(args.state_dir),
-           "CHAOSCHECKOUT_PORT_BASE": str(args.port_base)}
-    os.environ.update(env)
-    manage = [sys.executable, "-m", "stack.manage"]
-    if not args.use_running:
-        subprocess.run([*manage, "up"], cwd=ROOT, env=env, check=True, timeout=240,
-                       stdout=subprocess.DEVNULL)
-    try:
-        registry = load_registry(args.state_dir / "services.json")
-        catalog = registry.service("catalog")
-        health_url = catalog.health_url
-        proxied_url = f"http://127.0.0.1:{catalog.proxy.listen_port}/healthz" if catalog.proxy else None
-        data_dir = Path(registry.service("postgres").data_dir)
-        dsn = registry.extra.get("database_admin_url") or registry.extra["database_url"]  # a writer
-        results = {
-            "kill → start_service (GET /healthz 200)": bench_kill(health_url, args.trials),
-            "disk → release_disk (64 KiB write + INSERT ok)": bench_disk(data_dir, dsn, args.trials),
-            "latency 300 ms → remove_latency (GET via proxy < 100 ms)":
-                bench_latency(proxied_url, args.trials) if proxied_url else None,
-        }
-        reaper = bench_reaper(args.state_dir, health_url, data_dir, dsn, min(args.trials, 3))
-        print("\nRevert time: from the revert call until the effect is gone for a caller (ms)\n")
-        print("| fault | trials | median | min | max |\n| --- | --- | --- | --- | --- |")
-        for name, times in results.items():
-            print(row(name, times))
-        print("\nReaper (no revert call; 2 s lease, reaper tick 0.5 s): from lease expiry until "
-              "the effect is gone (ms)\n")
-        print("| fault | trials | median | min | max |\n| --- | --- | --- | --- | --- |")
-        print(row("kill (reaper starts the service)", reaper["kill"]))
-        print(row("disk (reaper deletes the ballast)", reaper["disk"]))
-    finally:
-        if not args.use_running:
-            subprocess.run([*manage, "down"], cwd=ROOT, env=env, timeout=120, stdout=subprocess.DEVNULL)
-    return 0
+    return Row(SECTION, f"revert time, {figure}", median(ms), "ms", reference, label,
+               note=f"median of {len(ms)}, min {min(ms):.0f} ms, max {max(ms):.0f} ms")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    import run
+
+    sys.exit(run.main(["--only", "faults", *sys.argv[1:]]))

@@ -1,54 +1,65 @@
-"""Benchmark the fault proxy: passthrough overhead and the latency revert time.
+"""Benchmark the fault proxy's passthrough: latency and throughput added to the direct path.
 
-    .venv/bin/python bench/proxy.py [--port-base 21100] [--requests 2000] [--vus 10]
+    CHAOSCHECKOUT_PORT_BASE=... CHAOSCHECKOUT_STATE_DIR=... python bench/proxy.py [--smoke]
 
-In one run, against the same upstream (a minimal uvicorn ASGI app on 127.0.0.1):
+(= ``bench/run.py --only proxy``). In one run, against the same upstream (a minimal uvicorn
+ASGI app on 127.0.0.1), real k6 (bounded: a fixed number of requests, at most 120 s) goes
+direct to the upstream and through the proxy's route, in alternating rounds:
 
-1. k6 (real, bounded: ``--requests`` requests with ``--vus`` fixed concurrency, at most 120 s) direct to
-   the upstream and through the proxy's route, for a small response and a 256 KiB one:
-   p50 / p99 latency and throughput, printed with proxy/direct ratios. Rounds alternate
-   direct and proxy; the table shows each round. For the small response a third path,
-   ``toxic``, goes through the proxy with a live request-scope toxic that (almost) never
-   picks (fraction 1e-9): the cost of the toxic's per-chunk bookkeeping.
-2. Latency revert time through the real actions: ``add_latency`` (proxy backend, 500 ms)
-   then ``remove_latency``; the time from the revert call until a fresh request is fast
-   again (the effect gone), over a few bounded trials.
+- 1 VU (one request at a time: the added latency of the hop itself, what Toxiproxy's
+  "< 100 µs with no toxics" speaks of);
+- 10 and 50 VUs, small response: p50 / p99 / throughput, proxy vs direct; at 10 VUs a third
+  path, ``toxic``, keeps a live request-scope toxic that (almost) never picks (fraction
+  1e-9): the cost of the toxic's per-chunk bookkeeping, vs plain passthrough;
+- 10 VUs, 64 KiB response (Toxiproxy's e2e benchmark size).
 
-Ports: base+90 upstream, base+91 proxy route, base+92 proxy control. Everything it starts
-is stopped at the end. Timing on a shared machine is noisy: compare the ratios.
+Per round the proxy's figure is divided by the direct one measured just before it; the
+table shows the median over rounds. Ports: base + 57 (upstream), 58 (route), 59 (control).
+Everything it starts is stopped at the end.
 """
 
 from __future__ import annotations
 
-import argparse
 import http.client
 import json
-import os
 import secrets
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
-from chaoscheckout.network.actions import add_latency, remove_latency  # noqa: E402
+from table import BenchContext, Row, median, wait_ports_free  # noqa: E402
+
 from chaoscheckout.network.proxy_client import ProxyControl  # noqa: E402
-from chaoscheckout.runtime.registry import ProxyRoute, Registry, ServiceEntry, save_registry  # noqa: E402
+
+NEEDS_STACK = False
+SECTION = "proxy"
+# Toxiproxy's published figures (README "Toxiproxy adds < 100 µs with no toxics"; its
+# end-to-end benchmark: ~0.27 ms added on a small request, ~0.37 ms on 64 KB).
+TOXIPROXY_IDLE_MS = 0.1
+TOXIPROXY_SMALL_MS = 0.27
+TOXIPROXY_64K_MS = 0.37
+ADDED_P50_TARGET_MS = 0.3
+THROUGHPUT_TARGET = 0.85
+TOXIC_TARGET = 1.10
 
 UPSTREAM_APP = r"""
 import sys, uvicorn
 SMALL = b'{"status":"ok"}'
-LARGE = bytes(range(256)) * 1024
+LARGE = bytes(range(256)) * 256
 
 async def app(scope, receive, send):
     if scope["type"] != "http":
         return
-    body = LARGE if scope["path"] == "/large" else SMALL
+    body = LARGE if scope["path"] == "/64k" else SMALL
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-type", b"application/octet-stream"),
                             (b"content-length", str(len(body)).encode())]})
@@ -70,32 +81,90 @@ export default function () {
 }
 """
 
-
-def _wait(port: int, path: str, proc: subprocess.Popen, timeout_s: float = 15) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"process for port {port} exited with {proc.returncode}")
-        try:
-            _get(port, path, timeout_s=1)
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"port {port} not up in {timeout_s} s")
+# (case, path, VUs, requests full, requests smoke, paths measured)
+CASES = (
+    ("1 VU", "/", 1, 1500, 40, ("direct", "proxy")),
+    ("10 VUs", "/", 10, 4000, 150, ("direct", "proxy", "toxic")),
+    ("50 VUs", "/", 50, 6000, 300, ("direct", "proxy")),
+    ("64 KiB, 10 VUs", "/64k", 10, 2000, 100, ("direct", "proxy")),
+)
 
 
-def _get(port: int, path: str, timeout_s: float = 10) -> float:
-    start = time.perf_counter()
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout_s)
+def rows(ctx: BenchContext) -> list[Row]:
+    rounds = 1 if ctx.smoke else 3
+    upstream_port, route_port = ctx.port("proxy_upstream"), ctx.port("proxy_route")
+    control_port = ctx.port("proxy_control")
+    with _processes(upstream_port, route_port, control_port) as control, \
+            tempfile.TemporaryDirectory(prefix="cc-bench-k6-") as tmp:
+        figures: dict[tuple[str, str], list[dict[str, float]]] = {}
+        for rnd in range(1, rounds + 1):
+            for case, path, vus, full, smoke, paths in CASES:
+                requests = smoke if ctx.smoke else full
+                for label in paths:
+                    port = upstream_port if label == "direct" else route_port
+                    fig = _measure(control, label, f"http://127.0.0.1:{port}{path}", requests, vus, Path(tmp))
+                    figures.setdefault((case, label), []).append(fig)
+                    ctx.log(f"proxy round {rnd} {case:15} {label:6} p50 {fig['p50_ms']:.2f} ms "
+                            f"p99 {fig['p99_ms']:.2f} ms {fig['rps']:.0f} req/s")
+    return _rows(figures)
+
+
+def _rows(figures: dict[tuple[str, str], list[dict[str, float]]]) -> list[Row]:
+    def per_round(case: str, label: str, ref: str, key: str, added: bool = False) -> float:
+        pairs = zip(figures[(case, label)], figures[(case, ref)], strict=True)
+        return median([(p[key] - d[key]) if added else p[key] / d[key] for p, d in pairs])
+
+    def med(case: str, label: str, key: str) -> float:
+        return median([f[key] for f in figures[(case, label)]])
+
+    out: list[Row] = []
+    for case, anchor, anchor_label in (("1 VU", TOXIPROXY_IDLE_MS, "Toxiproxy claim, no toxics"),
+                                       ("10 VUs", TOXIPROXY_SMALL_MS, "Toxiproxy e2e, small"),
+                                       ("50 VUs", TOXIPROXY_SMALL_MS, "Toxiproxy e2e, small"),
+                                       ("64 KiB, 10 VUs", TOXIPROXY_64K_MS, "Toxiproxy e2e, 64 KB")):
+        added = per_round(case, "proxy", "direct", "p50_ms", added=True)
+        target = ADDED_P50_TARGET_MS if case in ("10 VUs", "50 VUs") else None
+        out.append(Row(SECTION, f"p50 added by passthrough, {case}", added, "ms", anchor, anchor_label,
+                       f"<= {target} ms" if target else "", added <= target if target else None,
+                       note=(f"direct p50 {med(case, 'direct', 'p50_ms'):.2f} ms, proxy "
+                             f"{med(case, 'proxy', 'p50_ms'):.2f} ms" if case == "1 VU" else "")))
+        if case == "1 VU":
+            continue
+        for key, what in (("p50_ms", "p50"), ("p99_ms", "p99")):
+            out.append(Row(SECTION, f"{what} passthrough / direct, {case}", med(case, "proxy", key), "ms",
+                           med(case, "direct", key), "direct, same run"))
+        ratio = per_round(case, "proxy", "direct", "rps")
+        is_target = case in ("10 VUs", "50 VUs")
+        out.append(Row(SECTION, f"throughput passthrough / direct, {case}", med(case, "proxy", "rps"),
+                       "req/s", med(case, "direct", "rps"), "direct, same run",
+                       f">= x{THROUGHPUT_TARGET}" if is_target else "",
+                       ratio >= THROUGHPUT_TARGET if is_target else None,
+                       note=f"per-round median ratio x{ratio:.2f}" if is_target else ""))
+    p50 = per_round("10 VUs", "toxic", "proxy", "p50_ms")
+    rps = per_round("10 VUs", "toxic", "proxy", "rps")
+    out.append(Row(SECTION, "p50 with a live toxic that picks nothing, 10 VUs",
+                   med("10 VUs", "toxic", "p50_ms"), "ms", med("10 VUs", "proxy", "p50_ms"),
+                   "passthrough, same run", f"<= x{TOXIC_TARGET}",
+                   p50 <= TOXIC_TARGET, note=f"per-round median ratio x{p50:.2f}"))
+    out.append(Row(SECTION, "throughput with a live toxic that picks nothing, 10 VUs",
+                   med("10 VUs", "toxic", "rps"), "req/s", med("10 VUs", "proxy", "rps"),
+                   "passthrough, same run",
+                   note=f"per-round median ratio x{rps:.2f}"))
+    return out
+
+
+def _measure(control: ProxyControl, label: str, url: str, requests: int, vus: int, workdir: Path) -> dict:
+    if label != "toxic":
+        return _k6(url, requests, vus, workdir)
+    control.set_latency("bench", delay_ms=1, fraction=1e-9, scope="request",
+                        expires_at=time.time() + 600, fault_id="bench")
     try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        resp.read()
+        fig = _k6(url, requests, vus, workdir)
     finally:
-        conn.close()
-    if resp.status != 200:
-        raise OSError(f"HTTP {resp.status}")
-    return time.perf_counter() - start
+        effect = control.clear_latency("bench")["latency"]["effect"]
+    if effect["exchanges_seen"] < requests:
+        raise RuntimeError(f"the toxic saw {effect['exchanges_seen']} of {requests} requests")
+    return fig
 
 
 def _k6(url: str, requests: int, vus: int, workdir: Path) -> dict[str, float]:
@@ -109,58 +178,23 @@ def _k6(url: str, requests: int, vus: int, workdir: Path) -> dict[str, float]:
         capture_output=True, text=True, timeout=180, check=False,
     )
     if result.returncode != 0:
-        raise SystemExit(f"k6 failed ({result.returncode}): {result.stderr[-2000:]}")
+        raise RuntimeError(f"k6 failed ({result.returncode}): {result.stderr[-500:]}")
     metrics = json.loads(summary.read_text())["metrics"]
     duration, reqs = metrics["http_req_duration"], metrics["http_reqs"]
     failed = metrics.get("http_req_failed", {}).get("value", 0)
     if reqs["count"] != requests or failed:
-        raise SystemExit(f"k6 ran {reqs['count']} of {requests} requests, failed rate {failed}")
+        raise RuntimeError(f"k6 ran {reqs['count']} of {requests} requests, failed rate {failed}")
     return {"p50_ms": duration["p(50)"], "p99_ms": duration["p(99)"], "rps": reqs["rate"]}
 
 
-def _revert_times(args: argparse.Namespace, route_port: int, control_url: str, upstream_port: int,
-                  trials: int) -> list[float]:
-    with tempfile.TemporaryDirectory(prefix="cc-bench-proxy-") as state:
-        save_registry(Registry(
-            runtime="local", proxy_control_url=control_url,
-            services={"bench": ServiceEntry(name="bench", host="127.0.0.1", port=upstream_port,
-                                            process="bench", chaos_target=True,
-                                            proxy=ProxyRoute("bench", route_port))},
-        ), Path(state) / "services.json")
-        conf = {"chaoscheckout_state_dir": state}
-        times = []
-        for _ in range(trials):
-            add_latency("bench", delay_ms=500, duration_s=30, backend="proxy", configuration=conf)
-            if _get(route_port, "/") < 0.45:
-                raise SystemExit("latency was not injected")
-            start = time.perf_counter()
-            remove_latency("bench", conf)
-            deadline = start + 10
-            while _get(route_port, "/") >= 0.25:  # bounded by the deadline below
-                if time.perf_counter() > deadline:
-                    raise SystemExit("latency still present 10 s after remove_latency")
-            times.append((time.perf_counter() - start) * 1000)
-        return times
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--port-base", type=int,
-                        default=int(os.environ.get("CHAOSCHECKOUT_PORT_BASE", "21100")))
-    parser.add_argument("--requests", type=int, default=2000, help="small-response requests per run")
-    parser.add_argument("--vus", type=int, default=10, help="k6 concurrency")
-    parser.add_argument("--rounds", type=int, default=2, help="direct/proxy alternations")
-    parser.add_argument("--revert-trials", type=int, default=5)
-    args = parser.parse_args()
-    if not (1 <= args.requests <= 20000 and 1 <= args.vus <= 100 and 1 <= args.rounds <= 5):
-        parser.error("bounds: requests 1..20000, vus 1..100, rounds 1..5")
-    upstream_port, route_port, control_port = args.port_base + 90, args.port_base + 91, args.port_base + 92
-    procs = []
+@contextmanager
+def _processes(upstream_port: int, route_port: int, control_port: int) -> Iterator[ProxyControl]:
+    procs: list[subprocess.Popen] = []
+    wait_ports_free([upstream_port, route_port, control_port])
     secret_dir = tempfile.mkdtemp(prefix="cc-bench-token-")  # the control API needs a token (0600)
     token_file = Path(secret_dir) / "control.token"
     token_file.write_text(secrets.token_hex(16))
     token_file.chmod(0o600)
-    control_url = f"http://127.0.0.1:{control_port}#token_file={token_file}"
     try:
         procs.append(subprocess.Popen([sys.executable, "-c", UPSTREAM_APP, str(upstream_port)]))
         _wait(upstream_port, "/", procs[-1])
@@ -170,49 +204,7 @@ def main() -> int:
              "--log-level", "WARNING"],
             cwd=ROOT))
         _wait(control_port, "/healthz", procs[-1])
-        cases = [("small", "/", args.requests, args.vus),
-                 ("256KiB", "/large", max(1, args.requests // 4), max(1, args.vus // 2))]
-        print(f"fault proxy passthrough benchmark: {os.cpu_count()} CPUs, k6 {args.vus} VUs, "
-              f"{args.rounds} round(s), upstream uvicorn on 127.0.0.1")
-        print(f"{'case':8} {'round':>5} {'path':7} {'requests':>8} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>9}")
-        ratios: dict[str, list[tuple[float, float, float]]] = {}
-        control = ProxyControl(control_url)
-        with tempfile.TemporaryDirectory(prefix="cc-bench-k6-") as tmp:
-            for name, path, requests, vus in cases:
-                paths = [("direct", upstream_port), ("proxy", route_port)]
-                if name == "small":
-                    paths.append(("toxic", route_port))
-                for rnd in range(1, args.rounds + 1):
-                    figures = {}
-                    for label, port in paths:
-                        if label == "toxic":
-                            control.set_latency("bench", delay_ms=1, fraction=1e-9, scope="request",
-                                                expires_at=time.time() + 600, fault_id="bench")
-                        try:
-                            figures[label] = fig = _k6(f"http://127.0.0.1:{port}{path}", requests, vus,
-                                                       Path(tmp))
-                        finally:
-                            if label == "toxic":
-                                effect = control.clear_latency("bench")["latency"]["effect"]
-                        print(f"{name:8} {rnd:>5} {label:7} {requests:>8} {fig['p50_ms']:>8.2f} "
-                              f"{fig['p99_ms']:>8.2f} {fig['rps']:>9.0f}")
-                        if label == "toxic" and effect["exchanges_seen"] < requests:
-                            raise SystemExit(f"the toxic saw {effect['exchanges_seen']} of {requests} "
-                                             "requests")
-                    d = figures["direct"]
-                    for label in figures:
-                        if label != "direct":
-                            p = figures[label]
-                            ratios.setdefault(f"{name}/{label}", []).append(
-                                (p["p50_ms"] / d["p50_ms"], p["p99_ms"] / d["p99_ms"], p["rps"] / d["rps"]))
-        print("\nproxy / direct ratios (median over rounds):")
-        for name, values in ratios.items():
-            p50, p99, rps = (statistics.median(v[i] for v in values) for i in range(3))
-            print(f"  {name:14} p50 x{p50:.2f}  p99 x{p99:.2f}  throughput x{rps:.2f}")
-        reverts = _revert_times(args, route_port, control_url, upstream_port, args.revert_trials)
-        print(f"\nlatency revert (proxy backend, 500 ms): remove_latency call -> fresh request fast again: "
-              f"median {statistics.median(reverts):.1f} ms, max {max(reverts):.1f} ms "
-              f"over {len(reverts)} trials")
+        yield ProxyControl(f"http://127.0.0.1:{control_port}#token_file={token_file}")
     finally:
         for proc in reversed(procs):
             proc.terminate()
@@ -222,8 +214,27 @@ def main() -> int:
                 proc.kill()
                 proc.wait(5)
         shutil.rmtree(secret_dir, ignore_errors=True)
-    return 0
+
+
+def _wait(port: int, path: str, proc: subprocess.Popen, timeout_s: float = 15) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process for port {port} exited with {proc.returncode}")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+            try:
+                conn.request("GET", path)
+                conn.getresponse().read()
+            finally:
+                conn.close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"port {port} not up in {timeout_s} s")
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    import run
+
+    sys.exit(run.main(["--only", "proxy", *sys.argv[1:]]))

@@ -1,16 +1,16 @@
 """Benchmark: time to render the experiment log from 100 journals.
 
-The 100 journals replay the real `chaos run` journals in tests/fixtures/journals (or the
-directory given), copied round-robin; each copy gets its own run id. Prints the figure.
+    CHAOSCHECKOUT_PORT_BASE=... CHAOSCHECKOUT_STATE_DIR=... python bench/report.py [--smoke]
 
-    .venv/bin/python bench/report.py [JOURNALS_DIR] [--count 100] [--repeat 3]
+(= ``bench/run.py --only report``; needs no stack). The 100 journals (10 with ``--smoke``)
+replay the real `chaos run` journals in tests/fixtures/journals, copied round-robin; each
+copy gets its own run id. Rendered 3 times in process (md + html + svg), then once end to
+end with `chaos report`.
 """
 
 from __future__ import annotations
 
-import argparse
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -19,47 +19,57 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from table import BenchContext, Row, median  # noqa: E402
 
 from chaoscheckout.report.build import write_report  # noqa: E402
 
+SECTION = "report"
+NEEDS_STACK = False
+SOURCE = ROOT / "tests" / "fixtures" / "journals"
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("source", nargs="?", type=Path, default=ROOT / "tests" / "fixtures" / "journals")
-    parser.add_argument("--count", type=int, default=100)
-    parser.add_argument("--repeat", type=int, default=3)
-    args = parser.parse_args()
-    sources = sorted(p for p in args.source.glob("*.json") if not p.name.startswith("experiment-log"))
+
+def measure(source: Path, count: int, repeat: int) -> dict:
+    """Render ``count`` journals ``repeat`` times in process, then once with ``chaos report``."""
+    sources = sorted(p for p in source.glob("*.json") if not p.name.startswith("experiment-log"))
     if not sources:
-        print(f"no journals in {args.source}", file=sys.stderr)
-        return 1
-    if not 1 <= args.count <= 10_000 or not 1 <= args.repeat <= 20:
-        print("count must be 1..10000 and repeat 1..20", file=sys.stderr)
-        return 2
+        raise RuntimeError(f"no journals in {source}")
     with tempfile.TemporaryDirectory(prefix="cc-report-bench-") as tmp:
         folder = Path(tmp)
-        for index in range(args.count):
-            source = sources[index % len(sources)]
-            shutil.copy(source, folder / f"{index:04d}-{source.name}")
+        for index in range(count):
+            journal = sources[index % len(sources)]
+            shutil.copy(journal, folder / f"{index:04d}-{journal.name}")
         timings = []
-        for _ in range(args.repeat):
+        for _ in range(repeat):
             started = time.perf_counter()
             result = write_report([folder], None, ("md", "html"))
             timings.append(time.perf_counter() - started)
-        sizes = {p.name: p.stat().st_size for p in result.written}
         chaos = Path(sys.executable).parent / "chaos"
         started = time.perf_counter()
         proc = subprocess.run([str(chaos), "--no-version-check", "report", str(folder)], capture_output=True,
                               text=True, timeout=300)
         cli_s = time.perf_counter() - started
-    files = ", ".join(f"{n} {s // 1024} KiB" for n, s in sizes.items())
-    print(f"rendered {len(result.runs)} journals ({len(result.skipped)} skipped) to md + html + "
-          f"{len(result.runs)} svg: median {statistics.median(timings):.3f} s, min {min(timings):.3f} s "
-          f"over {args.repeat} runs ({files})")
-    print(f"`chaos report` on the same {args.count} journals, end to end (process start included): "
-          f"{cli_s:.2f} s, exit code {proc.returncode}")
-    return 0
+    if proc.returncode != 0:
+        raise RuntimeError(f"chaos report exited {proc.returncode}: {proc.stderr[-300:]}")
+    return {"runs": len(result.runs), "skipped": len(result.skipped), "timings": timings, "cli_s": cli_s}
+
+
+def rows(ctx: BenchContext) -> list[Row]:
+    count = 10 if ctx.smoke else 100
+    found = measure(SOURCE, count, 1 if ctx.smoke else 3)
+    timings = found["timings"]
+    return [
+        Row(SECTION, f"{count} journals → experiment log (md + html + svg, in process)",
+            median(timings) * 1000, "ms",
+            note=f"{found['runs']} runs, {found['skipped']} skipped; median of {len(timings)}, "
+                 f"min {min(timings) * 1000:.0f} ms"),
+        Row(SECTION, f"`chaos report` on {count} journals, process start included",
+            found["cli_s"] * 1000, "ms"),
+    ]
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    import run
+
+    sys.exit(run.main(["--only", "report", *sys.argv[1:]]))

@@ -99,6 +99,7 @@ class _Connection(asyncio.Protocol):
         self.upstream_eof = False
         self.closed = False
         self.paused_by: set[str] = set()  # reasons the client's reading is paused
+        self.held_by_toxic = False  # a chunk the toxic delayed is queued (not only connecting)
 
     # client side ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -132,9 +133,13 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         route = self.route
         route.stats.bytes_upstream += len(data)
-        toxic = route.live_toxic()
         starts = self.answered  # first chunk after the upstream answered: a new exchange?
         self.answered = False
+        upstream = self.upstream
+        if route.toxic is None and upstream is not None and not self.pending:
+            upstream.write(data)  # the fast path: no toxic set, nothing held back
+            return
+        toxic = route.live_toxic()
         if self.upstream is None and not self.client.is_closing():
             # Python 3.11 re-enables reading right after connection_made, so bytes can
             # arrive while the upstream is still connecting (slow DNS, e.g. in a
@@ -150,10 +155,12 @@ class _Connection(asyncio.Protocol):
             if delay <= 0 and not self.pending and self.upstream is not None:
                 self.upstream.write(data)
                 return
-            toxic.counters.chunks_delayed += 1  # own delay, or held behind a delayed chunk
+            if delay > 0 or self.held_by_toxic:  # own delay, or held behind a delayed chunk
+                toxic.counters.chunks_delayed += 1  # (not: only held while connecting)
         # queued (even undelayed) behind earlier delayed chunks: keeps the byte order
         if delay > 0:
             route.stats.delayed_chunks += 1
+            self.held_by_toxic = True
         self.pending.append((self.loop.time() + delay, data))
         self.pending_bytes += len(data)
         if self.pending_bytes > MAX_PENDING_BYTES:
@@ -195,6 +202,7 @@ class _Connection(asyncio.Protocol):
         if self.pending:
             self.timer = self.loop.call_at(self.pending[0][0], self._flush)
             return
+        self.held_by_toxic = False
         self._resume_client("pending")
         if self.client_eof:
             self._send_eof_upstream()
@@ -267,8 +275,9 @@ class _Upstream(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.stats.bytes_downstream += len(data)
-        self.conn.answered = True
-        client = self.conn.client
+        conn = self.conn
+        conn.answered = True
+        client = conn.client
         if client is not None and not client.is_closing():
             client.write(data)
 
