@@ -45,8 +45,10 @@ from chaoslib.exceptions import ActivityFailed
 
 from chaoscheckout.config import settings_from
 from chaoscheckout.errors import InvalidFaultArgument
+from chaoscheckout.faults.halt import halt_record
 from chaoscheckout.faults.leases import LeaseStore
-from chaoscheckout.faults.revert import revert_all
+from chaoscheckout.faults.owner import current_owner
+from chaoscheckout.faults.revert import revert_own
 from chaoscheckout.sli.probes import charges_without_order, checkout_availability, checkout_latency_ms
 
 __all__ = ["availability_guard", "latency_guard", "money_guard", "unix_time"]
@@ -69,6 +71,8 @@ def availability_guard(min_ratio: float = 0.5, window: str = "10s", during_fault
     A probe: changes nothing.
     """
     _check_ratio(min_ratio)
+    if _halted("availability_guard", configuration):
+        return False
     if during_fault and not _fault_live(configuration):
         return True
     value = checkout_availability(window=window, configuration=configuration)
@@ -87,6 +91,8 @@ def latency_guard(max_ms: float = 1000, quantile: float = 0.95, window: str = "1
 
     A probe: changes nothing.
     """
+    if _halted("latency_guard", configuration):
+        return False
     if during_fault and not _fault_live(configuration):
         return True
     if not (isinstance(max_ms, (int, float)) and max_ms > 0):
@@ -111,6 +117,8 @@ def money_guard(grace_s: float = 5, since: float | None = None, since_s: float =
 
     A probe: changes nothing.
     """
+    if _halted("money_guard", configuration):
+        return False
     try:
         count = charges_without_order(grace_s=grace_s, since_s=since_s, since=since,
                                       configuration=configuration)
@@ -197,7 +205,7 @@ def _breach(guard: str, value: float | None, threshold: str, configuration: dict
     reverted: tuple[str, ...] = ()
     reverted_at = None
     try:
-        results = revert_all(configuration)
+        results = revert_own(configuration)
         reverted = tuple(r.get("fault_id", "?") for r in results if "error" not in r)
         reverted_at = time.time() if results else None
         if results:
@@ -209,7 +217,24 @@ def _breach(guard: str, value: float | None, threshold: str, configuration: dict
 
 
 def _fault_live(configuration: dict[str, Any] | None) -> bool:
-    return bool(LeaseStore(settings_from(configuration).leases_dir).live())
+    """A fault of this run is live (other runs' faults are theirs to judge)."""
+    me = current_owner().run_id
+    leases = LeaseStore(settings_from(configuration).leases_dir).live()
+    return any(lease.owner.run_id == me for lease in leases)
+
+
+def _halted(guard: str, configuration: dict[str, Any] | None) -> bool:
+    """``chaoscheckout halt`` is on: every guard breaches (once recorded), so the run aborts."""
+    halt = halt_record(settings_from(configuration).state_dir)
+    if halt is None:
+        return False
+    with _LOCK:
+        seen = any(b.threshold.startswith("halted") for b in _BREACHES)
+    if not seen:
+        logger.warning(f"{guard}: fault injection halted by {halt.get('by')} ({halt.get('reason')})")
+        _breach(guard, None, f"halted by {halt.get('by')} at {halt.get('at')}: {halt.get('reason')}",
+                configuration)
+    return True
 
 
 def _check_ratio(value: Any) -> None:
