@@ -3,7 +3,7 @@
     .venv/bin/python bench/interrupt.py [--trials-per-ending 2] [--endings sigint-pg,sigkill]
         [--experiments kill-catalog,payments-latency,fill-pg-disk] [--port-base 41700]
         [--state-dir /var/tmp/cc-bench-interrupt] [--use-running] [--seed N] [--json FILE]
-        [--max-median-s 2] [--max-worst-s 5]
+        [--max-median-s 2] [--max-worst-s 5] [--round-robin] [--keep-logs DIR]
 
 Randomized trials of (shipped experiment x how the run ends) on the local runtime. Each
 trial starts ``chaos run`` of an experiment with short durations (configuration env:
@@ -32,6 +32,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import signal
 import statistics
 import subprocess
@@ -81,6 +82,7 @@ class Observer:
 
     def __init__(self, state_dir: Path) -> None:
         registry = load_registry(state_dir / "services.json")
+        self.prometheus = f"http://{registry.service('prometheus').address}"
         self.catalog_health = registry.service("catalog").health_url
         self.proxy_url = registry.proxy_control_url
         pg = registry.service("postgres").data_dir
@@ -99,6 +101,24 @@ class Observer:
                 return False  # proxy unreachable: holds no toxic
             return answer.get("latency") is not None
         return self.ballast.exists()
+
+    def wait_no_recent_errors(self, timeout_s: float = 45) -> None:
+        """Until checkout's 35 s error count is 0: the next run's steady state (30 s
+        availability) must not see the previous trial's fault."""
+        query = 'sum(increase(checkout_requests_total{outcome="error"}[35s]))'
+
+        def quiet() -> bool:
+            try:
+                answer = httpx.get(f"{self.prometheus}/api/v1/query", params={"query": query},
+                                   timeout=2).json()
+            except (httpx.HTTPError, ValueError):
+                return False
+            result = answer.get("data", {}).get("result") or []
+            return not result or float(result[0]["value"][1]) < 0.5
+
+        start = time.monotonic()
+        while time.monotonic() - start < timeout_s and not quiet():
+            time.sleep(1)
 
 
 def wait_until(check: Callable[[], bool], timeout_s: float) -> float | None:
@@ -236,6 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", type=Path, default=None)
     parser.add_argument("--use-running", action="store_true", help="use the stack already up in --state-dir")
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--round-robin", action="store_true",
+                        help="assign experiments to each ending in turn instead of at random")
+    parser.add_argument("--keep-logs", type=Path, default=None, help="keep chaos logs under this dir")
     parser.add_argument("--json", type=Path, default=None, help="write trials and table here")
     parser.add_argument("--max-median-s", type=float, default=2.0)
     parser.add_argument("--max-worst-s", type=float, default=5.0)
@@ -257,7 +280,11 @@ def main(argv: list[str] | None = None) -> int:
     manage = [sys.executable, "-m", "stack.manage"]
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
     rng = random.Random(seed)
-    plan = [(rng.choice(experiments), ending) for ending in endings for _ in range(args.trials_per_ending)]
+    if args.round_robin:  # every ending meets every experiment in turn (the short test's plan)
+        plan = [(experiments[(i + k) % len(experiments)], ending)
+                for k, ending in enumerate(endings) for i in range(args.trials_per_ending)]
+    else:
+        plan = [(rng.choice(experiments), ending) for ending in endings for _ in range(args.trials_per_ending)]
     rng.shuffle(plan)
     print(f"interrupt bench: seed {seed}, {len(plan)} trials, state dir {state_dir}", flush=True)
     if not args.use_running:
@@ -269,9 +296,10 @@ def main(argv: list[str] | None = None) -> int:
     trials: list[Trial] = []
     try:
         observer = Observer(state_dir)
-        with tempfile.TemporaryDirectory(prefix="cc-interrupt-") as workdir:
+        workdir = Path(tempfile.mkdtemp(prefix="cc-interrupt-", dir=args.keep_logs))
+        try:
             for number, (experiment, ending) in enumerate(plan, 1):
-                trial = run_trial(experiment, ending, env, observer, Path(workdir), rng)
+                trial = run_trial(experiment, ending, env, observer, workdir, rng)
                 trials.append(trial)
                 print(f"[{number}/{len(plan)}] {experiment:<16} {ending:<10} "
                       f"{'gone after ' + str(trial.gone_after_s) + ' s' if trial.injected else trial.note} "
@@ -279,7 +307,10 @@ def main(argv: list[str] | None = None) -> int:
                       flush=True)
                 # let the restarted/cleaned service settle before the next steady-state check
                 wait_until(lambda: all(not observer.effect_present(e) for e in EXPERIMENTS), 30)
-                time.sleep(2)
+                observer.wait_no_recent_errors()
+        finally:
+            if args.keep_logs is None:
+                shutil.rmtree(workdir, ignore_errors=True)
     finally:
         if not args.use_running:
             subprocess.run([*manage, "down"], cwd=ROOT, env=env, capture_output=True, timeout=120)

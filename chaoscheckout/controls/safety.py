@@ -35,6 +35,9 @@ Add it to an experiment::
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import threading
 import time
 from typing import Any
 
@@ -87,6 +90,7 @@ def before_experiment_control(
     run_id = set_run_id()
     _RUN["run_id"] = run_id
     ensure_heartbeat(settings.state_dir / "owners")
+    _revert_on_signals(configuration)
     logger.info("safety control: run %s (pid %s)", run_id, current_owner().pid)
     halt = halt_record(settings.state_dir)
     if halt is not None:
@@ -140,6 +144,10 @@ def after_experiment_control(
     """
     status = state.get("status") if isinstance(state, dict) else None
     settings = settings_from(configuration)
+    _restore_signals()
+    on_signal = _RUN.get("on_signal")
+    if on_signal is not None:
+        on_signal["thread"].join(timeout=60)  # never two reverts of one fault at once
     try:
         reverted = revert_own(configuration)
     except Exception as exc:  # noqa: BLE001 - chaoslib would swallow it at debug level
@@ -161,12 +169,57 @@ def after_experiment_control(
                               "at": now, "abort": _abort_record(now),
                               "halt": _RUN.get("halt") or halt_record(settings.state_dir),
                               "declared_dead": dead, "stale_reverted": _RUN.get("stale_reverted", []),
-                              "left_alone": _RUN.get("left_alone", [])}
+                              "left_alone": _RUN.get("left_alone", []),
+                              "on_signal": {k: v for k, v in on_signal.items() if k != "thread"}
+                              if on_signal else None}
     clear_run_id()
     _RUN.clear()
 
 
 _RUN: dict[str, Any] = {}  # this process's run; reset by before_experiment_control
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _revert_on_signals(configuration: Configuration) -> None:
+    """SIGINT / SIGTERM: start reverting this run's faults at once, in a thread, then let
+    the previous handler act (KeyboardInterrupt, chaoslib's interruption). Without this
+    the revert waits for the other controls' teardown (seen: 3-5 s after a Ctrl-C)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in _SIGNALS:
+        previous = signal.getsignal(signum)
+        if previous in (signal.SIG_IGN, None):
+            continue  # ignored (e.g. SIGINT of a background job): keep it ignored
+
+        def handler(num: int, frame: Any, previous: Any = previous) -> Any:
+            if "on_signal" not in _RUN:
+                thread = threading.Thread(target=_revert_now, args=(configuration, num),
+                                          name="chaoscheckout-signal-revert", daemon=True)
+                _RUN["on_signal"] = {"signal": signal.Signals(num).name, "at": time.time(),
+                                     "thread": thread}
+                thread.start()
+            if callable(previous):
+                return previous(num, frame)
+            signal.signal(num, signal.SIG_DFL)  # default disposition: act as it would have
+            os.kill(os.getpid(), num)
+            return None
+
+        _RUN.setdefault("previous_handlers", {})[signum] = previous
+        signal.signal(signum, handler)
+
+
+def _revert_now(configuration: Configuration, signum: int) -> None:
+    results = revert_own(configuration)
+    _RUN["on_signal"].update(reverted=results, reverted_at=time.time())
+    logger.warning("safety control: %s: reverted %d fault(s) of this run at once",
+                   signal.Signals(signum).name, len(results))
+
+
+def _restore_signals() -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum, previous in _RUN.pop("previous_handlers", {}).items():
+        signal.signal(signum, previous)
 
 
 def _abort_record(reverted_at: float) -> dict[str, Any] | None:
