@@ -210,11 +210,13 @@ def run_trial(experiment: str, ending: str, env: dict[str, str], observer: Obser
 
 
 def _last_log_line(log: Path) -> str:
+    """Why the run ended without a fault: its last CRITICAL/ERROR line, else its last line."""
     try:
         lines = [line for line in log.read_text().splitlines() if line.strip()]
     except OSError:
         return "no chaos log"
-    return lines[-1][-160:] if lines else "empty chaos log"
+    why = [line for line in lines if "CRITICAL" in line or "ERROR" in line] or lines
+    return why[-1][-160:] if why else "empty chaos log"
 
 
 def summarize(trials: list[Trial]) -> dict[str, dict]:
@@ -284,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
         plan = [(experiments[(i + k) % len(experiments)], ending)
                 for k, ending in enumerate(endings) for i in range(args.trials_per_ending)]
     else:
-        plan = [(rng.choice(experiments), ending) for ending in endings for _ in range(args.trials_per_ending)]
+        plan = [(rng.choice(experiments), ending)
+                for ending in endings for _ in range(args.trials_per_ending)]
     rng.shuffle(plan)
     print(f"interrupt bench: seed {seed}, {len(plan)} trials, state dir {state_dir}", flush=True)
     if not args.use_running:

@@ -215,7 +215,11 @@ def test_terminated_run_reverts_at_once(stack, tmp_path, signum):
         ended_after_s = time.monotonic() - sent
         journal = json.loads(journal_path.read_text())
         assert journal["status"] == "interrupted"
-        assert [r["kind"] for r in journal["chaoscheckout_safety"]["reverted"]] == ["kill"]
+        safety = journal["chaoscheckout_safety"]
+        # reverted at the signal, from a thread, before the other controls' teardown
+        assert safety["on_signal"]["signal"] == signal.Signals(signum).name
+        assert [r["kind"] for r in safety["on_signal"]["reverted"]] == ["kill"]
+        assert safety["on_signal"]["reverted"][0]["verified"] is True and safety["reverted"] == []
         assert _leases(stack) == [] and service_is_healthy(TARGET, timeout_s=2)
         assert ended_after_s < 10, f"the run took {ended_after_s:.1f} s to end (lease was 60 s)"
     finally:

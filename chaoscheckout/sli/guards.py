@@ -3,7 +3,7 @@
 chaostoolkit-addons does not substitute ``${...}`` in a safeguard's tolerance, so a
 configurable threshold has to be an argument. Each guard returns ``True`` while the
 system is inside its abort threshold and ``False`` on a breach; use ``"tolerance": true``.
-On a breach the guard reverts every live fault at once, from its own thread, then
+On a breach the guard reverts its own run's live faults at once, from its own thread, then
 safeguards interrupt the run (which, unlike a rollback, cannot be delayed by a running
 pause). Every breach is remembered in this process (time, guard, measured value, what was
 reverted and when) so the safety control can record when the first breaching sample was
@@ -195,7 +195,7 @@ def _unobserved(guard: str, exc: Exception, max_unobserved_s: float,
 
 
 def _breach(guard: str, value: float | None, threshold: str, configuration: dict[str, Any] | None) -> None:
-    """Record the breach and revert every live fault NOW, from the guard's own thread.
+    """Record the breach and revert this run's live faults NOW, from the guard's own thread.
 
     chaostoolkit-addons then interrupts the run, but its signal may only reach the main
     thread when the running pause ends (seen: up to the rest of a 30 s pause), and an
