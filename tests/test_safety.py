@@ -290,6 +290,33 @@ def test_another_live_runs_fault_is_left_alone_and_named(stack, tmp_path):
     assert _leases(stack) == []
 
 
+def test_halt_reverts_aborts_the_run_and_blocks_until_cleared(stack, tmp_path):
+    cli = str(Path(sys.executable).parent / "chaoscheckout")
+    proc, journal_path = _start_run(stack, tmp_path, _experiment([SAFETY], duration_s=60, pause_after_s=30))
+    try:
+        halted = subprocess.run([cli, "halt", "--reason", "test halt"], env=stack.env, capture_output=True,
+                                text=True, timeout=60)
+        assert halted.returncode == 0, halted.stdout + halted.stderr
+        assert service_is_healthy(TARGET) and _leases(stack) == []
+        print(halted.stdout.strip().splitlines()[-1])
+        proc.wait(timeout=15)  # the run's heartbeat sees the halt and interrupts it
+        journal = json.loads(journal_path.read_text())
+        assert journal["status"] == "interrupted"
+        assert journal["chaoscheckout_safety"]["halt"]["reason"] == "test halt"
+        refused, _ = _chaos_run(stack, tmp_path, _experiment([SAFETY], pause_after_s=0.5))
+        assert "halted" in refused.stdout + refused.stderr and service_is_healthy(TARGET)
+        with pytest.raises(Exception, match="halted"):
+            kill_service(TARGET, duration_s=10)
+    finally:
+        subprocess.run([cli, "halt", "--clear"], env=stack.env, capture_output=True, timeout=60)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        start_service(TARGET, timeout_s=30)
+    kill_service(TARGET, duration_s=10)  # cleared: allowed again
+    start_service(TARGET, timeout_s=30)
+
+
 def test_reaper_survives_a_bad_lease_and_keeps_reverting(stack):
     """A lease that cannot be reverted is retried; the others are still reverted."""
     leases_dir = stack.state_dir / "leases"
