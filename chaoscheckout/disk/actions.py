@@ -45,7 +45,10 @@ def fill_disk(
     duration_s, ballast_path, ballast_bytes, free_bytes_before, free_bytes_after,
     filesystem_bytes}, injected_at, expires_at}`. Undo with `release_disk(service)`.
     Raises InvalidFaultArgument (nothing changed) for a bad argument, a symlinked or
-    outside ballast path, or a disk that is already filled.
+    outside ballast path, a disk that is already filled, or a service that carries
+    another live run's fault (FaultConflict, naming the run); FaultsHalted while
+    `chaoscheckout halt` is on. Owned by the calling run: if it dies or freezes, the
+    reaper deletes the ballast within seconds.
     """
     settings = settings_from(configuration)
     duration = check_duration(duration_s, settings.max_fault_duration_s)

@@ -184,6 +184,7 @@ def ensure_heartbeat(owners_dir: Path) -> None:
         if beat is not None and beat.is_alive():
             return
         beat = _Heartbeat(owners_dir)
+        owners_dir.parent.mkdir(parents=True, exist_ok=True)
         beat.write()
         beat.start()
         _HEARTBEATS[key] = beat
@@ -245,12 +246,16 @@ class _Heartbeat(threading.Thread):
         self.interrupted = False
 
     def write(self) -> None:
-        self.owners_dir.mkdir(parents=True, exist_ok=True)
+        self.owners_dir.mkdir(exist_ok=True)  # never re-creates a state dir that was removed
         _atomic_write(self.path, json.dumps({"boottime": boottime(), "pid": self.owner.pid}))
 
     def run(self) -> None:
         while True:
             time.sleep(HEARTBEAT_INTERVAL_S)
+            if not self.state_dir.is_dir():  # the stack's state dir is gone: nothing to own
+                with _LOCK:
+                    _HEARTBEATS.pop((os.getpid(), str(self.owners_dir)), None)
+                return
             try:
                 self.write()
             except OSError as exc:  # the reaper then sees a stale heartbeat: fail safe

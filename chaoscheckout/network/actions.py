@@ -76,7 +76,10 @@ def add_latency(
       with the probe `latency_fault_effect`. Irrelevant for netem (fraction 1).
 
     Invalid arguments, an unknown or non-target service, a service that already has a
-    latency fault or an unusable backend are refused before anything is changed.
+    latency fault or carries another live run's fault (FaultConflict, naming the run),
+    an unusable backend or a halt (FaultsHalted) are refused before anything is
+    changed. Owned by the calling run: if it dies or freezes, the reaper removes the
+    latency within seconds.
 
     Returns `{fault_id, kind, backend, target, parameters, injected_at, expires_at}`
     (`target` the service, ISO 8601 UTC times); `backend` is the one actually used,

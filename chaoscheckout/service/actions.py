@@ -32,11 +32,17 @@ def kill_service(
       600). When it expires the reaper starts the service again, even if `chaos run`
       died. The action returns at once: observe with a pause or a probe.
 
-    Returns `{fault_id, kind: "kill", backend, target, parameters: {duration_s, pid},
-    injected_at, expires_at}`. Undo with the rollback `start_service(service)`; the
-    safety control also undoes it at the end of the experiment.
-    Raises InvalidFaultArgument (nothing changed) for an unknown service, a service
-    that is not a chaos target, or a bad duration.
+    The fault is owned by the calling run (the safety control's run id, else the
+    calling process): if that process dies or freezes, the reaper starts the service
+    again within seconds.
+
+    Returns `{fault_id, kind: "kill", backend, target, parameters: {duration_s, pid,
+    down_after_s}, injected_at, expires_at}`. Undo with the rollback
+    `start_service(service)`; the safety control also undoes it at the end of the
+    experiment. Raises InvalidFaultArgument (nothing changed) for an unknown service, a
+    service that is not a chaos target, a bad duration, or a service that carries
+    another live run's fault (FaultConflict, naming the run); FaultsHalted while
+    `chaoscheckout halt` is on.
     """
     settings = settings_from(configuration)
     duration = check_duration(duration_s, settings.max_fault_duration_s)
