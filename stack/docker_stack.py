@@ -554,9 +554,20 @@ def detach_netns(netns: str) -> None:
         subprocess.run(["ip", "netns", "delete", netns], check=False, timeout=10, capture_output=True)
 
 
+def _registered_port_base(state_dir: Path) -> int | None:
+    """The port base of the docker stack whose registry is in ``state_dir`` (status/down of a
+    stack brought up with another CHAOSCHECKOUT_PORT_BASE than the caller's environment)."""
+    try:
+        prefix = json.loads((state_dir / "services.json").read_text())["extra"]["docker_stack"]
+        return int(str(prefix).removeprefix("cc"))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def main(command: str, state_dir: Path, as_json: bool = False) -> int:
     """``stack.manage <command> --runtime docker``."""
-    port_base = int(os.environ.get("CHAOSCHECKOUT_PORT_BASE", COMPOSE_PORT_BASE))
+    port_base = int(os.environ.get("CHAOSCHECKOUT_PORT_BASE") or _registered_port_base(state_dir)
+                    or COMPOSE_PORT_BASE)
     try:
         stack = DockerStack(state_dir, port_base)
         if command == "up":

@@ -18,7 +18,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from chaoscheckout.runtime.registry import save_registry
+from chaoscheckout.errors import ChaosCheckoutError
+from chaoscheckout.runtime.registry import load_registry, save_registry
 from chaoscheckout.runtime.supervisor import SupervisorError
 from stack import health, layout, postgres, preflight, prometheus_config, supervisord
 from stack.settings import StackConfigError, StackSettings, settings_from_env
@@ -89,13 +90,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stack.manage", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["up", "down", "status"])
     parser.add_argument("--json", action="store_true", help="status: machine-readable output")
-    parser.add_argument("--runtime", choices=["local", "docker"], default="local",
-                        help="local: supervisord processes (default); docker: containers "
-                        "(stack/docker_stack.py)")
+    parser.add_argument("--runtime", choices=["local", "docker"], default=None,
+                        help="local: supervisord processes (default for up); docker: containers "
+                        "(stack/docker_stack.py). status/down default to the runtime of the stack "
+                        "running in the state dir (its registry says which)")
     args = parser.parse_args(argv)
     try:
         settings = settings_from_env()
-        if args.runtime == "docker":
+        if _runtime(args.runtime, args.command, settings) == "docker":
             from stack import docker_stack
 
             return docker_stack.main(args.command, settings.state_dir, args.json)
@@ -113,6 +115,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 # ---------------------------------------------------------------------------
 # Internals
 # ---------------------------------------------------------------------------
+
+
+def _runtime(asked: str | None, command: str, settings: StackSettings) -> str:
+    """The runtime asked for, else (status, down) the one the state dir's registry names."""
+    if asked is not None:
+        return asked
+    if command != "up" and settings.registry_file.exists():
+        try:
+            return load_registry(settings.registry_file).runtime
+        except ChaosCheckoutError:
+            pass  # unreadable registry: the local path reports what it finds
+    return "local"
 
 
 def _start(settings: StackSettings, pg_bindir: Path) -> None:

@@ -18,8 +18,17 @@ import pytest
 from chaoscheckout.runtime.registry import Registry, load_registry
 
 ROOT = Path(__file__).resolve().parent.parent
+# The fast tier (`make check`, `pytest -m fast`): modules that need no root, no stack, no
+# Postgres and no network beyond a subprocess of `chaos`. Everything else is the real tier.
+FAST_MODULES = {"test_discover", "test_experiments", "test_report"}
 if str(ROOT) not in sys.path:  # tests import the reference stack (stack/), which is not installed
     sys.path.insert(0, str(ROOT))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.stem in FAST_MODULES:
+            item.add_marker(pytest.mark.fast)
 
 
 @dataclass

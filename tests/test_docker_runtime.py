@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import json
 import os
 import shutil
 import signal
@@ -47,11 +48,10 @@ INTRUDER = f"cc{PORT_BASE}-intruder-test"
 LOCK_WAIT_S = 1200
 
 
-def _apt_install(package: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-qq"], capture_output=True, timeout=300, env=env, check=False)
-    return subprocess.run(["apt-get", "install", "-y", "-qq", package], capture_output=True, text=True,
-                          timeout=600, env=env, check=False)
+def _require_tool(command: str) -> None:
+    """Install steps live in the Makefile (`make setup-test-tools`, run by `make test`)."""
+    if shutil.which(command) is None:
+        pytest.fail(f"{command} is not installed: run `make setup-test-tools` (part of `make test`)")
 
 
 def _ping(timeout: int = 5) -> bool:
@@ -96,9 +96,7 @@ def engine(port_lock) -> Iterator[None]:
     started = None
     if not _ping():
         if shutil.which("dockerd") is None:
-            install = _apt_install("docker.io")
-            if install.returncode != 0 or shutil.which("dockerd") is None:
-                pytest.skip(f"docker engine cannot be installed: {install.stderr.strip()[-300:]}")
+            _require_tool("dockerd")
         with open(DOCKERD_LOG, "ab") as log:
             started = subprocess.Popen(["dockerd"], stdout=log, stderr=subprocess.STDOUT,
                                        stdin=subprocess.DEVNULL, start_new_session=True)
@@ -121,8 +119,7 @@ def dstack(engine) -> Iterator[dict[str, str]]:
     from stack.docker_stack import STACK_LABEL, DockerStack
 
     os.environ.setdefault("PYTHONPATH", str(ROOT))
-    if shutil.which("debootstrap") is None:  # builds the local base image (no registry here)
-        assert _apt_install("debootstrap").returncode == 0, "apt-get install debootstrap failed"
+    _require_tool("debootstrap")  # builds the local base image (no registry here)
     stack = DockerStack(STATE_DIR, PORT_BASE, say=lambda line: print(line, flush=True))
     stack.down(quiet=True, force=True)  # left over by an interrupted run (we hold the port lock)
     first = stack.build_images()
@@ -184,10 +181,8 @@ def test_compose_up_then_attach(engine, tmp_path):
     from stack.docker.base_image import ensure_base_image
     from stack.docker_stack import COMPOSE_FILE, DockerStack, download_wheels
 
-    if shutil.which("docker-compose") is None:
-        assert _apt_install("docker-compose").returncode == 0, "apt-get install docker-compose failed"
-    if shutil.which("debootstrap") is None:
-        assert _apt_install("debootstrap").returncode == 0, "apt-get install debootstrap failed"
+    _require_tool("docker-compose")
+    _require_tool("debootstrap")
     base = ensure_base_image()
     wheels_dir = COMPOSE_FILE.parent / "docker" / "wheels"
     copied = []
@@ -242,6 +237,18 @@ def test_stack_serves_checkouts_through_the_proxy(dstack):
         for bindings in ports.values():
             assert {b["HostIp"] for b in bindings} == {"127.0.0.1"}, entry.process
     client.close()
+
+
+def test_plain_stack_status_finds_the_docker_stack(dstack):
+    """`stack status` without --runtime asks the state dir's registry which runtime runs."""
+    env = {k: v for k, v in os.environ.items() if k != "CHAOSCHECKOUT_PORT_BASE"}
+    env.update(CHAOSCHECKOUT_STATE_DIR=str(STATE_DIR), PYTHONPATH=str(ROOT))
+    status = subprocess.run([sys.executable, "-m", "stack.manage", "status", "--json"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert status.returncode == 0, status.stdout + status.stderr
+    report = json.loads(status.stdout)
+    assert report["runtime"] == "docker" and report["up"] is True
+    assert {row["service"] for row in report["services"]} >= {"checkout", "catalog", "payments"}
 
 
 def test_down_from_another_state_dir_is_refused(dstack, tmp_path):

@@ -3,9 +3,11 @@
 An experiment that cannot fail proves nothing. Against the weakened checkout (the first
 version: ``CHECKOUT_RESILIENCE=0``) each experiment must report the deviation or abort;
 against the fixed checkout each must hold; with a deliberately tight abort threshold each
-must be interrupted by its safeguard with its fault reverted. Each class brings up its own
-stack (port base ``CHAOSCHECKOUT_TEST_RUNS_PORT_BASE``, default 29100). Slow: about
-12 minutes in all, on purpose (real windows of 30 s, real load).
+must be interrupted by its safeguard with its fault reverted. The tight-threshold runs are
+made twice: with the Chaos Toolkit of this virtualenv and with the newest one the registry
+serves (Python 3.12, ``make setup-ctk-latest``), and their journals must agree. Each class
+brings up its own stack (port base ``CHAOSCHECKOUT_TEST_RUNS_PORT_BASE``, default 29100).
+Slow: about 15 minutes in all, on purpose (real windows of 30 s, real load).
 """
 
 from __future__ import annotations
@@ -22,10 +24,15 @@ import pytest
 
 from chaoscheckout.faults.leases import LeaseStore
 from chaoscheckout.runner import Outcome, run_experiments
+from chaoscheckout.runtime.registry import load_registry
+from chaoscheckout.sli.prometheus import NoData, PrometheusClient
 
 ROOT = Path(__file__).resolve().parent.parent
 PORT_BASE = int(os.environ.get("CHAOSCHECKOUT_TEST_RUNS_PORT_BASE", "29100"))
 STATE_DIR = Path(f"/var/tmp/chaoscheckout-runs-{PORT_BASE}")
+CTK_LATEST_CHAOS = ROOT / ".venv-ctk-latest" / "bin" / "chaos"
+# (experiment, "installed" | "newest") -> what a tight-threshold abort recorded, compared below
+ABORT_RECORDS: dict[tuple[str, str], dict] = {}
 
 
 def _manage(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
@@ -48,14 +55,39 @@ def _stack(extra: dict[str, str]) -> Iterator[dict[str, str]]:
         _manage(env, "down")
 
 
-def _run(env: dict[str, str], name: str, tmp_path: Path, **extra: str) -> tuple[Outcome, dict]:
+def _run(env: dict[str, str], name: str, tmp_path: Path, chaos: Path | None = None,
+         **extra: str) -> tuple[Outcome, dict]:
     run_env = {k: v for k, v in env.items() if k.startswith(("CHAOSCHECKOUT_", "PATH"))}
+    if chaos is not None:  # its own k6 and entry points come first
+        run_env["PATH"] = f"{chaos.parent}:{run_env.get('PATH', '')}"
     run_env.update(extra)
+    _wait_for_a_clean_slo_window(env)
     (outcome,) = run_experiments([ROOT / "experiments" / f"{name}.json"], tmp_path, report=False,
-                                 env=run_env, cwd=ROOT)
+                                 env=run_env, cwd=ROOT, chaos=str(chaos) if chaos else None)
     journal = json.loads(outcome.journal.read_text())
     print(f"\n{outcome.line()}")
     return outcome, journal
+
+
+def _wait_for_a_clean_slo_window(env: dict[str, str], timeout_s: float = 45) -> None:
+    """Runs follow each other on one stack: the steady-state probes read the last 30 s, so the
+    previous run's faulted tail (errors, slow requests) must have left that window first. Waits
+    until the 30 s window holds no error and its p95 (if any traffic) is under the SLO."""
+    registry = load_registry(Path(env["CHAOSCHECKOUT_STATE_DIR"]) / "services.json")
+    prometheus = PrometheusClient(str(registry.prometheus_url), timeout_s=5)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        errors = prometheus.query('sum(increase(checkout_requests_total{outcome="error"}[30s]))')
+        try:
+            p95_ms = prometheus.value("checkout:latency_seconds:p95_30s") * 1000
+        except NoData:
+            p95_ms = 0.0
+        if (not errors or errors[0].value < 0.5) and p95_ms < 300:
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"the SLO window never cleared after the previous run: {errors} errors, "
+                        f"p95 {p95_ms:.0f} ms")
+        time.sleep(1)
 
 
 def _no_fault_left(env: dict[str, str], settle_s: float = 20) -> None:
@@ -128,13 +160,20 @@ class TestFixedCheckoutHolds:
         assert journal["chaoscheckout_load"]["summary"]["requests"] > 0
         _no_fault_left(fixed)
 
+    @pytest.mark.parametrize("ctk", ["installed", pytest.param("newest", marks=pytest.mark.ctk_latest)])
     @pytest.mark.parametrize("name, knob", [
         ("kill-catalog", "CHAOSCHECKOUT_ABORT_MAX_P95_MS"),
         ("payments-latency", "CHAOSCHECKOUT_ABORT_MAX_P99_MS"),
         ("fill-pg-disk", "CHAOSCHECKOUT_ABORT_MAX_P95_MS"),
     ])
-    def test_tight_threshold_aborts_and_reverts(self, fixed, tmp_path, name, knob):
-        outcome, journal = _run(fixed, name, tmp_path, **{knob: "1"})
+    def test_tight_threshold_aborts_and_reverts(self, fixed, tmp_path, name, knob, ctk):
+        chaos = None
+        if ctk == "newest":
+            if not CTK_LATEST_CHAOS.exists():
+                pytest.skip("no newest-Chaos-Toolkit virtualenv: `make setup-ctk-latest` needs Python 3.12")
+            chaos = CTK_LATEST_CHAOS
+        outcome, journal = _run(fixed, name, tmp_path, chaos=chaos, **{knob: "1"})
+        ABORT_RECORDS[(name, ctk)] = _abort_record(outcome, journal)
         assert outcome.verdict == "aborted", outcome.reason
         assert journal["status"] == "interrupted"
         abort = journal["chaoscheckout_safety"]["abort"]
@@ -144,3 +183,45 @@ class TestFixedCheckoutHolds:
         print(f"{name}: first breach -> fault reverted in {abort['breach_to_revert_s']} s")
         assert abort["breach_to_revert_s"] < 5
         _no_fault_left(fixed)
+
+    @pytest.mark.ctk_latest
+    @pytest.mark.parametrize("name", ["kill-catalog", "payments-latency", "fill-pg-disk"])
+    def test_newest_chaos_toolkit_records_the_same_abort(self, name):
+        """The journal, the revert and the abort record agree between the two Chaos Toolkits."""
+        if not CTK_LATEST_CHAOS.exists():
+            pytest.skip("no newest-Chaos-Toolkit virtualenv: `make setup-ctk-latest` needs Python 3.12")
+        missing = [ctk for ctk in ("installed", "newest") if (name, ctk) not in ABORT_RECORDS]
+        if missing:
+            pytest.fail(f"the tight-threshold run of {name} did not complete under: {missing}")
+        installed, newest = ABORT_RECORDS[(name, "installed")], ABORT_RECORDS[(name, "newest")]
+        print(f"\n{name}: installed {installed.pop('versions')} / newest {newest.pop('versions')}")
+        assert newest == installed
+
+
+# top-level journal keys that only newer Chaos Toolkits write (chaostoolkit-addons 0.12's
+# `safeguards`, chaostoolkit 1.21's `interruption`)
+NEWER_CTK_KEYS = {"safeguards", "interruption"}
+
+
+def _abort_record(outcome: Outcome, journal: dict) -> dict:
+    """What must not depend on the Chaos Toolkit version in an aborted run's journal."""
+    safety = journal.get("chaoscheckout_safety") or {}
+    abort = safety.get("abort") or {}
+    breach = abort.get("first_breach") or {}
+    fault = _fault_output(journal)
+    return {
+        "versions": (journal.get("chaoslib-version"), journal.get("platform", "")[:40]),
+        "verdict": outcome.verdict,
+        "status": journal["status"],
+        "journal_keys": sorted(set(journal) - NEWER_CTK_KEYS),
+        "fault_keys": sorted(fault),
+        "run": [(r["activity"]["name"], r["status"]) for r in journal["run"]],
+        "rollbacks": [(r["activity"]["name"], r["status"]) for r in journal["rollbacks"]],
+        "safety_keys": sorted(safety),
+        "abort_keys": sorted(abort),
+        "breach_keys": sorted(breach),
+        "guard": breach.get("guard"),
+        "fault_reverted_at_breach": fault["fault_id"] in breach.get("reverted", []),
+        "reverted_within_5s": (abort.get("breach_to_revert_s") or 99) < 5,
+        "load_stopped_by": (journal.get("chaoscheckout_load") or {}).get("stopped_by"),
+    }

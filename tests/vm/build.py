@@ -15,8 +15,8 @@ inputs, so nothing is rebuilt when nothing changed:
 - ``image-<hash>/``: ``rootfs.img``, ``vmlinuz``, ``initrd.img``, ``meta.json`` (all of the
   above plus the package sources, ``stack/services`` and the guest harness).
 
-Usage: ``python tests/vm/build.py [--cache-dir DIR] [--force] [--json]``. It installs the
-host tools it needs with apt (only when missing). Run as root (debootstrap, chroot).
+Usage: ``python tests/vm/build.py [--cache-dir DIR] [--force] [--json]``. The host tools it
+needs come from `make setup-test-tools`. Run as root (debootstrap, chroot).
 """
 
 from __future__ import annotations
@@ -65,7 +65,6 @@ EXTRAS = "stack"  # the package is installed in the guest with this extra
 
 KEEP_PER_LAYER = 2  # cache entries of each layer kept (newest first); older ones are pruned
 LOCK_TIMEOUT_S = 1800
-APT_TIMEOUT_S = 900
 DEBOOTSTRAP_TIMEOUT_S = 900
 PIP_TIMEOUT_S = 900
 STEP_TIMEOUT_S = 300
@@ -222,13 +221,9 @@ def _ensure_host_tools() -> None:
     missing = sorted({pkg for tool, pkg in HOST_TOOLS.items() if shutil.which(tool) is None})
     if not list(Path("/boot").glob("vmlinuz-*")):
         missing.append("linux-image-amd64")
-    if not missing:
-        return
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    _step("apt-get update", ["apt-get", "update", "-q"], timeout=APT_TIMEOUT_S, env=env)
-    _step(f"apt-get install {' '.join(missing)}",
-          ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing],
-          timeout=APT_TIMEOUT_S, env=env)
+    if missing:  # install steps live in the Makefile
+        raise RuntimeError(f"missing host packages {', '.join(missing)}: run `make setup-test-tools` "
+                           "(part of `make test`) or apt-get install them")
 
 
 def _pick_kernel() -> str:
