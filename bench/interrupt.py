@@ -19,7 +19,9 @@ random 0.3-6 s, then ends the run one way:
 - ``sigstop``: SIGSTOP to the pid (a frozen run); SIGCONT once the effect is gone, then
   the run must notice it was declared dead and end.
 
-It measures the time from the signal to the effect gone (polled every 20 ms), counts k6
+A run whose steady state is not met before the method injects nothing: it is not
+counted (``skipped`` in the table) and the trial is tried again, up to 3 times. It
+measures the time from the signal to the effect gone (polled every 20 ms), counts k6
 processes of the trial's session left 3 s after the run ended, and reads the journal's
 status. Prints per ending: trials, faults left, median and worst signal->gone seconds,
 k6 left, journal statuses. Exit 1 when a fault was left, a k6 survived, or the median /
@@ -53,12 +55,13 @@ from chaoscheckout.runtime.registry import load_registry  # noqa: E402
 ENDINGS = ("sigint-pg", "sigterm", "sigkill", "sigkill-pg", "sigstop")
 EXPERIMENTS = ("kill-catalog", "payments-latency", "fill-pg-disk")
 SHORT_ENV = {  # a trial takes ~15-25 s
-    "CHAOSCHECKOUT_LOAD_WARMUP_S": "4",
+    "CHAOSCHECKOUT_LOAD_WARMUP_S": "6",
     "CHAOSCHECKOUT_OBSERVE_S": "15",
     "CHAOSCHECKOUT_RECOVER_S": "3",
     "CHAOSCHECKOUT_FAULT_DURATION_S": "60",  # expiry must not be what reverts the fault
 }
 POLL_S = 0.02
+ATTEMPTS = 3  # per planned trial, when the run ends before injecting (steady state not met)
 INJECT_TIMEOUT_S = 60
 GONE_TIMEOUT_S = 30
 
@@ -314,8 +317,14 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(tempfile.mkdtemp(prefix="cc-interrupt-", dir=args.keep_logs))
         try:
             for number, (experiment, ending) in enumerate(plan, 1):
-                trial = run_trial(experiment, ending, env, observer, workdir, rng)
-                trials.append(trial)
+                for _attempt in range(ATTEMPTS):  # a run whose steady state was not met injects nothing
+                    trial = run_trial(experiment, ending, env, observer, workdir, rng)
+                    trials.append(trial)
+                    if trial.injected:
+                        break
+                    print(f"[{number}/{len(plan)}] {experiment:<16} {ending:<10} not counted: {trial.note}",
+                          flush=True)
+                    observer.wait_no_recent_errors()
                 print(f"[{number}/{len(plan)}] {experiment:<16} {ending:<10} "
                       f"{'gone after ' + str(trial.gone_after_s) + ' s' if trial.injected else trial.note} "
                       f"status {trial.status} k6 left {trial.k6_left} {trial.note if trial.injected else ''}",
