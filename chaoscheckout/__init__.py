@@ -10,19 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from chaoscheckout.faults import kinds as _kinds
+
 __version__ = "0.1.0"
 __all__ = ["__version__", "discover"]
 
-ACTIVITY_MODULES = (
-    "chaoscheckout.service.actions",
-    "chaoscheckout.service.probes",
-    "chaoscheckout.network.actions",
-    "chaoscheckout.network.probes",
-    "chaoscheckout.disk.actions",
-    "chaoscheckout.disk.probes",
-    "chaoscheckout.sli.probes",
-    "chaoscheckout.sli.guards",
-)
+ACTIVITY_MODULES = _kinds.ACTIVITY_MODULES  # derived from the fault-kind table
 CONTROL_MODULES = (
     "chaoscheckout.load.control",
     "chaoscheckout.controls.safety",

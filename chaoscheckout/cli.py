@@ -1,4 +1,5 @@
-"""The ``chaoscheckout`` console script: ``chaoscheckout stack up|down|status [--json]``.
+"""The ``chaoscheckout`` console script: ``stack up|down|status``, ``experiments run``,
+``status`` (live faults, owners, halt, dead-run record) and ``halt [--clear]``.
 
 The stack (the reference checkout system) is not part of the library, so this module
 never imports ``stack/``: it runs ``python -m stack.manage ...`` in the project directory
@@ -135,3 +136,81 @@ def run_cmd(names: tuple[str, ...], experiments_dir: Path, journals_dir: Path, n
     for outcome in outcomes:
         click.echo(f"  {outcome.line()}")
     sys.exit(0 if all(o.verdict == "held" for o in outcomes) else 3)
+
+
+_STATE_DIR_OPTION = click.option(
+    "--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help="The stack's state dir (default: $CHAOSCHECKOUT_STATE_DIR, else /var/lib/chaoscheckout).")
+
+
+@main.command("status")
+@_STATE_DIR_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status_cmd(state_dir: Path | None, as_json: bool) -> None:
+    """Live faults (owner, age, time left), the halt, and what was reverted for dead runs."""
+    import json
+
+    from chaoscheckout.faults.control import fault_status
+
+    report = fault_status(_state_dir(state_dir))
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    halt = report["halt"]
+    click.echo(f"state dir {report['state_dir']}")
+    click.echo(f"halt: {'ON, by ' + str(halt.get('by')) + ': ' + str(halt.get('reason')) if halt else 'off'}")
+    if report["error"]:
+        click.echo(f"error: {report['error']}")
+    click.echo(f"live faults: {len(report['faults'])}")
+    for f in report["faults"]:
+        click.echo(f"  {f['fault_id']:<28} {f['kind']:<8} {f['service']:<10} run {f['run_id']} "
+                   f"(pid {f['pid']} on {f['host']}, {f['owner']}: {f['owner_detail']}) "
+                   f"age {f['age_s']:g} s, left {f['left_s']:g} s{', ABANDONED' if f['abandoned'] else ''}")
+    for bad in report["invalid_leases"]:
+        click.echo(f"  invalid lease {bad['file']}: {bad['reason']} (the reaper moves it aside)")
+    for name in report["quarantined"]:
+        click.echo(f"  quarantined: leases/quarantine/{name}")
+    click.echo(f"dead-run record: {len(report['dead_runs'])} recent entries")
+    for r in report["dead_runs"]:
+        click.echo(f"  {r.get('fault_id')} ({r.get('kind')} on {r.get('service')}) of {r.get('run_id')}: "
+                   f"{r.get('cause')}; verified {r.get('verified')}")
+
+
+@main.command("halt")
+@_STATE_DIR_OPTION
+@click.option("--clear", is_flag=True, help="Allow fault injection again.")
+@click.option("--reason", default="", help="Recorded in the halt and in running experiments' journals.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def halt_cmd(state_dir: Path | None, clear: bool, reason: str, as_json: bool) -> None:
+    """Emergency halt: block new faults, revert every live fault (any run), abort running
+    experiments. Exit 0 when every revert was verified, 1 otherwise. --clear lifts it."""
+    import json
+
+    from chaoscheckout.faults.control import halt
+    from chaoscheckout.faults.halt import clear_halt
+
+    directory = _state_dir(state_dir)
+    if clear:
+        old = clear_halt(directory)
+        click.echo(f"halt cleared (was: {old.get('by')}: {old.get('reason')})" if old else "no halt was set")
+        return
+    if not directory.is_dir():
+        raise click.ClickException(f"state dir {directory} does not exist: no stack, nothing to halt")
+    result = halt(directory, reason)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        click.echo(f"halted: injections blocked until `chaoscheckout halt --clear` ({directory})")
+        if result["error"]:
+            click.echo(f"error: {result['error']}")
+        for r in result["reverted"]:
+            state = "verified" if r.get("verified") else f"NOT verified: {r.get('error') or r.get('checked')}"
+            click.echo(f"  reverted {r['fault_id']} ({r.get('kind')} on {r.get('service')}): {state}")
+        click.echo(f"{len(result['reverted'])} fault(s) in {result['elapsed_s']:.2f} s")
+    sys.exit(0 if result["all_verified"] else 1)
+
+
+def _state_dir(option: Path | None) -> Path:
+    from chaoscheckout.config import settings_from
+
+    return option if option is not None else settings_from(None).state_dir

@@ -93,8 +93,8 @@ def test_guest_ran_every_step_without_error(vm_run):
 def test_add_latency_uses_netem_in_the_payments_namespace_only(vm_run):
     injected = vm_run["inject"]
     assert injected["backend"] == "netem"
-    assert injected["target"]["netns"] == "payments"
-    assert injected["target"]["devices"] == ["veth-pay"]
+    assert injected["parameters"]["netns"] == "payments"
+    assert injected["parameters"]["devices"] == ["veth-pay"]
     qdiscs = vm_run["qdiscs_injected"]
     assert qdiscs["netem_in_netns"] == 1, qdiscs
     assert qdiscs["netem_in_root"] == 0, qdiscs

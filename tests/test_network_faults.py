@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -105,9 +106,12 @@ def test_add_latency_via_proxy_then_remove(conf: dict, rig: ProxyRig) -> None:
     result = add_latency("up", delay_ms=200, jitter_ms=10, duration_s=30, backend="proxy", configuration=conf)
     json.dumps(result)  # journal-safe
     assert result["kind"] == "latency" and result["backend"] == "proxy"
-    assert result["target"]["route"] == "up" and result["target"]["service"] == "up"
+    assert set(result) == {"fault_id", "kind", "backend", "target", "parameters", "injected_at", "expires_at"}
+    assert result["target"] == "up" and result["parameters"]["route"] == "up"
     assert result["parameters"]["delay_ms"] == 200 and result["parameters"]["jitter_ms"] == 10
-    assert before <= result["injected_at"] and math.isclose(result["expires_at"] - before, 30, abs_tol=2)
+    injected_at = datetime.fromisoformat(result["injected_at"]).timestamp()
+    expires_at = datetime.fromisoformat(result["expires_at"]).timestamp()
+    assert before - 0.01 <= injected_at and math.isclose(expires_at - before, 30, abs_tol=2)
     [lease] = _leases(conf)
     assert lease.fault_id == result["fault_id"] and lease.kind == "latency" and lease.backend == "proxy"
     assert _toxics(rig)["up"]["expires_at"] == lease.expires_at  # the proxy enforces the lease too

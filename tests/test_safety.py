@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -12,7 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from chaoscheckout.faults.deadruns import read_records
 from chaoscheckout.faults.leases import LeaseStore
+from chaoscheckout.faults.owner import Owner, boot_id
+from chaoscheckout.runtime.supervisor import SupervisorClient
 from chaoscheckout.service.actions import kill_service, start_service
 from chaoscheckout.service.probes import service_is_healthy
 
@@ -115,33 +119,70 @@ def test_completed_run_with_safety_and_rollback(stack, tmp_path):
     assert _leases(stack) == [] and service_is_healthy(TARGET)
 
 
-def test_sigkilled_run_is_reverted_by_the_reaper(stack, tmp_path):
+def _start_run(stack, tmp_path: Path, experiment: dict) -> tuple[subprocess.Popen, Path]:
     path = tmp_path / "experiment.json"
-    path.write_text(json.dumps(_experiment([], duration_s=3, pause_after_s=60)))
+    path.write_text(json.dumps(experiment))
+    journal = tmp_path / "journal.json"
     proc = subprocess.Popen(
         [CHAOS, "--no-version-check", "--log-file", str(tmp_path / "chaostoolkit.log"), "run",
-         "--journal-path", str(tmp_path / "journal.json"), str(path)],
+         "--journal-path", str(journal), str(path)],
         cwd=tmp_path, env=stack.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
+    deadline = time.time() + 30
+    while time.time() < deadline and not (_leases(stack) and not service_is_healthy(TARGET, 0.5)):
+        time.sleep(0.05)
+    assert _leases(stack) and not service_is_healthy(TARGET), "chaos run never injected the fault"
+    return proc, journal
+
+
+def _seconds_until_reverted(stack, limit_s: float = 15) -> float:
+    sent = time.monotonic()
+    while time.monotonic() - sent < limit_s and not (service_is_healthy(TARGET, 0.5) and not _leases(stack)):
+        time.sleep(0.05)
+    return time.monotonic() - sent
+
+
+def test_sigkilled_run_is_reverted_by_the_dead_man_switch(stack, tmp_path):
+    """SIGKILL runs nothing in chaos run: the reaper sees the owner gone, not the lease expire."""
+    proc, _ = _start_run(stack, tmp_path, _experiment([], duration_s=60, pause_after_s=60))
     try:
-        deadline = time.time() + 30
-        while time.time() < deadline and not (_leases(stack) and not service_is_healthy(TARGET, 0.5)):
-            time.sleep(0.05)
-        leases = _leases(stack)
-        assert leases and not service_is_healthy(TARGET), "chaos run never injected the fault"
         time.sleep(0.3)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
-        assert not service_is_healthy(TARGET), "the fault should still be there after SIGKILL"
-        expires_at = leases[0].expires_at
-        while time.time() < expires_at + 8 and not (service_is_healthy(TARGET, 0.5) and not _leases(stack)):
-            time.sleep(0.1)
-        reverted_after_s = time.time() - expires_at
+        gone_after_s = _seconds_until_reverted(stack)
         assert service_is_healthy(TARGET) and _leases(stack) == []
-        assert reverted_after_s < 5, reverted_after_s
-        print(f"SIGKILLed run: fault reverted {reverted_after_s:.2f} s after lease expiry")
+        assert gone_after_s < 5, gone_after_s  # the lease had 60 s left
+        [record] = [r for r in read_records(stack.state_dir) if r.get("owner", {}).get("pid") == proc.pid]
+        assert "is gone" in record["cause"] and record["verified"] is True
+        print(f"SIGKILLed run: fault gone {gone_after_s:.2f} s after the kill")
     finally:
         if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        start_service(TARGET, timeout_s=30)
+
+
+def test_frozen_run_is_reverted_then_notices_and_never_reinjects(stack, tmp_path):
+    experiment = _experiment([SAFETY], duration_s=60, pause_after_s=20)
+    experiment["method"].append(_kill_action(60, 0))  # a second injection it must never make
+    proc, journal_path = _start_run(stack, tmp_path, experiment)
+    try:
+        time.sleep(0.3)
+        os.kill(proc.pid, signal.SIGSTOP)
+        gone_after_s = _seconds_until_reverted(stack)
+        assert service_is_healthy(TARGET) and _leases(stack) == []
+        assert gone_after_s < 5, gone_after_s
+        os.kill(proc.pid, signal.SIGCONT)
+        proc.wait(timeout=30)
+        journal = json.loads(journal_path.read_text())
+        assert journal["status"] == "interrupted"
+        assert "stopped" in journal["chaoscheckout_safety"]["declared_dead"]["cause"]
+        assert [r["activity"]["name"] for r in journal["run"]] == ["kill-catalog"]  # never re-injected
+        assert service_is_healthy(TARGET) and _leases(stack) == []
+        print(f"SIGSTOPped run: fault gone {gone_after_s:.2f} s after the freeze")
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGCONT)
             proc.kill()
             proc.wait(timeout=10)
         start_service(TARGET, timeout_s=30)
@@ -174,7 +215,11 @@ def test_terminated_run_reverts_at_once(stack, tmp_path, signum):
         ended_after_s = time.monotonic() - sent
         journal = json.loads(journal_path.read_text())
         assert journal["status"] == "interrupted"
-        assert [r["kind"] for r in journal["chaoscheckout_safety"]["reverted"]] == ["kill"]
+        safety = journal["chaoscheckout_safety"]
+        # reverted at the signal, from a thread, before the other controls' teardown
+        assert safety["on_signal"]["signal"] == signal.Signals(signum).name
+        assert [r["kind"] for r in safety["on_signal"]["reverted"]] == ["kill"]
+        assert safety["on_signal"]["reverted"][0]["verified"] is True and safety["reverted"] == []
         assert _leases(stack) == [] and service_is_healthy(TARGET, timeout_s=2)
         assert ended_after_s < 10, f"the run took {ended_after_s:.1f} s to end (lease was 60 s)"
     finally:
@@ -184,49 +229,108 @@ def test_terminated_run_reverts_at_once(stack, tmp_path, signum):
         start_service(TARGET, timeout_s=30)
 
 
-def test_stale_lease_refused_then_reverted(stack, tmp_path):
-    kill_service(TARGET, duration_s=60)  # a fault left by "an earlier run"
+def _fault_of_a_dead_run(stack) -> None:
+    """A kill left by an earlier run that died, with the reaper stopped (so only the safety
+    control can find it)."""
+    SupervisorClient(stack.registry.supervisor_url).stop("reaper")
+    code = "from chaoscheckout.service.actions import kill_service; kill_service('catalog', 60)"
+    subprocess.run([sys.executable, "-c", code], env=stack.env, check=True, timeout=60)
+    assert _leases(stack) and not service_is_healthy(TARGET)
+
+
+def test_dead_runs_fault_refused_then_reverted(stack, tmp_path):
+    _fault_of_a_dead_run(stack)
     try:
         refuse = {**SAFETY, "provider": {**SAFETY["provider"], "arguments": {"on_stale": "refuse"}}}
         proc, journal = _chaos_run(stack, tmp_path, _experiment([refuse], pause_after_s=0.5))
         assert journal["status"] == "interrupted", proc.stdout + proc.stderr
         assert journal["run"] == []  # nothing was injected by this run
-        # the end-of-run revert still cleaned up, so the next run starts clean
-        assert _leases(stack) == [] and service_is_healthy(TARGET, timeout_s=2)
+        assert "live faults of dead runs" in proc.stdout + proc.stderr
+        assert len(_leases(stack)) == 1  # not this run's: left for the reaper
     finally:
+        SupervisorClient(stack.registry.supervisor_url).start("reaper")
+        deadline = time.time() + 15
+        while time.time() < deadline and _leases(stack):
+            time.sleep(0.1)
         start_service(TARGET, timeout_s=30)
+    assert _leases(stack) == []
 
 
-def test_stale_lease_reverted_before_the_run(stack, tmp_path):
-    kill_service(TARGET, duration_s=60)
+def test_dead_runs_fault_reverted_before_the_run_and_said_so(stack, tmp_path):
+    _fault_of_a_dead_run(stack)
     try:
         proc, journal = _chaos_run(stack, tmp_path, _experiment([SAFETY], pause_after_s=0.5))
         # the stale kill was reverted before the steady-state check, so the run completes
         assert journal["status"] == "completed", proc.stdout + proc.stderr
         assert journal["steady_states"]["before"]["steady_state_met"] is True
+        [stale] = journal["chaoscheckout_safety"]["stale_reverted"]
+        assert "owner dead" in stale["reason"] and stale["verified"] is True
+        assert journal["chaoscheckout_safety"]["run_id"].startswith("run-")
         assert _leases(stack) == []
     finally:
+        SupervisorClient(stack.registry.supervisor_url).start("reaper")
         start_service(TARGET, timeout_s=30)
+
+
+def test_another_live_runs_fault_is_left_alone_and_named(stack, tmp_path):
+    kill_service(TARGET, duration_s=60)  # this test process is a live run holding catalog
+    try:
+        proc, journal = _chaos_run(stack, tmp_path, _experiment([SAFETY], pause_after_s=0.5))
+        [mine] = _leases(stack)
+        assert journal["chaoscheckout_safety"]["left_alone"] == [
+            {"fault_id": mine.fault_id, "run_id": mine.owner.run_id}]
+        assert not service_is_healthy(TARGET)  # neither its rollback nor its safety control undid it
+        experiment = _experiment([SAFETY], pause_after_s=0.5)
+        del experiment["steady-state-hypothesis"]
+        proc, journal = _chaos_run(stack, tmp_path, experiment)
+        [kill] = journal["run"]
+        assert kill["status"] == "failed" and mine.owner.run_id in kill["exception"][-1]
+    finally:
+        start_service(TARGET, timeout_s=30)
+    assert _leases(stack) == []
+
+
+def test_halt_reverts_aborts_the_run_and_blocks_until_cleared(stack, tmp_path):
+    cli = str(Path(sys.executable).parent / "chaoscheckout")
+    proc, journal_path = _start_run(stack, tmp_path, _experiment([SAFETY], duration_s=60, pause_after_s=30))
+    try:
+        halted = subprocess.run([cli, "halt", "--reason", "test halt"], env=stack.env, capture_output=True,
+                                text=True, timeout=60)
+        assert halted.returncode == 0, halted.stdout + halted.stderr
+        assert service_is_healthy(TARGET) and _leases(stack) == []
+        print(halted.stdout.strip().splitlines()[-1])
+        proc.wait(timeout=15)  # the run's heartbeat sees the halt and interrupts it
+        journal = json.loads(journal_path.read_text())
+        assert journal["status"] == "interrupted"
+        assert journal["chaoscheckout_safety"]["halt"]["reason"] == "test halt"
+        refused, _ = _chaos_run(stack, tmp_path, _experiment([SAFETY], pause_after_s=0.5))
+        assert "halted" in refused.stdout + refused.stderr and service_is_healthy(TARGET)
+        with pytest.raises(Exception, match="halted"):
+            kill_service(TARGET, duration_s=10)
+    finally:
+        subprocess.run([cli, "halt", "--clear"], env=stack.env, capture_output=True, timeout=60)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        start_service(TARGET, timeout_s=30)
+    kill_service(TARGET, duration_s=10)  # cleared: allowed again
+    start_service(TARGET, timeout_s=30)
 
 
 def test_reaper_survives_a_bad_lease_and_keeps_reverting(stack):
     """A lease that cannot be reverted is retried; the others are still reverted."""
     leases_dir = stack.state_dir / "leases"
-    bad = leases_dir / "kill-ghost-00000000.json"
-    bad.write_text(json.dumps({
-        "fault_id": "kill-ghost-00000000", "kind": "kill", "service": "ghost", "backend": "local",
-        "params": {}, "created_at": time.time() - 10, "expires_at": time.time() - 5,
-    }))
+    bad = LeaseStore(leases_dir).create("kill", "ghost", "local", {}, 1, Owner(
+        "run-gone", socket.gethostname(), 999999, 1, boot_id()))
     try:
         kill_service(TARGET, duration_s=1)
         deadline = time.time() + 10
         while time.time() < deadline and not service_is_healthy(TARGET, 0.5):
             time.sleep(0.1)
         assert service_is_healthy(TARGET), "one bad lease stopped the reaper"
-        assert bad.exists()  # still there: retried, never silently dropped
-        assert [lease.fault_id for lease in _leases(stack)] == ["kill-ghost-00000000"]
+        assert [lease.fault_id for lease in _leases(stack)] == [bad.fault_id]  # retried, never dropped
     finally:
-        bad.unlink(missing_ok=True)
+        LeaseStore(leases_dir).remove(bad.fault_id)
         start_service(TARGET, timeout_s=30)
 
 

@@ -79,3 +79,32 @@ def test_reaper_restarts_a_killed_service_at_lease_expiry(stack):
         print(f"reaper: {result['fault_id']} healthy {back_after_expiry:.2f} s after expiry")
     finally:
         start_service(TARGET, timeout_s=30)
+
+
+@pytest.mark.parametrize("step", ["during-kill", "after-kill"])
+def test_kill_that_fails_after_the_signal_is_undone_before_the_error(stack, monkeypatch, step):
+    """Lease first, effect second: a kill whose call fails once SIGKILL was sent (e.g. a
+    short io_timeout_s while waiting for the process to be down) starts the service again
+    before the error reaches the caller, and leaves no lease."""
+    from chaoscheckout.faults import inject
+    from chaoscheckout.runtime.local import LocalRuntime
+
+    real_kill = LocalRuntime.kill
+
+    def kill_then_fail(self, service, timeout_s=10.0):
+        real_kill(self, service, timeout_s)
+        raise TimeoutError("lost the answer after SIGKILL (forced by the test)")
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("failure after the effect (forced by the test)")
+
+    if step == "during-kill":
+        monkeypatch.setattr(LocalRuntime, "kill", kill_then_fail)
+    else:
+        monkeypatch.setattr(inject, "_announce", fail)
+    pid_before = service_pid(TARGET)
+    with pytest.raises(Exception, match="forced by the test") as raised:
+        kill_service(TARGET, duration_s=30)
+    assert "was reverted after this failure (verified: True" in "".join(raised.value.__notes__)
+    assert service_is_healthy(TARGET) and service_pid(TARGET) != pid_before  # killed, then started
+    assert _leases(stack) == []

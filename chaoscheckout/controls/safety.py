@@ -1,13 +1,20 @@
-"""Safety control: no fault outlives its experiment, whatever the run's status.
+"""Safety control: this run's faults never outlive it; other runs' faults are never touched.
 
-At the end of the experiment (completed, failed, aborted, or interrupted by a
-chaostoolkit-addons safeguard) it reverts every live lease of the state dir, whatever
-``--rollback-strategy`` says, and records what it reverted in the journal under
-``chaoscheckout_safety``. Before the experiment it deals with leases left by an
-earlier run: ``on_stale: "revert"`` (default) reverts them, ``"refuse"`` interrupts the
-run before anything starts (the end-of-run revert still runs, so the next run starts
-clean). (A SIGKILLed ``chaos run`` runs no control at all: the
-reaper reverts its faults at lease expiry.)
+Before the experiment it gives the run an id (recorded in the journal) that owns every
+fault the run injects (see :mod:`chaoscheckout.faults.owner`), and deals with leases
+whose owner is dead (an earlier run that was SIGKILLed or froze): ``on_stale: "revert"``
+(default) reverts them and says so, ``"refuse"`` interrupts the run before anything
+starts. Faults of other live runs are left alone. It also refuses to start while
+injections are halted (``chaoscheckout halt``).
+
+Before each activity it interrupts the run when a halt was set or when the reaper
+declared this run dead (it was frozen and its faults were reverted for it): such a run
+never injects again.
+
+At the end of the experiment (completed, failed, aborted, interrupted) it reverts this
+run's live faults only, whatever ``--rollback-strategy`` says, and records it in the
+journal under ``chaoscheckout_safety``. (A SIGKILLed ``chaos run`` runs no control at
+all: the reaper's dead-man switch reverts its faults within seconds.)
 
 Add it to an experiment::
 
@@ -28,6 +35,9 @@ Add it to an experiment::
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import threading
 import time
 from typing import Any
 
@@ -35,11 +45,20 @@ from chaoslib.exceptions import InterruptExecution, InvalidControl
 from chaoslib.types import Configuration, Control, Experiment, Journal
 
 from chaoscheckout.config import settings_from
+from chaoscheckout.faults.halt import halt_record
 from chaoscheckout.faults.leases import LeaseStore
-from chaoscheckout.faults.revert import revert_all
+from chaoscheckout.faults.owner import (
+    clear_run_id,
+    current_owner,
+    declared_dead,
+    ensure_heartbeat,
+    set_run_id,
+)
+from chaoscheckout.faults.revert import owner_verdict, revert_dead, revert_own
 from chaoscheckout.sli import guards
 
-__all__ = ["validate_control", "before_experiment_control", "after_experiment_control"]
+__all__ = ["validate_control", "before_experiment_control", "before_activity_control",
+           "after_experiment_control"]
 
 logger = logging.getLogger("chaostoolkit")
 
@@ -58,50 +77,149 @@ def before_experiment_control(
     context: Experiment, configuration: Configuration = None, on_stale: str = "revert", **kwargs: Any
 ) -> None:
     """
-    Before the experiment: leases still live from an earlier run are reverted
-    (`on_stale: "revert"`, the default) or stop this run before it starts
-    (`on_stale: "refuse"`).
+    Before the experiment: start this run (its id owns its faults); faults whose owner
+    is dead are reverted (`on_stale: "revert"`, the default) or stop this run before it
+    starts (`on_stale: "refuse"`); faults of other live runs are left alone. A halt
+    stops the run.
     """
     guards.reset()
+    _RUN.clear()
     if on_stale not in ON_STALE:
         raise InterruptExecution(f"safety control: on_stale must be one of {ON_STALE}, got {on_stale!r}")
-    stale = LeaseStore(settings_from(configuration).leases_dir).live()
+    settings = settings_from(configuration)
+    run_id = set_run_id()
+    _RUN["run_id"] = run_id
+    ensure_heartbeat(settings.state_dir / "owners")
+    _revert_on_signals(configuration)
+    logger.info("safety control: run %s (pid %s)", run_id, current_owner().pid)
+    halt = halt_record(settings.state_dir)
+    if halt is not None:
+        raise InterruptExecution(f"safety control: fault injection is halted by {halt.get('by')} "
+                                 f"({halt.get('reason')}): run `chaoscheckout halt --clear` first")
+    owners_dir = settings.state_dir / "owners"
+    stale, others = [], []
+    for lease in LeaseStore(settings.leases_dir).live():
+        (stale if owner_verdict(lease, owners_dir).alive is False else others).append(lease)
+    for lease in others:
+        logger.info("safety control: %s (%s on %s) belongs to %s, alive: left alone", lease.fault_id,
+                    lease.kind, lease.service, lease.owner.describe())
+    _RUN["left_alone"] = [{"fault_id": lease.fault_id, "run_id": lease.owner.run_id} for lease in others]
     if not stale:
         return
-    names = ", ".join(lease.fault_id for lease in stale)
+    names = ", ".join(f"{lease.fault_id} of {lease.owner.describe()}" for lease in stale)
     if on_stale == "refuse":
         raise InterruptExecution(
-            f"safety control: live faults from an earlier run: {names}; revert them "
+            f"safety control: live faults of dead runs: {names}; revert them "
             "(or wait for the reaper) before starting another experiment"
         )
-    logger.warning("safety control: reverting faults left by an earlier run: %s", names)
-    for result in revert_all(configuration):
+    logger.warning("safety control: reverting faults whose owner is dead: %s", names)
+    _RUN["stale_reverted"] = revert_dead(configuration)
+    for result in _RUN["stale_reverted"]:
         logger.info("safety control: stale fault reverted: %s", result)
+
+
+def before_activity_control(context: Any, configuration: Configuration = None, **kwargs: Any) -> None:
+    """Before each activity: interrupt the run when halted or declared dead."""
+    settings = settings_from(configuration)
+    halt = halt_record(settings.state_dir)
+    if halt is not None:
+        _RUN.setdefault("halt", halt)
+        raise InterruptExecution(f"safety control: halted by {halt.get('by')} ({halt.get('reason')})")
+    if "run_id" in _RUN:
+        dead = declared_dead(settings.state_dir / "owners")
+        if dead is not None:
+            raise InterruptExecution(
+                f"safety control: this run was declared dead ({dead.get('cause')}) and its faults were "
+                "reverted for it: it stops here and never injects again"
+            )
 
 
 def after_experiment_control(
     context: Experiment, state: Journal, configuration: Configuration = None, **kwargs: Any
 ) -> None:
     """
-    After the experiment, whatever its status: revert every live lease and record
-    `{status, reverted: [...], at}` in the journal under `chaoscheckout_safety`.
+    After the experiment, whatever its status: revert this run's live faults and record
+    `{run_id, status_seen, reverted: [...], at, abort, halt, declared_dead, stale_reverted,
+    left_alone}` in the journal under `chaoscheckout_safety`.
     """
     status = state.get("status") if isinstance(state, dict) else None
+    settings = settings_from(configuration)
+    _restore_signals()
+    on_signal = _RUN.get("on_signal")
+    if on_signal is not None:
+        on_signal["thread"].join(timeout=60)  # never two reverts of one fault at once
     try:
-        reverted = revert_all(configuration)
+        reverted = revert_own(configuration)
     except Exception as exc:  # noqa: BLE001 - chaoslib would swallow it at debug level
-        logger.error("safety control: could not revert live faults: %s (the reaper reverts them at "
-                     "lease expiry)", exc)
+        logger.error("safety control: could not revert live faults: %s (the reaper reverts them when "
+                     "this run ends)", exc)
         reverted = [{"error": str(exc)}]
     if reverted:
-        logger.warning("safety control: reverted %d live fault(s) at the end of a %s run",
+        logger.warning("safety control: reverted %d live fault(s) of this run at the end of a %s run",
                        len(reverted), status)
     else:
-        logger.info("safety control: no live fault at the end of the experiment")
+        logger.info("safety control: no live fault of this run at the end of the experiment")
+    dead = declared_dead(settings.state_dir / "owners") if "run_id" in _RUN else None
+    if dead is not None:
+        logger.warning("safety control: this run was declared dead meanwhile (%s); the reaper reverted "
+                       "its faults at %s", dead.get("cause"), dead.get("reverted_at"))
     if isinstance(state, dict):
         now = time.time()
-        state[JOURNAL_KEY] = {"status_seen": status, "reverted": reverted, "at": now,
-                              "abort": _abort_record(now)}
+        state[JOURNAL_KEY] = {"run_id": _RUN.get("run_id"), "status_seen": status, "reverted": reverted,
+                              "at": now, "abort": _abort_record(now),
+                              "halt": _RUN.get("halt") or halt_record(settings.state_dir),
+                              "declared_dead": dead, "stale_reverted": _RUN.get("stale_reverted", []),
+                              "left_alone": _RUN.get("left_alone", []),
+                              "on_signal": {k: v for k, v in on_signal.items() if k != "thread"}
+                              if on_signal else None}
+    clear_run_id()
+    _RUN.clear()
+
+
+_RUN: dict[str, Any] = {}  # this process's run; reset by before_experiment_control
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _revert_on_signals(configuration: Configuration) -> None:
+    """SIGINT / SIGTERM: start reverting this run's faults at once, in a thread, then let
+    the previous handler act (KeyboardInterrupt, chaoslib's interruption). Without this
+    the revert waits for the other controls' teardown (seen: 3-5 s after a Ctrl-C)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in _SIGNALS:
+        previous = signal.getsignal(signum)
+        if previous in (signal.SIG_IGN, None):
+            continue  # ignored (e.g. SIGINT of a background job): keep it ignored
+
+        def handler(num: int, frame: Any, previous: Any = previous) -> Any:
+            if "on_signal" not in _RUN:
+                thread = threading.Thread(target=_revert_now, args=(configuration, num),
+                                          name="chaoscheckout-signal-revert", daemon=True)
+                _RUN["on_signal"] = {"signal": signal.Signals(num).name, "at": time.time(),
+                                     "thread": thread}
+                thread.start()
+            if callable(previous):
+                return previous(num, frame)
+            signal.signal(num, signal.SIG_DFL)  # default disposition: act as it would have
+            os.kill(os.getpid(), num)
+            return None
+
+        _RUN.setdefault("previous_handlers", {})[signum] = previous
+        signal.signal(signum, handler)
+
+
+def _revert_now(configuration: Configuration, signum: int) -> None:
+    results = revert_own(configuration)
+    _RUN["on_signal"].update(reverted=results, reverted_at=time.time())
+    logger.warning("safety control: %s: reverted %d fault(s) of this run at once",
+                   signal.Signals(signum).name, len(results))
+
+
+def _restore_signals() -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum, previous in _RUN.pop("previous_handlers", {}).items():
+        signal.signal(signum, previous)
 
 
 def _abort_record(reverted_at: float) -> dict[str, Any] | None:

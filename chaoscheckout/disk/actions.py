@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
+import os
 from typing import Any
 
 from chaoslib.types import Configuration
@@ -17,7 +17,9 @@ from chaoscheckout.disk.ballast import (
     write_ballast,
 )
 from chaoscheckout.errors import ChaosCheckoutError
+from chaoscheckout.faults.inject import Injection, check_can_inject, inject_fault
 from chaoscheckout.faults.leases import Lease, LeaseStore, check_duration
+from chaoscheckout.faults.revert import split_by_owner
 from chaoscheckout.runtime import get_runtime
 
 __all__ = ["fill_disk", "release_disk"]
@@ -43,39 +45,34 @@ def fill_disk(
     duration_s, ballast_path, ballast_bytes, free_bytes_before, free_bytes_after,
     filesystem_bytes}, injected_at, expires_at}`. Undo with `release_disk(service)`.
     Raises InvalidFaultArgument (nothing changed) for a bad argument, a symlinked or
-    outside ballast path, or a disk that is already filled.
+    outside ballast path, a disk that is already filled, or a service that carries
+    another live run's fault (FaultConflict, naming the run); FaultsHalted while
+    `chaoscheckout halt` is on. Owned by the calling run: if it dies or freezes, the
+    reaper deletes the ballast within seconds.
     """
     settings = settings_from(configuration)
     duration = check_duration(duration_s, settings.max_fault_duration_s)
     runtime = get_runtime(configuration)
     runtime.target(service)
+    check_can_inject("disk", service, configuration)
     path = ballast_path(runtime.data_dir(service))
     store = LeaseStore(settings.leases_dir)
     if path.exists() or store.for_service(service, "disk"):
         raise ChaosCheckoutError(f"the disk of {service!r} is already filled: release_disk first")
     before = fs_usage(path.parent)
     leave = check_leave_bytes(leave_bytes, before)
-    lease = store.create(
-        "disk", service, runtime.name,
-        {"leave_bytes": leave, "duration_s": duration, "ballast_path": str(path)}, duration,
-    )
-    try:
+
+    def apply(lease: Lease) -> dict[str, Any]:
         size = write_ballast(path, leave)
-    except BaseException:
-        store.remove(lease.fault_id)
-        raise
-    after = fs_usage(path.parent)
-    logger.info("filled %s: %d-byte ballast, %d bytes left, lease %s", path.parent, size,
-                after.free_bytes, lease.fault_id)
-    return lease.fault_result(service, {
-        "leave_bytes": leave,
-        "duration_s": duration,
-        "ballast_path": str(path),
-        "ballast_bytes": size,
-        "free_bytes_before": before.free_bytes,
-        "free_bytes_after": after.free_bytes,
-        "filesystem_bytes": after.size_bytes,
-    })
+        after = fs_usage(path.parent)
+        logger.info("filled %s: %d-byte ballast, %d bytes left, lease %s", path.parent, size,
+                    after.free_bytes, lease.fault_id)
+        return {"ballast_bytes": size, "free_bytes_after": after.free_bytes,
+                "filesystem_bytes": after.size_bytes}
+
+    parameters = {"leave_bytes": leave, "duration_s": duration, "ballast_path": str(path),
+                  "free_bytes_before": before.free_bytes}
+    return inject_fault(Injection("disk", service, runtime.name, duration, parameters, apply), configuration)
 
 
 def release_disk(service: str, configuration: Configuration = None) -> dict[str, Any]:
@@ -83,17 +80,24 @@ def release_disk(service: str, configuration: Configuration = None) -> dict[str,
     Delete the ballast that `fill_disk` wrote for `service` (and nothing else).
 
     Idempotent: with no ballast it changes nothing and says so (`removed: false`).
-    Returns `{service, removed, freed_bytes, free_bytes_after, reverted_leases}`.
+    A disk fault of another live run is left alone (`left_alone`): runs never undo
+    each other.
+    Returns `{service, removed, freed_bytes, free_bytes_after, reverted_leases, left_alone}`.
     """
     settings = settings_from(configuration)
     runtime = get_runtime(configuration)
     runtime.entry(service)
     store = LeaseStore(settings.leases_dir)
-    leases = store.for_service(service, "disk")
     path = ballast_path(runtime.data_dir(service))
+    mine, dead, others = split_by_owner(store.for_service(service, "disk"), settings.state_dir / "owners")
+    if others:
+        logger.warning("release_disk: %s carries %s of %s: left alone", service, others[0].fault_id,
+                       others[0].owner.describe())
+        return {"service": service, "removed": False, "freed_bytes": 0,
+                "free_bytes_after": fs_usage(path.parent).free_bytes, "reverted_leases": [],
+                "left_alone": [{"fault_id": o.fault_id, "run_id": o.owner.run_id} for o in others]}
+    leases = mine + dead
     freed = delete_ballast(path)
-    for lease in leases:  # a lease may name an older data_dir: delete its ballast too
-        freed += delete_ballast(Path(lease.params.get("ballast_path", path)))
     reverted = [lease.fault_id for lease in leases if store.remove(lease.fault_id)]
     if freed or reverted:
         logger.info("released %s: freed %d bytes", path, freed)
@@ -105,13 +109,29 @@ def release_disk(service: str, configuration: Configuration = None) -> dict[str,
         "freed_bytes": freed,
         "free_bytes_after": fs_usage(path.parent).free_bytes,
         "reverted_leases": reverted,
+        "left_alone": [],
     }
 
 
 def revert_disk_lease(lease: Lease, configuration: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Undo a disk lease (reaper, safety control): delete the ballast it names."""
-    raw = lease.params.get("ballast_path")
-    if not raw:
-        raise ChaosCheckoutError(f"disk lease {lease.fault_id} names no ballast_path")
-    freed = delete_ballast(Path(raw))
+    """Undo a disk lease (reaper, safety control): delete the service's ballast.
+
+    The path is resolved from the registry and the runtime now, never taken from the lease.
+    """
+    path = ballast_path(get_runtime(configuration).data_dir(lease.service))
+    freed = delete_ballast(path)
     return {"action": "deleted ballast" if freed else "no ballast (nothing to do)", "freed_bytes": freed}
+
+
+def verify_disk_reverted(lease: Lease, configuration: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The fill is gone when the ballast file is gone and free space is back (more than
+    halfway from what the fault left to what was free before it)."""
+    path = ballast_path(get_runtime(configuration).data_dir(lease.service))
+    free = fs_usage(path.parent).free_bytes
+    leave = int(lease.params.get("leave_bytes", 0) or 0)
+    before = lease.params.get("free_bytes_before")
+    wanted = leave + (int(before) - leave) // 2 if isinstance(before, int) and before > leave else leave + 1
+    gone = not os.path.lexists(path)
+    ok = gone and free >= wanted
+    return {"verified": ok, "checked": f"ballast {'absent' if gone else 'still present'} at {path}; "
+            f"free {free} bytes (needs >= {wanted})"}

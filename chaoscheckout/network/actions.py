@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from typing import Any
 
 from chaoscheckout.config import Settings, settings_from
 from chaoscheckout.errors import BackendUnavailable, InvalidFaultArgument
+from chaoscheckout.faults.inject import Injection, check_can_inject, inject_fault
 from chaoscheckout.faults.leases import Lease, LeaseStore, check_duration
-from chaoscheckout.faults.revert import revert_lease
+from chaoscheckout.faults.revert import revert_lease, split_by_owner
 from chaoscheckout.network import netem
 from chaoscheckout.network.proxy.toxic import MAX_DELAY_MS
 from chaoscheckout.network.proxy_client import ProxyControl, ProxyUnreachable
@@ -76,10 +76,15 @@ def add_latency(
       with the probe `latency_fault_effect`. Irrelevant for netem (fraction 1).
 
     Invalid arguments, an unknown or non-target service, a service that already has a
-    latency fault or an unusable backend are refused before anything is changed.
+    latency fault or carries another live run's fault (FaultConflict, naming the run),
+    an unusable backend or a halt (FaultsHalted) are refused before anything is
+    changed. Owned by the calling run: if it dies or freezes, the reaper removes the
+    latency within seconds.
 
     Returns `{fault_id, kind, backend, target, parameters, injected_at, expires_at}`
-    (unix seconds); `backend` is the one actually used, `parameters` include `scope`.
+    (`target` the service, ISO 8601 UTC times); `backend` is the one actually used,
+    `parameters` include `scope` and where the delay sits (`route`, `listen`,
+    `upstream` for the proxy; `netns`, `devices` for netem).
     Undo with `remove_latency(service)`, which returns the fault's final `effect`.
     """
     settings = settings_from(configuration)
@@ -93,44 +98,32 @@ def add_latency(
     entry = registry.target(service)
     if (settings.runtime or registry.runtime) != "local":  # e.g. docker checks the container's label
         get_runtime(configuration).target(service)
+    check_can_inject("latency", service, configuration)
     store = LeaseStore(settings.leases_dir)
-    for stale in store.for_service(service, "latency"):
-        if stale.remaining_s() <= 0:  # expired but not yet reaped: its time is over anyway
-            revert_lease(stale, configuration)
-    existing = store.for_service(service, "latency")
+    existing = [lease for lease in store.for_service(service, "latency") if not lease.is_expired()]
     if existing:
         raise InvalidFaultArgument(
             f"service {service!r} already has a latency fault ({existing[0].fault_id}); "
             "remove_latency first"
         )
     chosen, target = _plan(registry, entry, backend, share, settings)
-    params = {"delay_ms": delay, "jitter_ms": jitter, "fraction": share, "scope": scope,
-              "duration_s": duration,
-              "distribution": "uniform", "requested_backend": backend, "backend": chosen, **target}
-    lease = store.create("latency", service, chosen, params, duration)
-    try:
+    parameters = {"delay_ms": delay, "jitter_ms": jitter, "fraction": share, "scope": scope,
+                  "duration_s": duration, "distribution": "uniform", "requested_backend": backend,
+                  **{k: v for k, v in target.items() if k != "proxy_control_url"}}
+
+    def apply(lease: Lease) -> dict[str, Any]:
         if chosen == "proxy":
             control = ProxyControl(target["proxy_control_url"], settings.io_timeout_s)
             control.set_latency(target["route"], delay, jitter, share, lease.expires_at, lease.fault_id,
                                 scope)
+            measured: dict[str, Any] = {}
         else:
-            target["devices"] = netem.add_netem(target["netns"], delay, jitter, settings.io_timeout_s)
-    except Exception:
-        store.remove(lease.fault_id)
-        raise
-    injected_at = time.time()
-    logger.info("latency %g±%g ms (fraction %g of %ss) on %s via %s until %.0f (%s)",
-                delay, jitter, share, scope, service, chosen, lease.expires_at, lease.fault_id)
-    return {
-        "fault_id": lease.fault_id,
-        "kind": "latency",
-        "backend": chosen,
-        "target": {"service": service, **target},
-        "parameters": {k: params[k] for k in ("delay_ms", "jitter_ms", "fraction", "scope",
-                                               "duration_s", "distribution", "requested_backend")},
-        "injected_at": injected_at,
-        "expires_at": lease.expires_at,
-    }
+            measured = {"devices": netem.add_netem(target["netns"], delay, jitter, settings.io_timeout_s)}
+        logger.info("latency %g±%g ms (fraction %g of %ss) on %s via %s until %.0f (%s)",
+                    delay, jitter, share, scope, service, chosen, lease.expires_at, lease.fault_id)
+        return measured
+
+    return inject_fault(Injection("latency", service, chosen, duration, parameters, apply), configuration)
 
 
 def remove_latency(service: str, configuration: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -142,8 +135,11 @@ def remove_latency(service: str, configuration: dict[str, Any] | None = None) ->
 
     - `service`: a service of the registry.
 
+    A latency fault of another live run is left alone (`left_alone`): runs never undo
+    each other.
+
     Returns `{service, reverted: [fault ids], proxy_toxic_removed, netem_removed:
-    [devices], effect, message}`; `effect` is what the removed fault did, read at revert
+    [devices], effect, left_alone, message}`; `effect` is what the removed fault did, read at revert
     (the `latency_fault_effect` dict, or null when no fault was live), so the journal
     shows how much traffic was really slowed.
     """
@@ -152,7 +148,15 @@ def remove_latency(service: str, configuration: dict[str, Any] | None = None) ->
     entry = registry.service(service)
     store = LeaseStore(settings.leases_dir)
     reverted, proxy_removed, netem_removed, effect = [], False, [], None
-    for lease in store.for_service(service, "latency"):
+    mine, dead, others = split_by_owner(store.for_service(service, "latency"), settings.state_dir / "owners")
+    if others:
+        logger.warning("remove_latency: %s carries %s of %s: left alone", service, others[0].fault_id,
+                       others[0].owner.describe())
+        return {"service": service, "reverted": [], "proxy_toxic_removed": False, "netem_removed": [],
+                "effect": None, "left_alone": [{"fault_id": o.fault_id, "run_id": o.owner.run_id}
+                                               for o in others],
+                "message": f"latency on {service} belongs to another live run: left alone"}
+    for lease in mine + dead:
         result = revert_lease(lease, configuration)
         reverted.append(lease.fault_id)
         proxy_removed |= bool(result.get("proxy_toxic_removed"))
@@ -169,6 +173,7 @@ def remove_latency(service: str, configuration: dict[str, Any] | None = None) ->
         "proxy_toxic_removed": proxy_removed,
         "netem_removed": netem_removed,
         "effect": effect,
+        "left_alone": [],
         "message": "nothing to remove" if nothing else f"latency removed from {service}",
     }
 
@@ -176,12 +181,40 @@ def remove_latency(service: str, configuration: dict[str, Any] | None = None) ->
 def revert_latency_lease(lease: Lease, configuration: dict[str, Any] | None = None) -> dict[str, Any]:
     """Undo one latency lease (proxy toxic and netem qdisc, whichever is present); idempotent.
 
-    Used by :mod:`chaoscheckout.faults.revert` (rollbacks, safety control, reaper).
+    Where to act (route, control URL, netns) comes from the registry now, never from the
+    lease. Used by :mod:`chaoscheckout.faults.revert` (rollbacks, safety control, reaper).
     """
     settings = settings_from(configuration)
     registry = load_registry(settings.registry_file)
     entry = registry.services.get(lease.service)
-    return _clear(entry, registry, {**lease.params, "fault_id": lease.fault_id}, settings)
+    return _clear(entry, registry, {"fault_id": lease.fault_id, "scope": lease.params.get("scope")}, settings)
+
+
+def verify_latency_reverted(lease: Lease, configuration: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The latency is gone when the proxy has no toxic on the service's route and its
+    network namespace has no netem qdisc."""
+    settings = settings_from(configuration)
+    registry = load_registry(settings.registry_file)
+    entry = registry.services.get(lease.service)
+    checked, ok = [], True
+    if entry is not None and entry.proxy is not None and registry.proxy_control_url:
+        try:
+            toxic = ProxyControl(registry.proxy_control_url, settings.io_timeout_s).latency(entry.proxy.route)
+            ok &= toxic is None
+            state = "no toxic" if toxic is None else "toxic live"
+            checked.append(f"proxy route {entry.proxy.route}: {state}")
+        except ProxyUnreachable as exc:
+            if not exc.refused:
+                raise
+            checked.append("fault proxy not running (holds no toxic)")
+    if entry is not None and entry.netns:
+        present = netem.show_netem(netem.check_netns_name(entry.netns), settings.io_timeout_s)
+        ok &= not present
+        state = "netem on " + ", ".join(q.device for q in present) if present else "no netem qdisc"
+        checked.append(f"netns {entry.netns}: {state}")
+    if entry is None:
+        checked.append(f"{lease.service} is not in the registry: nothing to check")
+    return {"verified": ok, "checked": "; ".join(checked)}
 
 
 ###############################################################################
@@ -285,9 +318,9 @@ def _clear(
     ``effect`` in the result is what the removed fault did (proxy counters, or netem
     qdisc statistics read just before deletion), or None when nothing was live.
     """
-    route = params.get("route") or (entry.proxy.route if entry and entry.proxy else None)
-    control_url = params.get("proxy_control_url") or registry.proxy_control_url
-    netns = params.get("netns") or (entry.netns if entry else None)
+    route = entry.proxy.route if entry and entry.proxy else None
+    control_url = registry.proxy_control_url
+    netns = entry.netns if entry else None
     result: dict[str, Any] = {"proxy_toxic_removed": False, "netem_removed": [], "effect": None}
     if route and control_url:
         try:

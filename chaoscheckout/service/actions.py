@@ -9,12 +9,16 @@ from chaoslib.types import Configuration
 
 from chaoscheckout.config import settings_from
 from chaoscheckout.errors import ChaosCheckoutError
+from chaoscheckout.faults.inject import Injection, check_can_inject, inject_fault
 from chaoscheckout.faults.leases import Lease, LeaseStore, check_duration, check_positive
+from chaoscheckout.faults.revert import split_by_owner
 from chaoscheckout.runtime import get_runtime
 
 __all__ = ["kill_service", "start_service"]
 
 logger = logging.getLogger("chaostoolkit")
+
+START_TIMEOUT_S = 30.0  # a revert's bound comes from here, never from the lease
 
 
 def kill_service(
@@ -28,35 +32,33 @@ def kill_service(
       600). When it expires the reaper starts the service again, even if `chaos run`
       died. The action returns at once: observe with a pause or a probe.
 
-    Returns `{fault_id, kind: "kill", backend, target, parameters: {duration_s, pid},
-    injected_at, expires_at}`. Undo with the rollback `start_service(service)`; the
-    safety control also undoes it at the end of the experiment.
-    Raises InvalidFaultArgument (nothing changed) for an unknown service, a service
-    that is not a chaos target, or a bad duration.
+    The fault is owned by the calling run (the safety control's run id, else the
+    calling process): if that process dies or freezes, the reaper starts the service
+    again within seconds.
+
+    Returns `{fault_id, kind: "kill", backend, target, parameters: {duration_s, pid,
+    down_after_s}, injected_at, expires_at}`. Undo with the rollback
+    `start_service(service)`; the safety control also undoes it at the end of the
+    experiment. Raises InvalidFaultArgument (nothing changed) for an unknown service, a
+    service that is not a chaos target, a bad duration, or a service that carries
+    another live run's fault (FaultConflict, naming the run); FaultsHalted while
+    `chaoscheckout halt` is on.
     """
     settings = settings_from(configuration)
     duration = check_duration(duration_s, settings.max_fault_duration_s)
     runtime = get_runtime(configuration)
     runtime.target(service)
+    check_can_inject("kill", service, configuration)
     if runtime.pid(service) is None:
         raise ChaosCheckoutError(f"service {service!r} is not running: nothing to kill")
-    lease = LeaseStore(settings.leases_dir).create(
-        "kill", service, runtime.name, {"duration_s": duration}, duration
-    )
-    try:
+
+    def apply(lease: Lease) -> dict[str, Any]:
         killed = runtime.kill(service, timeout_s=settings.io_timeout_s)
-    except Exception:
-        try:
-            still_up = runtime.pid(service) is not None
-        except Exception:  # noqa: BLE001 - cannot tell: keep the lease, the reaper will start it
-            still_up = False
-        if still_up:  # nothing is left killed: drop the lease
-            LeaseStore(settings.leases_dir).remove(lease.fault_id)
-        raise
-    logger.info("killed %s (pid %s), lease %s for %g s", service, killed.pid, lease.fault_id, duration)
-    return lease.fault_result(
-        service, {"duration_s": duration, "pid": killed.pid, "down_after_s": round(killed.down_after_s, 3)}
-    )
+        logger.info("killed %s (pid %s), lease %s for %g s", service, killed.pid, lease.fault_id, duration)
+        return {"pid": killed.pid, "down_after_s": round(killed.down_after_s, 3)}
+
+    return inject_fault(Injection("kill", service, runtime.name, duration, {"duration_s": duration}, apply),
+                        configuration)
 
 
 def start_service(
@@ -69,18 +71,26 @@ def start_service(
     - `timeout_s`: how long to wait for the health check to pass (> 0).
 
     Idempotent: when the service is already running this only checks its health and
-    says so (`already_running: true`). Deletes the service's kill leases.
-    Returns `{service, started, already_running, healthy_after_s, pid, reverted_leases}`.
-    Raises ActivityFailed when the service is not healthy within `timeout_s`.
+    says so (`already_running: true`). Deletes the service's kill leases of this run
+    and of dead runs; a kill fault of another live run is left alone (`left_alone`)
+    and the service is not started: runs never undo each other.
+    Returns `{service, started, already_running, healthy_after_s, pid, reverted_leases,
+    left_alone}`. Raises ActivityFailed when the service is not healthy within `timeout_s`.
     """
     timeout = check_positive("timeout_s", timeout_s)
     settings = settings_from(configuration)
     runtime = get_runtime(configuration)
     runtime.entry(service)
     store = LeaseStore(settings.leases_dir)
-    leases = store.for_service(service, "kill")
+    mine, dead, others = split_by_owner(store.for_service(service, "kill"), settings.state_dir / "owners")
+    if others:
+        logger.warning("start_service: %s carries %s of %s: left alone", service, others[0].fault_id,
+                       others[0].owner.describe())
+        return {"service": service, "started": False, "already_running": False, "healthy_after_s": None,
+                "pid": None, "reverted_leases": [],
+                "left_alone": [{"fault_id": o.fault_id, "run_id": o.owner.run_id} for o in others]}
     result = runtime.start(service, timeout_s=timeout)
-    reverted = [lease.fault_id for lease in leases if store.remove(lease.fault_id)]
+    reverted = [lease.fault_id for lease in mine + dead if store.remove(lease.fault_id)]
     if result.started:
         logger.info("started %s, healthy after %.2f s", service, result.healthy_after_s)
     else:
@@ -92,14 +102,23 @@ def start_service(
         "healthy_after_s": round(result.healthy_after_s, 3),
         "pid": result.pid,
         "reverted_leases": reverted,
+        "left_alone": [],
     }
 
 
 def revert_kill_lease(lease: Lease, configuration: dict[str, Any] | None = None) -> dict[str, Any]:
     """Undo a kill lease (used by the reaper and the safety control): start the service."""
     runtime = get_runtime(configuration)
-    result = runtime.start(lease.service, timeout_s=float(lease.params.get("start_timeout_s", 30)))
+    result = runtime.start(lease.service, timeout_s=START_TIMEOUT_S)
     return {
         "action": "started" if result.started else "already running",
         "healthy_after_s": round(result.healthy_after_s, 3),
     }
+
+
+def verify_kill_reverted(lease: Lease, configuration: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The kill is gone when the service answers its health check again."""
+    runtime = get_runtime(configuration)
+    healthy = runtime.is_healthy(lease.service, timeout_s=min(2.0, runtime.settings.io_timeout_s))
+    return {"verified": healthy, "checked": f"{lease.service} health check "
+            f"{'passes' if healthy else 'fails'}"}

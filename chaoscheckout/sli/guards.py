@@ -3,7 +3,7 @@
 chaostoolkit-addons does not substitute ``${...}`` in a safeguard's tolerance, so a
 configurable threshold has to be an argument. Each guard returns ``True`` while the
 system is inside its abort threshold and ``False`` on a breach; use ``"tolerance": true``.
-On a breach the guard reverts every live fault at once, from its own thread, then
+On a breach the guard reverts its own run's live faults at once, from its own thread, then
 safeguards interrupt the run (which, unlike a rollback, cannot be delayed by a running
 pause). Every breach is remembered in this process (time, guard, measured value, what was
 reverted and when) so the safety control can record when the first breaching sample was
@@ -48,8 +48,10 @@ from chaoslib.exceptions import ActivityFailed
 
 from chaoscheckout.config import finite_number, settings_from
 from chaoscheckout.errors import InvalidFaultArgument
+from chaoscheckout.faults.halt import halt_record
 from chaoscheckout.faults.leases import LeaseStore
-from chaoscheckout.faults.revert import revert_all
+from chaoscheckout.faults.owner import current_owner
+from chaoscheckout.faults.revert import revert_own
 from chaoscheckout.sli.money import check_window_arguments
 from chaoscheckout.sli.probes import (
     charges_without_order,
@@ -80,6 +82,8 @@ def availability_guard(min_ratio: float = 0.5, window: str = "10s", during_fault
     """
     _check_ratio(min_ratio)
     check_window(window)
+    if _halted("availability_guard", configuration):
+        return False
     if during_fault and not _fault_live(configuration):
         return True
     value = checkout_availability(window=window, configuration=configuration)
@@ -103,6 +107,8 @@ def latency_guard(max_ms: float = 1000, quantile: float = 0.95, window: str = "1
     finite_number("max_ms", max_ms, 0, 3_600_000)
     check_quantile(quantile)
     check_window(window)
+    if _halted("latency_guard", configuration):
+        return False
     if during_fault and not _fault_live(configuration):
         return True
     value = checkout_latency_ms(quantile=quantile, window=window, configuration=configuration)
@@ -132,6 +138,8 @@ def money_guard(grace_s: float = 5, since: float | None = None, since_s: float =
     if isinstance(max_unobserved_s, str | bool):
         raise InvalidFaultArgument(f"max_unobserved_s must be a number, got {max_unobserved_s!r}")
     finite_number("max_unobserved_s", max_unobserved_s, 0, 600, low_inclusive=True)
+    if _halted("money_guard", configuration):
+        return False
     try:
         count = charges_without_order(grace_s=grace_s, since_s=since_s, since=since,
                                       configuration=configuration)
@@ -227,7 +235,7 @@ def _unobserved(guard: str, exc: Exception, max_unobserved_s: float,
 
 
 def _breach(guard: str, value: float | None, threshold: str, configuration: dict[str, Any] | None) -> None:
-    """Record the breach and revert every live fault NOW, from the guard's own thread.
+    """Record the breach and revert this run's live faults NOW, from the guard's own thread.
 
     chaostoolkit-addons then interrupts the run, but its signal may only reach the main
     thread when the running pause ends (seen: up to the rest of a 30 s pause), and an
@@ -237,7 +245,7 @@ def _breach(guard: str, value: float | None, threshold: str, configuration: dict
     reverted: tuple[str, ...] = ()
     reverted_at = None
     try:
-        results = revert_all(configuration)
+        results = revert_own(configuration)
         reverted = tuple(r.get("fault_id", "?") for r in results if "error" not in r)
         reverted_at = time.time() if results else None
         if results:
@@ -249,7 +257,24 @@ def _breach(guard: str, value: float | None, threshold: str, configuration: dict
 
 
 def _fault_live(configuration: dict[str, Any] | None) -> bool:
-    return bool(LeaseStore(settings_from(configuration).leases_dir).live())
+    """A fault of this run is live (other runs' faults are theirs to judge)."""
+    me = current_owner().run_id
+    leases = LeaseStore(settings_from(configuration).leases_dir).live()
+    return any(lease.owner.run_id == me for lease in leases)
+
+
+def _halted(guard: str, configuration: dict[str, Any] | None) -> bool:
+    """``chaoscheckout halt`` is on: every guard breaches (once recorded), so the run aborts."""
+    halt = halt_record(settings_from(configuration).state_dir)
+    if halt is None:
+        return False
+    with _LOCK:
+        seen = any(b.threshold.startswith("halted") for b in _BREACHES)
+    if not seen:
+        logger.warning(f"{guard}: fault injection halted by {halt.get('by')} ({halt.get('reason')})")
+        _breach(guard, None, f"halted by {halt.get('by')} at {halt.get('at')}: {halt.get('reason')}",
+                configuration)
+    return True
 
 
 def _check_ratio(value: Any) -> None:

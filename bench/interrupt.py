@@ -1,0 +1,362 @@
+"""Interruption benchmark: whatever ends a ``chaos run``, is its fault gone, and how fast?
+
+    .venv/bin/python bench/interrupt.py [--trials-per-ending 2] [--endings sigint-pg,sigkill]
+        [--experiments kill-catalog,payments-latency,fill-pg-disk] [--port-base 41700]
+        [--state-dir /var/tmp/cc-bench-interrupt] [--use-running] [--seed N] [--json FILE]
+        [--max-median-s 2] [--max-worst-s 5] [--round-robin] [--keep-logs DIR]
+
+Randomized trials of (shipped experiment x how the run ends) on the local runtime. Each
+trial starts ``chaos run`` of an experiment with short durations (configuration env:
+``CHAOSCHECKOUT_LOAD_WARMUP_S`` etc.) in its own session, with SIGINT's default
+disposition restored (a background job inherits SIGINT ignored), waits until the
+fault's effect is seen FROM OUTSIDE the extension (catalog's health endpoint fails; the
+fault proxy's control API shows a toxic on payments; the ballast file exists), waits a
+random 0.3-6 s, then ends the run one way:
+
+- ``sigint-pg``: SIGINT to the process group (a terminal's Ctrl-C);
+- ``sigterm``: SIGTERM to the pid; ``sigkill``: SIGKILL to the pid;
+- ``sigkill-pg``: SIGKILL to the process group;
+- ``sigstop``: SIGSTOP to the pid (a frozen run); SIGCONT once the effect is gone, then
+  the run must notice it was declared dead and end.
+
+A run whose steady state is not met before the method injects nothing: it is not
+counted (``skipped`` in the table) and the trial is tried again, up to 3 times. It
+measures the time from the signal to the effect gone (polled every 20 ms), counts k6
+processes of the trial's session left 3 s after the run ended, and reads the journal's
+status. Prints per ending: trials, faults left, median and worst signal->gone seconds,
+k6 left, journal statuses. Exit 1 when a fault was left, a k6 survived, or the median /
+worst time is over the bound (default 2 s / 5 s). Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import httpx  # noqa: E402
+
+from chaoscheckout.runtime.registry import load_registry  # noqa: E402
+
+ENDINGS = ("sigint-pg", "sigterm", "sigkill", "sigkill-pg", "sigstop")
+EXPERIMENTS = ("kill-catalog", "payments-latency", "fill-pg-disk")
+SHORT_ENV = {  # a trial takes ~15-25 s
+    "CHAOSCHECKOUT_LOAD_WARMUP_S": "6",
+    "CHAOSCHECKOUT_OBSERVE_S": "15",
+    "CHAOSCHECKOUT_RECOVER_S": "3",
+    "CHAOSCHECKOUT_FAULT_DURATION_S": "60",  # expiry must not be what reverts the fault
+}
+POLL_S = 0.02
+ATTEMPTS = 3  # per planned trial, when the run ends before injecting (steady state not met)
+INJECT_TIMEOUT_S = 60
+GONE_TIMEOUT_S = 30
+
+
+@dataclass
+class Trial:
+    experiment: str
+    ending: str
+    injected: bool = False
+    delay_s: float | None = None
+    gone_after_s: float | None = None
+    fault_left: bool = False
+    k6_left: int = 0
+    status: str | None = None
+    note: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+class Observer:
+    """Sees each fault's effect from outside the extension."""
+
+    def __init__(self, state_dir: Path) -> None:
+        registry = load_registry(state_dir / "services.json")
+        self.prometheus = f"http://{registry.service('prometheus').address}"
+        self.catalog_health = registry.service("catalog").health_url
+        self.proxy_url = registry.proxy_control_url
+        pg = registry.service("postgres").data_dir
+        self.ballast = (state_dir / pg if not Path(pg).is_absolute() else Path(pg)) / ".chaoscheckout-ballast"
+
+    def effect_present(self, experiment: str) -> bool:
+        if experiment == "kill-catalog":
+            try:
+                return not httpx.get(self.catalog_health, timeout=0.5).is_success
+            except httpx.HTTPError:
+                return True
+        if experiment == "payments-latency":
+            try:
+                answer = httpx.get(f"{self.proxy_url}/routes/payments/latency", timeout=0.5).json()
+            except (httpx.HTTPError, ValueError):
+                return False  # proxy unreachable: holds no toxic
+            return answer.get("latency") is not None
+        return self.ballast.exists()
+
+    def wait_no_recent_errors(self, timeout_s: float = 45) -> None:
+        """Until checkout's last 35 s hold no error and a p95 under 250 ms: the next run's
+        steady state (30 s availability >= 0.99, p95 <= 300 ms) must not see the previous
+        trial's fault."""
+        checks = (('sum(increase(checkout_requests_total{outcome="error"}[35s]))', 0.5),
+                  ("histogram_quantile(0.95, sum(rate(checkout_request_duration_seconds_bucket[35s])) "
+                   "by (le))", 0.25))
+
+        def below(query: str, limit: float) -> bool:
+            try:
+                answer = httpx.get(f"{self.prometheus}/api/v1/query", params={"query": query},
+                                   timeout=2).json()
+            except (httpx.HTTPError, ValueError):
+                return False
+            result = answer.get("data", {}).get("result") or []
+            value = float(result[0]["value"][1]) if result else 0.0
+            return not value > limit  # NaN (no traffic) counts as quiet
+
+        def quiet() -> bool:
+            return all(below(query, limit) for query, limit in checks)
+
+        start = time.monotonic()
+        while time.monotonic() - start < timeout_s and not quiet():
+            time.sleep(1)
+
+
+def wait_until(check: Callable[[], bool], timeout_s: float) -> float | None:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout_s:
+        if check():
+            return time.monotonic() - start
+        time.sleep(POLL_S)
+    return None
+
+
+def session_k6(sid: int) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if os.getsid(int(proc.name)) != sid:
+                continue
+            if (proc / "comm").read_text().strip() == "k6":
+                found.append(int(proc.name))
+        except (OSError, ProcessLookupError):
+            continue
+    return found
+
+
+def run_trial(experiment: str, ending: str, env: dict[str, str], observer: Observer, workdir: Path,
+              rng: random.Random) -> Trial:
+    trial = Trial(experiment, ending)
+    journal = workdir / f"{experiment}-{ending}-{time.time_ns()}.json"
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "chaos"), "--no-version-check", "--log-file",
+         str(journal.with_suffix(".log")), "run", "--journal-path", str(journal),
+         str(ROOT / "experiments" / f"{experiment}.json")],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    sid = proc.pid
+    try:
+        seen = wait_until(lambda: observer.effect_present(experiment) or proc.poll() is not None,
+                          INJECT_TIMEOUT_S)
+        if seen is None or proc.poll() is not None or not observer.effect_present(experiment):
+            trial.note = "no injection seen: " + _last_log_line(journal.with_suffix(".log"))
+            return trial
+        trial.injected = True
+        trial.delay_s = round(rng.uniform(0.3, 6.0), 2)
+        time.sleep(trial.delay_s)
+        if not observer.effect_present(experiment):
+            trial.note = "effect gone before the signal (a guard aborted the run)"
+            trial.injected = False
+            return trial
+        sent = time.monotonic()
+        {"sigint-pg": lambda: os.killpg(sid, signal.SIGINT),
+         "sigterm": lambda: os.kill(proc.pid, signal.SIGTERM),
+         "sigkill": lambda: os.kill(proc.pid, signal.SIGKILL),
+         "sigkill-pg": lambda: os.killpg(sid, signal.SIGKILL),
+         "sigstop": lambda: os.kill(proc.pid, signal.SIGSTOP)}[ending]()
+        gone = wait_until(lambda: not observer.effect_present(experiment), GONE_TIMEOUT_S)
+        trial.gone_after_s = None if gone is None else round(time.monotonic() - sent, 3)
+        trial.fault_left = gone is None
+        if ending == "sigstop":
+            os.kill(proc.pid, signal.SIGCONT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            trial.note = "run did not end within 60 s of the signal: killed"
+        time.sleep(3)
+        trial.k6_left = len(session_k6(sid))
+        if journal.exists():
+            data = json.loads(journal.read_text())
+            trial.status = data.get("status")
+            safety = data.get("chaoscheckout_safety") or {}
+            if safety.get("declared_dead"):
+                trial.extra["declared_dead"] = safety["declared_dead"].get("cause")
+        return trial
+    finally:
+        if proc.poll() is None:
+            try:
+                os.killpg(sid, signal.SIGCONT)
+                os.killpg(sid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait(timeout=30)
+        for pid in session_k6(sid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _last_log_line(log: Path) -> str:
+    """Why the run ended without a fault: its last CRITICAL/ERROR line, else its last line."""
+    try:
+        lines = [line for line in log.read_text().splitlines() if line.strip()]
+    except OSError:
+        return "no chaos log"
+    why = [line for line in lines if "CRITICAL" in line or "ERROR" in line] or lines
+    return why[-1][-160:] if why else "empty chaos log"
+
+
+def summarize(trials: list[Trial]) -> dict[str, dict]:
+    table = {}
+    for ending in dict.fromkeys(t.ending for t in trials):
+        done = [t for t in trials if t.ending == ending and t.injected]
+        times = [t.gone_after_s for t in done if t.gone_after_s is not None]
+        statuses: dict[str, int] = {}
+        for t in done:
+            statuses[str(t.status)] = statuses.get(str(t.status), 0) + 1
+        table[ending] = {
+            "trials": len(done), "faults_left": sum(t.fault_left for t in done),
+            "median_s": round(statistics.median(times), 3) if times else None,
+            "worst_s": max(times) if times else None, "k6_left": sum(t.k6_left for t in done),
+            "journal_status": statuses,
+            "skipped": sum(1 for t in trials if t.ending == ending and not t.injected),
+        }
+    return table
+
+
+def print_table(table: dict[str, dict]) -> None:
+    print(f"{'ending':<11} {'trials':>6} {'left':>5} {'median s':>9} {'worst s':>8} {'k6 left':>8}  "
+          "journal status")
+    for ending, row in table.items():
+        med = "-" if row["median_s"] is None else f"{row['median_s']:.2f}"
+        worst = "-" if row["worst_s"] is None else f"{row['worst_s']:.2f}"
+        statuses = ", ".join(f"{k} {v}" for k, v in sorted(row["journal_status"].items()))
+        print(f"{ending:<11} {row['trials']:>6} {row['faults_left']:>5} {med:>9} {worst:>8} "
+              f"{row['k6_left']:>8}  {statuses}" + (f" (skipped {row['skipped']})" if row["skipped"] else ""))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--trials-per-ending", type=int, default=2)
+    parser.add_argument("--endings", default=",".join(ENDINGS))
+    parser.add_argument("--experiments", default=",".join(EXPERIMENTS))
+    parser.add_argument("--port-base", type=int,
+                        default=int(os.environ.get("CHAOSCHECKOUT_PORT_BASE", 41700)))
+    parser.add_argument("--state-dir", type=Path, default=None)
+    parser.add_argument("--use-running", action="store_true", help="use the stack already up in --state-dir")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--round-robin", action="store_true",
+                        help="assign experiments to each ending in turn instead of at random")
+    parser.add_argument("--keep-logs", type=Path, default=None, help="keep chaos logs under this dir")
+    parser.add_argument("--json", type=Path, default=None, help="write trials and table here")
+    parser.add_argument("--max-median-s", type=float, default=2.0)
+    parser.add_argument("--max-worst-s", type=float, default=5.0)
+    args = parser.parse_args(argv)
+    endings = [e for e in args.endings.split(",") if e]
+    experiments = [e for e in args.experiments.split(",") if e]
+    for name in endings:
+        if name not in ENDINGS:
+            parser.error(f"unknown ending {name!r}; known: {', '.join(ENDINGS)}")
+    for name in experiments:
+        if name not in EXPERIMENTS:
+            parser.error(f"unknown experiment {name!r}; known: {', '.join(EXPERIMENTS)}")
+    if not 1 <= args.trials_per_ending <= 1000:
+        parser.error("--trials-per-ending must be in 1..1000")
+    state_dir = args.state_dir or Path(f"/var/tmp/cc-bench-interrupt-{args.port_base}")
+    env = {**os.environ, "CHAOSCHECKOUT_STATE_DIR": str(state_dir),
+           "CHAOSCHECKOUT_PORT_BASE": str(args.port_base),
+           "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}", **SHORT_ENV}
+    manage = [sys.executable, "-m", "stack.manage"]
+    seed = args.seed if args.seed is not None else random.randrange(1 << 30)
+    rng = random.Random(seed)
+    if args.round_robin:  # every ending meets every experiment in turn (the short test's plan)
+        plan = [(experiments[(i + k) % len(experiments)], ending)
+                for k, ending in enumerate(endings) for i in range(args.trials_per_ending)]
+    else:
+        plan = [(rng.choice(experiments), ending)
+                for ending in endings for _ in range(args.trials_per_ending)]
+    rng.shuffle(plan)
+    print(f"interrupt bench: seed {seed}, {len(plan)} trials, state dir {state_dir}", flush=True)
+    if not args.use_running:
+        for _attempt in range(3):  # a port of the base may be a client's ephemeral port in TIME-WAIT
+            up = subprocess.run([*manage, "up"], cwd=ROOT, env=env, capture_output=True, text=True,
+                                timeout=300)
+            if up.returncode == 0 or "already in use" not in up.stdout + up.stderr:
+                break
+            time.sleep(20)
+        if up.returncode != 0:
+            print(up.stdout + up.stderr, file=sys.stderr)
+            subprocess.run([*manage, "down"], cwd=ROOT, env=env, capture_output=True, timeout=120)
+            return 1
+    trials: list[Trial] = []
+    try:
+        observer = Observer(state_dir)
+        workdir = Path(tempfile.mkdtemp(prefix="cc-interrupt-", dir=args.keep_logs))
+        try:
+            for number, (experiment, ending) in enumerate(plan, 1):
+                for _attempt in range(ATTEMPTS):  # a run whose steady state was not met injects nothing
+                    trial = run_trial(experiment, ending, env, observer, workdir, rng)
+                    trials.append(trial)
+                    if trial.injected:
+                        break
+                    print(f"[{number}/{len(plan)}] {experiment:<16} {ending:<10} not counted: {trial.note}",
+                          flush=True)
+                    observer.wait_no_recent_errors()
+                print(f"[{number}/{len(plan)}] {experiment:<16} {ending:<10} "
+                      f"{'gone after ' + str(trial.gone_after_s) + ' s' if trial.injected else trial.note} "
+                      f"status {trial.status} k6 left {trial.k6_left} {trial.note if trial.injected else ''}",
+                      flush=True)
+                # let the restarted/cleaned service settle before the next steady-state check
+                wait_until(lambda: all(not observer.effect_present(e) for e in EXPERIMENTS), 30)
+                observer.wait_no_recent_errors()
+        finally:
+            if args.keep_logs is None:
+                shutil.rmtree(workdir, ignore_errors=True)
+    finally:
+        if not args.use_running:
+            subprocess.run([*manage, "down"], cwd=ROOT, env=env, capture_output=True, timeout=120)
+    table = summarize(trials)
+    print_table(table)
+    if args.json:
+        args.json.write_text(json.dumps({"seed": seed, "table": table, "trials": [asdict(t) for t in trials]},
+                                        indent=2))
+    failures = []
+    for ending, row in table.items():
+        if row["faults_left"] or row["k6_left"]:
+            failures.append(f"{ending}: {row['faults_left']} fault(s) left, {row['k6_left']} k6 left")
+        if row["median_s"] is not None and row["median_s"] > args.max_median_s:
+            failures.append(f"{ending}: median {row['median_s']} s > {args.max_median_s} s")
+        if row["worst_s"] is not None and row["worst_s"] > args.max_worst_s:
+            failures.append(f"{ending}: worst {row['worst_s']} s > {args.max_worst_s} s")
+        if row["trials"] == 0:
+            failures.append(f"{ending}: no trial injected a fault")
+    for line in failures:
+        print(f"FAIL {line}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
