@@ -265,7 +265,8 @@ def test_halt_with_no_stack_says_so_and_keeps_the_lease(tmp_path):
 def test_corrupt_and_half_written_leases_are_quarantined_and_reported(conf, rig, tmp_path):
     leases = tmp_path / "leases"
     leases.mkdir()
-    ProxyControl(rig.control_url).set_latency("a", delay_ms=100, fault_id="latency-a-0123abcd")
+    ProxyControl(rig.control_url).set_latency("a", delay_ms=100, fault_id="latency-a-0123abcd",
+                                             expires_at=time.time() + 60)
     corrupt = leases / "latency-a-0123abcd.json"
     corrupt.write_text('{"fault_id": "latency-a-0123abcd", "kind": "lat')  # half-written
     foreign = leases / "../../etc-passwd.json"
