@@ -77,7 +77,8 @@ def programs(settings: StackSettings, pg_bindir: Path, env: Mapping[str, str],
                        "REMEDIATOR_WATCH": "catalog,payments,provider,checkout"},
     }
     passthrough = {k: v for k, v in env.items() if k.startswith(PASSTHROUGH_PREFIXES)}
-    proxy_cmd = [py, "-m", "chaoscheckout.network.proxy", "--control", settings.proxy_control_url]
+    proxy_cmd = [py, "-m", "chaoscheckout.network.proxy", "--control", settings.proxy_control_url,
+                 "--leases-dir", str(settings.state_dir / "leases")]  # no toxic without its lease
     for svc in SERVICES:
         if svc.proxy:
             route, listen = svc.proxy

@@ -72,12 +72,14 @@ def test_nobody_cannot_use_supervisord_or_the_fault_proxy(stack):
     assert ProxyControl(stack.registry.proxy_control_url).latency("payments") is None
 
 
-def test_no_toxic_without_fault_id_and_expiry_even_for_root(stack):
+def test_no_toxic_without_fault_id_expiry_and_lease_even_for_root(stack):
     control = ProxyControl(stack.registry.proxy_control_url, timeout_s=5)
     with pytest.raises(ProxyError, match="fault_id is required"):
         control.set_latency("payments", delay_ms=500, expires_at=time.time() + 60)
     with pytest.raises(ProxyError, match="expires_at is required"):
         control.set_latency("payments", delay_ms=500, fault_id="no-expiry")
+    with pytest.raises(ProxyError, match="no lease 'made-up'"):  # the stack's proxy checks leases/
+        control.set_latency("payments", delay_ms=500, fault_id="made-up", expires_at=time.time() + 60)
     assert control.latency("payments") is None
 
 

@@ -8,7 +8,8 @@ request but ``GET /healthz`` and ``GET /metrics`` (read-only counters, scraped b
 Prometheus) then needs ``Authorization: Bearer <token>`` (401 otherwise).
 A toxic must carry a ``fault_id`` (``[A-Za-z0-9._-]``, at most 128) and an ``expires_at``
 no further than ``max_toxic_s`` ahead (default 86400); the proxy drops it at its expiry by
-itself, with or without traffic.
+itself, with or without traffic. Given ``leases_dir`` (the stack's ``<state_dir>/leases``),
+a toxic is refused unless ``<leases_dir>/<fault_id>.json`` exists: no toxic without a lease.
 
 - ``GET /healthz`` → ``{"status": "ok", "routes": N}``
 - ``GET /routes`` → ``{"routes": [{name, listen, upstream, latency|null, connections_active}]}``
@@ -84,7 +85,7 @@ class ControlServer:
 
     def __init__(self, routes: dict[str, Route], host: str | None = None, port: int | None = None,
                  *, socket_path: str | None = None, token: str | None = None,
-                 max_toxic_s: float = DEFAULT_MAX_TOXIC_S) -> None:
+                 max_toxic_s: float = DEFAULT_MAX_TOXIC_S, leases_dir: str | None = None) -> None:
         if socket_path is None and (host is None or port is None):
             raise ValueError("ControlServer needs socket_path, or host and port")
         if socket_path is None and not token:
@@ -95,6 +96,7 @@ class ControlServer:
         self.socket_path = socket_path
         self.token = token
         self.max_toxic_s = max_toxic_s
+        self.leases_dir = Path(leases_dir) if leases_dir else None
         self.server: asyncio.base_events.Server | None = None
 
     @property
@@ -205,6 +207,10 @@ class ControlServer:
         if isinstance(expires_at, int | float) and not isinstance(expires_at, bool):
             if expires_at > time.time() + self.max_toxic_s:
                 raise ToxicError(f"expires_at is more than {self.max_toxic_s:g} s ahead")
+        if self.leases_dir is not None:
+            lease = self.leases_dir / f"{fault_id}.json"
+            if not lease.is_file() or lease.is_symlink():
+                raise ToxicError(f"no lease {fault_id!r} in {self.leases_dir}: a toxic needs its lease first")
 
 
 class _HttpError(Exception):

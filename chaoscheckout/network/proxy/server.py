@@ -107,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
                         "address (then --token-file is required)")
     parser.add_argument("--token-file", metavar="FILE",
                         help="bearer token for a TCP control API (file mode 0600, owned by this user)")
+    parser.add_argument("--leases-dir", metavar="DIR",
+                        help="refuse a toxic whose fault_id has no DIR/<fault_id>.json (the lease)")
     parser.add_argument("--max-toxic-s", type=float, default=DEFAULT_MAX_TOXIC_S,
                         help="refuse a toxic whose expires_at is further ahead (default %(default)g)")
     parser.add_argument("--route", type=_route, action="append", required=True,
@@ -128,9 +130,10 @@ def main(argv: list[str] | None = None) -> int:
         token = read_token_file(args.token_file) if args.token_file else None
         if isinstance(args.control, str):
             control = ControlServer(routes, socket_path=args.control, token=token,
-                                    max_toxic_s=args.max_toxic_s)
+                                    max_toxic_s=args.max_toxic_s, leases_dir=args.leases_dir)
         else:
-            control = ControlServer(routes, *args.control, token=token, max_toxic_s=args.max_toxic_s)
+            control = ControlServer(routes, *args.control, token=token, max_toxic_s=args.max_toxic_s,
+                                    leases_dir=args.leases_dir)
         loop_name, loop_factory = event_loop_factory(os.environ)
     except ControlAuthError as exc:
         parser.error(str(exc))
