@@ -83,29 +83,37 @@ def step(ctx: BenchContext, label: str, checkout_url: str, rate: int, step_s: in
 def sweeps(ctx: BenchContext, steps: tuple[int, ...], step_s: int) -> dict[str, float]:
     """Both paths step by step, interleaved (same machine conditions); highest step held each.
 
-    A path stops at its first broken step. An overloaded step can leave the services slow
-    for longer than the load lasts (timeouts -> reconnects -> more CPU), so after a broken
-    step every app service is restarted before the other path's next step.
+    A step that breaks is run once more on freshly restarted services (one hiccup of a
+    shared machine is not a capacity); the path stops when it breaks twice. An overloaded
+    step can leave the services slow for longer than the load lasts (timeouts ->
+    reconnects -> more CPU), so after a broken step every app service is restarted.
     """
     capacity = {"proxy": 0.0, "direct": 0.0}
     alive = {"proxy": True, "direct": True}
+    next_step = {"proxy": 0, "direct": 0}
+    failures = {"proxy": 0, "direct": 0}  # consecutive breaks of the path's current step
     _fresh_services(ctx)
     procs, direct_url = _start_direct(ctx)
     try:
         urls = {"proxy": ctx.registry.extra["checkout_url"], "direct": direct_url}
-        for index, rate in enumerate(steps):
-            order = ("proxy", "direct") if index % 2 == 0 else ("direct", "proxy")
-            broke = False
-            for label in order:
-                if alive[label]:
-                    if step(ctx, label, urls[label], rate, step_s):
-                        capacity[label] = float(rate)
-                    else:
-                        alive[label], broke = False, True
-                time.sleep(2)  # let the stack drain between steps
+        for round_index in range(2 * len(steps) + 2):  # bounded: each path advances or stops
             if not any(alive.values()):
                 break
-            if broke:
+            broke = False
+            for label in ("proxy", "direct") if round_index % 2 == 0 else ("direct", "proxy"):
+                if not alive[label]:
+                    continue
+                rate = steps[next_step[label]]
+                if step(ctx, label, urls[label], rate, step_s):
+                    capacity[label], failures[label] = float(rate), 0
+                    next_step[label] += 1
+                    alive[label] = next_step[label] < len(steps)
+                else:
+                    failures[label] += 1
+                    alive[label] = failures[label] < 2
+                    broke = True
+                time.sleep(2)  # let the stack drain between steps
+            if broke and any(alive.values()):
                 _stop_direct(procs)
                 _fresh_services(ctx)
                 procs, urls["direct"] = _start_direct(ctx)

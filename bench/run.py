@@ -49,6 +49,7 @@ from stack.settings import settings_from_env  # noqa: E402
 MODULES = ("proxy", "report", "faults", "abort", "interrupt", "capacity")
 OPTIONAL = {"interrupt": "owner killed -> fault reverted"}
 UP_TIMEOUT_S = 300
+UP_ATTEMPTS = 3
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,18 +144,9 @@ def _with_stack(names: list[str], modules: dict[str, ModuleType | None], ctx: Be
                 use_running: bool) -> list[Row]:
     manage = [sys.executable, "-m", "stack.manage"]
     if not use_running:
-        try:
-            wait_ports_free(sorted(settings_from_env().ports.values()), log=_log)
-        except RuntimeError as exc:
-            return [Row(n, "stack up failed", None, error=str(exc)) for n in names]
-        _log(f"== stack up (port base {ctx.port_base}, state dir {ctx.state_dir})")
-        up = subprocess.run([*manage, "up"], cwd=ROOT, timeout=UP_TIMEOUT_S, check=False,
-                            capture_output=True, text=True)
-        if up.returncode != 0:
-            subprocess.run([*manage, "down"], cwd=ROOT, timeout=UP_TIMEOUT_S, check=False,
-                           capture_output=True)
-            error = (up.stderr or up.stdout).strip().splitlines()[-1:] or ["no output"]
-            return [Row(n, "stack up failed", None, error=error[0][:200]) for n in names]
+        error = _stack_up(manage, ctx)
+        if error:
+            return [Row(n, "stack up failed", None, error=error[:200]) for n in names]
     rows: list[Row] = []
     try:
         ctx.registry = load_registry(ctx.state_dir / "services.json")
@@ -166,6 +158,31 @@ def _with_stack(names: list[str], modules: dict[str, ModuleType | None], ctx: Be
             subprocess.run([*manage, "down"], cwd=ROOT, timeout=UP_TIMEOUT_S, check=False,
                            capture_output=True)
     return rows
+
+
+def _stack_up(manage: list[str], ctx: BenchContext) -> str | None:
+    """Bring the stack up; None, or the last error after UP_ATTEMPTS tries.
+
+    Each try first waits for the stack's ports: they lie in Linux's ephemeral range, so a
+    client connection of anything on the machine may hold one for a while (TIME_WAIT).
+    """
+    error = "not tried"
+    for attempt in range(1, UP_ATTEMPTS + 1):
+        try:
+            wait_ports_free(sorted(settings_from_env().ports.values()), log=_log)
+        except RuntimeError as exc:
+            error = str(exc)
+            continue
+        _log(f"== stack up (port base {ctx.port_base}, state dir {ctx.state_dir}), try {attempt}")
+        up = subprocess.run([*manage, "up"], cwd=ROOT, timeout=UP_TIMEOUT_S, check=False,
+                            capture_output=True, text=True)
+        if up.returncode == 0:
+            return None
+        subprocess.run([*manage, "down"], cwd=ROOT, timeout=UP_TIMEOUT_S, check=False, capture_output=True)
+        error = ((up.stderr or up.stdout).strip().splitlines() or ["no output"])[-1]
+        _log(f"stack up failed: {error}")
+        time.sleep(5)
+    return error
 
 
 def _log(line: str) -> None:
