@@ -152,7 +152,10 @@ def status_cmd(state_dir: Path | None, as_json: bool) -> None:
 
     from chaoscheckout.faults.control import fault_status
 
-    report = fault_status(_state_dir(state_dir))
+    directory = _state_dir(state_dir)
+    if not directory.is_dir():
+        raise click.ClickException(f"state dir {directory} does not exist: no stack, no fault")
+    report = fault_status(directory)
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return

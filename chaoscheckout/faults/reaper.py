@@ -6,13 +6,14 @@ Run it under the runtime's supervisor (one per state dir)::
 
 Every tick it reverts each lease whose owner is dead or frozen (process gone, pid
 reused, stopped, no heartbeat for HEARTBEAT_STALE_S, abandoned; see
-:mod:`chaoscheckout.faults.owner`) and each expired lease, then verifies the effect is
-gone (faults.revert.revert_lease). For a dead owner it also appends what it reverted to
-the dead-run record (:mod:`chaoscheckout.faults.deadruns`) and marks the owner declared
-dead, so a frozen run that resumes never injects again. A revert that fails or is not
-verified is retried with per-lease backoff; one bad lease never stops the loop. A file
-in ``leases/`` that is not a valid lease is moved to ``leases/quarantine/`` and reported;
-when its name still says which fault it was, that fault is reverted by service.
+:mod:`chaoscheckout.faults.owner`) and each expired lease (due leases in parallel), then
+verifies the effect is gone (faults.revert.revert_lease). For a dead owner it also
+appends what it reverted to the dead-run record (:mod:`chaoscheckout.faults.deadruns`)
+and marks the owner declared dead, so a frozen run that resumes never injects again. A
+revert that fails or is not verified is retried with per-lease backoff; one bad lease
+never stops the loop. A file in ``leases/`` that is not a valid lease is moved to
+``leases/quarantine/`` and reported; when its name still says which fault it was, that
+fault is reverted by service.
 
 Two reapers on one state dir: the second waits on ``<state_dir>/reaper.lock`` (flock) and
 takes over when the first dies. SIGTERM/SIGINT end the loop after the current tick.
@@ -29,6 +30,7 @@ import socket
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -79,9 +81,8 @@ class Reaper:
             return [{"error": str(exc)}]
         self.last_error = None
         results = [r for bad in invalid if (r := self._invalid(bad)) is not None]
+        due = []
         for lease in leases:
-            if self.stop_event.is_set():
-                break
             if lease.is_expired(now):
                 dead_cause = None
                 reason = "expired"
@@ -93,7 +94,12 @@ class Reaper:
                 reason = f"owner dead: {verdict.why}"
             if self.next_try.get(lease.fault_id, 0.0) > time.monotonic():
                 continue  # failed recently: back off (retried, not spammed)
-            results.append(self._revert(lease, reason, dead_cause))
+            due.append((lease, reason, dead_cause))
+        if len(due) == 1:
+            results.append(self._revert(*due[0]))
+        elif due:  # one slow revert (a service's start-up) must not delay the others
+            with ThreadPoolExecutor(max_workers=min(8, len(due))) as pool:
+                results += list(pool.map(lambda job: self._revert(*job), due))
         if time.monotonic() - self.last_housekeeping > HOUSEKEEPING_EVERY_S:
             self.last_housekeeping = time.monotonic()
             self._housekeeping(leases)
