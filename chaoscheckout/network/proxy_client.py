@@ -13,12 +13,12 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import socket
 import stat
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from chaoscheckout.errors import ChaosCheckoutError
+from chaoscheckout.unixhttp import UnixHTTPConnection
 
 __all__ = ["ProxyControl", "ProxyUnreachable", "ProxyError"]
 
@@ -107,7 +107,7 @@ class ProxyControl:
 
     def _connection(self) -> http.client.HTTPConnection:
         if self._socket_path is not None:
-            return _UnixConnection(self._socket_path, self.timeout_s)
+            return UnixHTTPConnection(self._socket_path, self.timeout_s)
         return http.client.HTTPConnection(self._host, self._port, timeout=self.timeout_s)
 
     def _request(self, method: str, path: str, body: dict[str, Any] | None) -> bytes:
@@ -141,21 +141,6 @@ class ProxyControl:
 # Internals
 # ---------------------------------------------------------------------------
 
-
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout_s: float) -> None:
-        super().__init__("localhost", timeout=timeout_s)
-        self._path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self._path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
 
 
 def _read_token(path: str) -> str:

@@ -7,11 +7,11 @@ owner, root, can connect to) or ``http://host:port/RPC2``.
 from __future__ import annotations
 
 import http.client
-import socket
 import xmlrpc.client
 from typing import Any
 
 from chaoscheckout.errors import ChaosCheckoutError
+from chaoscheckout.unixhttp import UnixHTTPConnection
 
 __all__ = ["SupervisorClient", "SupervisorError"]
 
@@ -31,21 +31,6 @@ class _TimeoutTransport(xmlrpc.client.Transport):
         return conn
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout_s: float) -> None:
-        super().__init__("localhost", timeout=timeout_s)
-        self._path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self._path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
-
 
 class _UnixTransport(xmlrpc.client.Transport):
     def __init__(self, path: str, timeout_s: float) -> None:
@@ -54,7 +39,7 @@ class _UnixTransport(xmlrpc.client.Transport):
         self._timeout_s = timeout_s
 
     def make_connection(self, host: Any) -> http.client.HTTPConnection:
-        return _UnixConnection(self._path, self._timeout_s)
+        return UnixHTTPConnection(self._path, self._timeout_s)
 
 
 class SupervisorClient:
