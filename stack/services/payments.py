@@ -19,12 +19,15 @@ Endpoints:
 - ``POST /payments {"idempotency_key", "order_ref", "amount_cents"}`` → 200
   ``{"payment_id", "charge_id", "status": "captured"}`` once the provider captured the
   charge. ``payment_id`` is derived from the charge id, so a retry with the same key gets
-  the same payment. A malformed body → 400; the provider failing, refusing or not answering
-  within the deadline → 502 ``{"error", "detail"}``.
+  the same payment. A malformed body → 400; the provider refusing or unreachable (nothing
+  charged) → 502 ``{"error", "detail"}``; the provider's outcome UNKNOWN (no answer within
+  the deadline, or every attempt's answer lost after the request was sent: the charge may
+  be captured) → 504 ``{"error": "payment provider outcome unknown", "detail"}``, so the
+  caller retries with the same key or leaves the order pending, never marks it failed.
 - ``GET /healthz`` → 200 while the service runs (it does not probe the provider: a slow
   provider must show as payment errors, not as payments being down).
 - ``GET /metrics`` → ``payments_requests_total{outcome="ok|provider_error|provider_timeout|
-  client_error"}``, histogram ``payments_request_duration_seconds{outcome}``,
+  provider_lost|client_error"}``, histogram ``payments_request_duration_seconds{outcome}``,
   ``payments_provider_retries_total``.
 """
 
@@ -67,7 +70,7 @@ logger = logging.getLogger("stack.payments")
 
 PORT_OFFSET = 2
 PAYMENT_ID_NAMESPACE = uuid.UUID("5b0e3f8e-4a53-4a3c-9d1e-7f2f8c1a6b10")
-OUTCOMES = ("ok", "provider_error", "provider_timeout", "client_error")
+OUTCOMES = ("ok", "provider_error", "provider_timeout", "provider_lost", "client_error")
 
 REQUESTS = Counter("payments_requests_total", "Payment requests by outcome", ["outcome"])
 DURATION = Histogram(
@@ -99,11 +102,13 @@ class PaymentsSettings:
 
 
 class ProviderFailed(Exception):
-    """The provider did not capture the charge; ``outcome`` is the metric label."""
+    """No captured charge to show; ``outcome`` is the metric label. ``unknown``: the provider
+    may have captured it (no answer in time, or the answer lost after the request was sent)."""
 
-    def __init__(self, outcome: str, detail: str) -> None:
+    def __init__(self, outcome: str, detail: str, unknown: bool = False) -> None:
         super().__init__(detail)
         self.outcome = outcome
+        self.unknown = unknown
 
 
 def build_app(settings: PaymentsSettings) -> Starlette:
@@ -143,8 +148,13 @@ def build_app(settings: PaymentsSettings) -> Starlette:
                 response = await post_with_retries(body)
         except (TimeoutError, httpx.TimeoutException):
             raise ProviderFailed(
-                "provider_timeout", f"provider gave no answer within {settings.provider_timeout_s}s"
+                "provider_timeout", f"provider gave no answer within {settings.provider_timeout_s}s",
+                unknown=True,
             ) from None
+        except httpx.ConnectError as exc:  # the request was never sent: nothing charged
+            raise ProviderFailed("provider_error", f"provider unreachable: {exc!r}") from None
+        except httpx.TransportError as exc:  # sent, answer lost: the charge may be captured
+            raise ProviderFailed("provider_lost", f"provider answer lost: {exc!r}", unknown=True) from None
         except httpx.HTTPError as exc:
             raise ProviderFailed("provider_error", f"provider unreachable: {exc!r}") from None
         if response.status_code != 200:
@@ -177,6 +187,8 @@ def build_app(settings: PaymentsSettings) -> Starlette:
             except ProviderFailed as exc:
                 outcome = exc.outcome
                 logger.warning("payment %s failed: %s", body["idempotency_key"], exc)
+                if exc.unknown:
+                    return json_error(504, "payment provider outcome unknown", detail=str(exc))
                 return json_error(502, "payment provider failed", detail=str(exc))
             return JSONResponse({
                 "payment_id": str(uuid.uuid5(PAYMENT_ID_NAMESPACE, captured["charge_id"])),
