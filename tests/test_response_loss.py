@@ -3,8 +3,9 @@ reaches the caller. Proxy behaviour, evidence counters, inject/revert with verif
 teardown, failure after the effect, and the reaper's dead-man switch for a SIGKILLed owner.
 
 No checkout stack: a real fault proxy in front of a real counting HTTP upstream (its
-``GET /count`` says how many POSTs it really processed) and a real reaper process.
-Ports ``CHAOSCHECKOUT_TEST_PORT_BASE`` + 70..72. Runs in about 10 s.
+``GET /count`` says how many POSTs it really processed) and a real reaper process; for
+payments' handling of a lost answer, the real payments and provider services behind the
+proxy. Ports ``CHAOSCHECKOUT_TEST_PORT_BASE`` + 70..72 and + 77..79. Runs in about 20 s.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 from netfixtures import BASE, ROOT, ProxyRig, start_proxy, stop, wait_http
+from serviceprocs import service_process
 
 from chaoscheckout.errors import InvalidFaultArgument
 from chaoscheckout.faults import inject as inject_mod
@@ -61,13 +63,17 @@ ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
 """
 
 
+PROVIDER_ROUTE_PORT, PROVIDER_PORT, PAYMENTS_PORT = BASE + 77, BASE + 78, BASE + 79
+
+
 @pytest.fixture(scope="module")
 def rig() -> Iterator[ProxyRig]:
     rig = ProxyRig(upstream_port=BASE + 70, listen_port=BASE + 71, control_port=BASE + 72)
     upstream = subprocess.Popen([sys.executable, "-c", COUNTING_UPSTREAM, str(rig.upstream_port)])
     try:
         wait_http(f"{rig.direct_url}/healthz", upstream)
-        proxy = start_proxy(rig.control_port, f"prov={rig.listen_port}:127.0.0.1:{rig.upstream_port}")
+        proxy = start_proxy(rig.control_port, f"prov={rig.listen_port}:127.0.0.1:{rig.upstream_port}",
+                            f"provider={PROVIDER_ROUTE_PORT}:127.0.0.1:{PROVIDER_PORT}")
     except Exception:
         stop(upstream)
         raise
@@ -255,3 +261,33 @@ def test_sigkilled_owner_is_reverted_by_the_reaper(rig, conf, control, tmp_path)
         owner.wait(timeout=10)
         if reaper is not None:
             stop(reaper)
+
+
+@pytest.mark.parametrize("fresh_key, charges_taken", [(False, 1), (True, 3)])
+def test_payments_retries_a_lost_answer_with_the_same_key_unless_broken(rig, control, tmp_path,
+                                                                        fresh_key, charges_taken):
+    """Every provider answer lost (fraction 1): payments tries 3 times and answers 504
+    (outcome unknown, never a plain failure). With the same key the provider holds ONE
+    charge; with the deliberate fresh-key bug, three for one order."""
+    provider_env = {"PROVIDER_PORT": str(PROVIDER_PORT), "PROVIDER_STORE": str(tmp_path / "charges.sqlite")}
+    payments_env = {"PAYMENTS_PORT": str(PAYMENTS_PORT),
+                    "PAYMENTS_PROVIDER_URL": f"http://127.0.0.1:{PROVIDER_ROUTE_PORT}",
+                    "PAYMENTS_RETRY_FRESH_KEY": "1" if fresh_key else "0"}
+    order = f"order-{fresh_key}-{time.time()}"
+    body = {"idempotency_key": order, "order_ref": order, "amount_cents": 900}
+    with (service_process("provider", provider_env, PROVIDER_PORT, tmp_path),
+          service_process("payments", payments_env, PAYMENTS_PORT, tmp_path)):
+        control.set_response_loss("provider", fraction=1, expires_at=time.time() + 60, fault_id="pay-loss")
+        try:
+            answer = httpx.post(f"http://127.0.0.1:{PAYMENTS_PORT}/payments", json=body, timeout=10)
+            effect = control.response_loss("provider")["effect"]
+        finally:
+            control.clear_response_loss("provider")
+        charges = httpx.get(f"http://127.0.0.1:{PROVIDER_PORT}/charges", timeout=5).json()["charges"]
+        assert answer.status_code == 504 and answer.json()["error"] == "payment provider outcome unknown"
+        assert effect["responses_lost"] == 3  # 1 attempt + PAYMENTS_PROVIDER_RETRIES (2), all lost
+        assert [c["order_ref"] for c in charges] == [order] * charges_taken
+        again = httpx.post(f"http://127.0.0.1:{PAYMENTS_PORT}/payments", json=body, timeout=10)
+        assert again.status_code == 200  # responses flow again: the caller's retry gets the charge
+        if not fresh_key:
+            assert again.json()["charge_id"] == charges[0]["charge_id"]  # replayed, not charged again
