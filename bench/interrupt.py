@@ -10,7 +10,9 @@ trial starts ``chaos run`` of an experiment with short durations (configuration 
 ``CHAOSCHECKOUT_LOAD_WARMUP_S`` etc.) in its own session, with SIGINT's default
 disposition restored (a background job inherits SIGINT ignored), waits until the
 fault's effect is seen FROM OUTSIDE the extension (catalog's health endpoint fails; the
-fault proxy's control API shows a toxic on payments; the ballast file exists), waits a
+fault proxy's control API shows a toxic on payments, or a response-loss toxic on provider
+for ``payments-response-lost``, which ``--experiments`` may name but the default set
+leaves out; the ballast file exists), waits a
 random 0.3-6 s, then ends the run one way:
 
 - ``sigint-pg``: SIGINT to the process group (a terminal's Ctrl-C);

@@ -8,7 +8,8 @@ must be interrupted by its safeguard with its fault reverted. The tight-threshol
 made twice: with the Chaos Toolkit of this virtualenv and with the newest one the registry
 serves (Python 3.12, ``make setup-ctk-latest``), and their journals must agree. Each class
 brings up its own stack (port base ``CHAOSCHECKOUT_TEST_RUNS_PORT_BASE``, default 29100).
-Slow: about 15 minutes in all, on purpose (real windows of 30 s, real load).
+Slow: about 18 minutes in all, on purpose (real windows of 30 s, real load); experiment 4
+adds two runs (~75 s each) and one stack (the fresh-key payments).
 """
 
 from __future__ import annotations
