@@ -65,7 +65,7 @@ check: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest -q -m fast
 
-# stack up -> the three experiments under load -> the experiment log. Verdicts are results:
+# stack up -> the four experiments under load -> the experiment log. Verdicts are results:
 # a broken experiment (exit 3) does not fail the demo; an error (exit 1) does.
 demo: setup
 	$(PY) -m stack.manage up

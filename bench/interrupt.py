@@ -10,7 +10,9 @@ trial starts ``chaos run`` of an experiment with short durations (configuration 
 ``CHAOSCHECKOUT_LOAD_WARMUP_S`` etc.) in its own session, with SIGINT's default
 disposition restored (a background job inherits SIGINT ignored), waits until the
 fault's effect is seen FROM OUTSIDE the extension (catalog's health endpoint fails; the
-fault proxy's control API shows a toxic on payments; the ballast file exists), waits a
+fault proxy's control API shows a toxic on payments, or a response-loss toxic on provider
+for ``payments-response-lost``, which ``--experiments`` may name but the default set
+leaves out; the ballast file exists), waits a
 random 0.3-6 s, then ends the run one way:
 
 - ``sigint-pg``: SIGINT to the process group (a terminal's Ctrl-C);
@@ -50,10 +52,12 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
+from chaoscheckout.network.proxy_client import ProxyControl, ProxyError  # noqa: E402
 from chaoscheckout.runtime.registry import load_registry  # noqa: E402
 
 ENDINGS = ("sigint-pg", "sigterm", "sigkill", "sigkill-pg", "sigstop")
 EXPERIMENTS = ("kill-catalog", "payments-latency", "fill-pg-disk")
+OBSERVABLE = (*EXPERIMENTS, "payments-response-lost")  # --experiments may name these
 SHORT_ENV = {  # a trial takes ~15-25 s
     "CHAOSCHECKOUT_LOAD_WARMUP_S": "6",
     "CHAOSCHECKOUT_OBSERVE_S": "15",
@@ -103,6 +107,11 @@ class Observer:
             except (httpx.HTTPError, ValueError):
                 return False  # proxy unreachable: holds no toxic
             return answer.get("latency") is not None
+        if experiment == "payments-response-lost":  # the proxy holds a response-loss toxic on provider
+            try:
+                return ProxyControl(self.proxy_url, 0.5).response_loss("provider") is not None
+            except ProxyError:
+                return False  # proxy unreachable: holds no toxic
         return self.ballast.exists()
 
     def wait_no_recent_errors(self, timeout_s: float = 45) -> None:
@@ -281,8 +290,8 @@ def main(argv: list[str] | None = None) -> int:
         if name not in ENDINGS:
             parser.error(f"unknown ending {name!r}; known: {', '.join(ENDINGS)}")
     for name in experiments:
-        if name not in EXPERIMENTS:
-            parser.error(f"unknown experiment {name!r}; known: {', '.join(EXPERIMENTS)}")
+        if name not in OBSERVABLE:
+            parser.error(f"unknown experiment {name!r}; known: {', '.join(OBSERVABLE)}")
     if not 1 <= args.trials_per_ending <= 1000:
         parser.error("--trials-per-ending must be in 1..1000")
     state_dir = args.state_dir or Path(f"/var/tmp/cc-bench-interrupt-{args.port_base}")
@@ -330,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"status {trial.status} k6 left {trial.k6_left} {trial.note if trial.injected else ''}",
                       flush=True)
                 # let the restarted/cleaned service settle before the next steady-state check
-                wait_until(lambda: all(not observer.effect_present(e) for e in EXPERIMENTS), 30)
+                wait_until(lambda: all(not observer.effect_present(e) for e in OBSERVABLE), 30)
                 observer.wait_no_recent_errors()
         finally:
             if args.keep_logs is None:

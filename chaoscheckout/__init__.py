@@ -40,10 +40,10 @@ def discover(discover_system: bool = True) -> dict[str, Any]:
         if not _present(name):
             continue
         importlib.import_module(name)  # a broken module fails loudly, never silently vanishes
-        if name.endswith(".actions"):
-            activities.extend(discover_actions(name))
-        else:
-            activities.extend(discover_probes(name))
+        listed = discover_actions(name) if name.endswith(".actions") else discover_probes(name)
+        for activity in listed:  # a kind's one module holds both (faults.kinds.activity_type)
+            activity["type"] = _kinds.activity_type(name, activity["name"])
+        activities.extend(listed)
     for name in CONTROL_MODULES:
         if not _present(name):
             continue

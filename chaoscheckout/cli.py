@@ -119,7 +119,8 @@ def experiments() -> None:
               default=Path("journals"), show_default=True)
 @click.option("--no-report", is_flag=True, help="Do not run `chaos report` at the end.")
 def run_cmd(names: tuple[str, ...], experiments_dir: Path, journals_dir: Path, no_report: bool) -> None:
-    """Run NAMES (default: kill-catalog, payments-latency, fill-pg-disk) in order under load.
+    """Run NAMES (default: kill-catalog, payments-latency, fill-pg-disk, payments-response-lost)
+    in order under load.
 
     Exit 0 when every experiment held, 3 when one broke, aborted or failed, 1 on an error
     (e.g. the stack is not healthy: nothing was run).

@@ -29,7 +29,7 @@ __all__ = ["DEFAULT_ORDER", "Outcome", "check_stack_healthy", "run_experiments",
 
 logger = logging.getLogger("chaostoolkit")
 
-DEFAULT_ORDER = ("kill-catalog", "payments-latency", "fill-pg-disk")
+DEFAULT_ORDER = ("kill-catalog", "payments-latency", "fill-pg-disk", "payments-response-lost")
 RUN_TIMEOUT_S = 900  # far above one experiment (about 2 min); a hung run is killed
 REPORT_TIMEOUT_S = 300
 

@@ -1,13 +1,15 @@
-"""Real `chaos run`s of the three experiments: detection power, holds, and abort.
+"""Real `chaos run`s of the four experiments: detection power, holds, and abort.
 
 An experiment that cannot fail proves nothing. Against the weakened checkout (the first
-version: ``CHECKOUT_RESILIENCE=0``) each experiment must report the deviation or abort;
+version: ``CHECKOUT_RESILIENCE=0``; for payments-response-lost, payments retrying the
+provider with a fresh idempotency key) each experiment must report the deviation or abort;
 against the fixed checkout each must hold; with a deliberately tight abort threshold each
 must be interrupted by its safeguard with its fault reverted. The tight-threshold runs are
 made twice: with the Chaos Toolkit of this virtualenv and with the newest one the registry
 serves (Python 3.12, ``make setup-ctk-latest``), and their journals must agree. Each class
 brings up its own stack (port base ``CHAOSCHECKOUT_TEST_RUNS_PORT_BASE``, default 29100).
-Slow: about 15 minutes in all, on purpose (real windows of 30 s, real load).
+Slow: about 18 minutes in all, on purpose (real windows of 30 s, real load); experiment 4
+adds two runs (~75 s each) and one stack (the fresh-key payments).
 """
 
 from __future__ import annotations
@@ -105,7 +107,7 @@ def _no_fault_left(env: dict[str, str], settle_s: float = 20) -> None:
 
 def _fault_output(journal: dict) -> dict:
     (fault,) = [r for r in journal["run"] if r["activity"]["provider"]["func"] in
-                ("kill_service", "add_latency", "fill_disk")]
+                ("kill_service", "add_latency", "fill_disk", "lose_responses")]
     assert fault["status"] == "succeeded", fault
     return fault["output"]
 
@@ -114,6 +116,12 @@ def _fault_output(journal: dict) -> dict:
 def weak() -> Iterator[dict[str, str]]:
     """A stack running the first-version checkout (every resilience setting off)."""
     yield from _stack({"CHECKOUT_RESILIENCE": "0"})
+
+
+@pytest.fixture(scope="class")
+def weak_payments() -> Iterator[dict[str, str]]:
+    """A stack whose payments retries a lost provider answer with a FRESH idempotency key."""
+    yield from _stack({"PAYMENTS_RETRY_FRESH_KEY": "1"})
 
 
 @pytest.fixture(scope="class")
@@ -152,15 +160,40 @@ class TestWeakenedCheckoutIsCaught:
         _no_fault_left(weak)
 
 
+class TestWeakenedPaymentsIsCaught:
+    """Detection power of experiment 4: payments that retries a lost provider answer with a
+    fresh idempotency key charges some orders twice, and the experiment says so."""
+
+    def test_payments_response_lost_catches_fresh_key_retries(self, weak_payments, tmp_path):
+        outcome, journal = _run(weak_payments, "payments-response-lost", tmp_path)
+        assert outcome.verdict in ("broke", "aborted"), outcome.reason
+        breach = (journal["chaoscheckout_safety"].get("abort") or {}).get("first_breach") or {}
+        after = journal["steady_states"].get("after") or {}
+        doubled = [p for p in after.get("probes", []) if p["activity"]["name"] == "orders-charged-twice"]
+        assert breach.get("guard") == "double_charge_guard" or (doubled and not doubled[0]["tolerance_met"])
+        fault = _fault_output(journal)
+        assert fault["kind"] == "response_loss" and fault["target"] == "provider"
+        payments = journal["chaoscheckout_provenance"]["services"]["payments"]  # what was tested, from itself
+        assert payments["settings"]["retry_fresh_key"] is True
+        print(f"caught by: {breach.get('guard') or 'steady state after'}")
+        _no_fault_left(weak_payments)
+
+
 class TestFixedCheckoutHolds:
     """The fixed checkout (default settings) holds each experiment; tight thresholds abort."""
 
-    @pytest.mark.parametrize("name", ["kill-catalog", "payments-latency", "fill-pg-disk"])
+    @pytest.mark.parametrize("name", ["kill-catalog", "payments-latency", "fill-pg-disk",
+                                      "payments-response-lost"])
     def test_holds(self, fixed, tmp_path, name):
         outcome, journal = _run(fixed, name, tmp_path)
         assert outcome.verdict == "held", outcome.reason
         assert journal["chaoscheckout_load"]["summary"]["requests"] > 0
         assert journal["chaoscheckout_provenance"]["services"]["checkout"]["profile"] == "resilient"
+        if name == "payments-response-lost":  # the fault bit: responses were really lost
+            [effect] = [r["output"] for r in journal["run"]
+                        if r["activity"]["name"] == "how-many-provider-responses-were-lost"]
+            print(f"response loss effect: {effect}")
+            assert effect["responses_lost"] > 0, effect
         _no_fault_left(fixed)
 
     @pytest.mark.parametrize("ctk", ["installed", pytest.param("newest", marks=pytest.mark.ctk_latest)])

@@ -1,4 +1,4 @@
-"""The three experiments: shape, shared steady state, and that they validate.
+"""The four experiments: shape, shared steady state, and that they validate.
 
 The runs themselves (detection power against the weakened checkout, holds against the
 fixed one, abort on a tight threshold) are in tests/test_experiment_runs.py.
@@ -15,7 +15,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-EXPERIMENTS = ("kill-catalog", "payments-latency", "fill-pg-disk")
+EXPERIMENTS = ("kill-catalog", "payments-latency", "fill-pg-disk", "payments-response-lost")
+# experiments whose hypothesis adds probes after the shared block (docs/steady-state.md)
+EXTRA_PROBES = {"payments-response-lost": ["double_charges"]}
+FAULT_FUNCS = ("kill_service", "add_latency", "fill_disk", "lose_responses")
 CHAOS = str(Path(sys.executable).with_name("chaos"))
 
 
@@ -32,7 +35,12 @@ def _doc_hypothesis() -> dict:
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_steady_state_matches_the_doc(name: str) -> None:
-    assert _load(name)["steady-state-hypothesis"] == _doc_hypothesis()
+    hypothesis, doc = _load(name)["steady-state-hypothesis"], _doc_hypothesis()
+    shared = len(doc["probes"])
+    assert {**hypothesis, "probes": hypothesis["probes"][:shared]} == doc
+    extra = hypothesis["probes"][shared:]
+    assert [p["provider"]["func"] for p in extra] == EXTRA_PROBES.get(name, [])
+    assert all(p["tolerance"] == 0 for p in extra)
 
 
 def test_doc_hypothesis_names_the_three_slis() -> None:
@@ -60,6 +68,9 @@ def test_controls_safety_provenance_load_and_safeguards(name: str) -> None:
     guards = controls[3]["provider"]["arguments"]["probes"]
     money = [g for g in guards if g["provider"]["func"] == "money_guard"]
     assert money and money[0]["frequency"] == 1, "money without order must abort at once"
+    if "double_charges" in EXTRA_PROBES.get(name, []):  # its invariant has its guard too
+        double = [g for g in guards if g["provider"]["func"] == "double_charge_guard"]
+        assert double and double[0]["frequency"] == 1, "a double charge must abort at once"
     for guard in guards:
         assert guard["tolerance"] is True and guard.get("frequency"), guard["name"]
 
@@ -67,8 +78,7 @@ def test_controls_safety_provenance_load_and_safeguards(name: str) -> None:
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_every_fault_has_a_rollback_and_a_bounded_lease(name: str) -> None:
     experiment = _load(name)
-    faults = [a for a in experiment["method"] if a["provider"]["func"] in
-              ("kill_service", "add_latency", "fill_disk")]
+    faults = [a for a in experiment["method"] if a["provider"]["func"] in FAULT_FUNCS]
     assert len(faults) == 1
     assert faults[0]["provider"]["arguments"]["duration_s"] == "${fault_duration_s}"
     assert experiment["rollbacks"], "a fault without a rollback"

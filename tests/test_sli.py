@@ -125,3 +125,31 @@ def test_money_probe_rejects_bad_arguments() -> None:
         with pytest.raises(InvalidFaultArgument):
             probes.charges_without_order(grace_s=grace_s, since_s=since_s)
 
+
+
+def test_double_charge_probe_and_guard_count_an_order_charged_twice(loaded: K6Process, stack) -> None:
+    from chaoscheckout.sli import guards
+
+    since_s = time.time() - loaded.started_at + 5
+    assert probes.double_charges(since_s=since_s) == 0  # real checkout traffic: one charge per order
+    assert probes.double_charges_details(since_s=since_s)["checked"] >= 50
+    started = time.time() - 0.01
+    ref = str(uuid.uuid4())
+    for key in ("first", "retried-with-a-fresh-key"):
+        resp = httpx.post(f"{stack.registry.extra['provider_url']}/charges", timeout=5,
+                          json={"idempotency_key": f"test-sli-{key}-{ref}", "order_ref": ref,
+                                "amount_cents": 700})
+        assert resp.status_code == 200, resp.text
+    details = probes.double_charges_details(since=started)
+    assert details["count"] == 1 and details["order_refs"] == [ref] and details["extra_amount_cents"] == 700
+    assert len(details["charges"][ref]) == 2
+    guards.reset()
+    try:
+        assert guards.double_charge_guard(since=started) is False
+        assert [b["guard"] for b in guards.breaches()] == ["double_charge_guard"]
+    finally:
+        guards.reset()
+    with pytest.raises(InvalidFaultArgument):
+        probes.double_charges(since_s=-1)
+    with pytest.raises(ActivityFailed, match="not judged"):
+        probes.double_charges(since=time.time() + 30)  # an empty window (load runs now): never "0"

@@ -43,7 +43,8 @@ __all__ = ["Lease", "LeaseStore", "InvalidLease", "LeasesUnreadable", "check_dur
            "check_positive", "iso_utc", "KINDS", "FAULT_ID_RE"]
 
 KINDS = KIND_NAMES  # from the fault-kind table
-FAULT_ID_RE = re.compile(r"^(?P<kind>[a-z]+)-(?P<service>[A-Za-z0-9_.]+(?:-[A-Za-z0-9_.]+)*)-[0-9a-f]{8}$")
+FAULT_ID_RE = re.compile(
+    r"^(?P<kind>[a-z][a-z_]*)-(?P<service>[A-Za-z0-9_.]+(?:-[A-Za-z0-9_.]+)*)-[0-9a-f]{8}$")
 
 
 class LeasesUnreadable(ChaosCheckoutError):

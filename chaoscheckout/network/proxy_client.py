@@ -95,6 +95,23 @@ class ProxyControl:
         the old toxic with its final ``effect`` counters."""
         return self._call("DELETE", f"/routes/{route}/latency")
 
+    def set_response_loss(self, route: str, fraction: float, expires_at: float,
+                          fault_id: str) -> dict[str, Any]:
+        """Set the route's response-loss toxic (each request picked with ``fraction``: it
+        reaches the upstream, its response is dropped); refused without ``expires_at`` and
+        ``fault_id``, dropped by the proxy at its expiry."""
+        body = {"fraction": fraction, "expires_at": expires_at, "fault_id": fault_id}
+        return self._call("PUT", f"/routes/{route}/response-loss", body)
+
+    def response_loss(self, route: str) -> dict[str, Any] | None:
+        """The route's live response-loss toxic (with its ``effect`` counters) or None."""
+        return self._call("GET", f"/routes/{route}/response-loss")["response_loss"]
+
+    def clear_response_loss(self, route: str) -> dict[str, Any]:
+        """Remove the route's response-loss toxic; ``response_loss`` is the old one with its
+        final ``effect`` counters."""
+        return self._call("DELETE", f"/routes/{route}/response-loss")
+
     def metrics(self) -> str:
         return self._request("GET", "/metrics", None).decode()
 

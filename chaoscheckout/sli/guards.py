@@ -59,9 +59,10 @@ from chaoscheckout.sli.probes import (
     check_window,
     checkout_availability,
     checkout_latency_ms,
+    double_charges,
 )
 
-__all__ = ["availability_guard", "latency_guard", "money_guard", "unix_time"]
+__all__ = ["availability_guard", "latency_guard", "money_guard", "double_charge_guard", "unix_time"]
 
 logger = logging.getLogger("chaostoolkit")
 
@@ -147,6 +148,33 @@ def money_guard(grace_s: float = 5, since: float | None = None, since_s: float =
         return _unobserved("money_guard", exc, max_unobserved_s, configuration)
     _UNOBSERVED_SINCE.pop("money_guard", None)
     return _judge("money_guard", count == 0, count, "== 0", configuration)
+
+
+def double_charge_guard(since: float | None = None, since_s: float = 600, max_unobserved_s: float = 30,
+                        configuration: dict[str, Any] | None = None) -> bool:
+    """Abort condition: any order the payment provider charged more than once.
+
+    :param since: unix timestamp to look back to (e.g. the run's start); overrides
+        ``since_s``.
+    :param since_s: how far back to look when ``since`` is not given.
+    :param max_unobserved_s: how long it may stay unknown (the provider unreachable, or
+        no captured charge yet in the window) before the guard fails.
+    :returns: ``True`` while no order has two captured charges, ``False`` at the first.
+
+    Bad arguments raise InvalidFaultArgument at once. A probe: changes nothing.
+    """
+    check_window_arguments(0, since_s, since)
+    if isinstance(max_unobserved_s, str | bool):
+        raise InvalidFaultArgument(f"max_unobserved_s must be a number, got {max_unobserved_s!r}")
+    finite_number("max_unobserved_s", max_unobserved_s, 0, 600, low_inclusive=True)
+    if _halted("double_charge_guard", configuration):
+        return False
+    try:
+        count = double_charges(since_s=since_s, since=since, configuration=configuration)
+    except ActivityFailed as exc:
+        return _unobserved("double_charge_guard", exc, max_unobserved_s, configuration)
+    _UNOBSERVED_SINCE.pop("double_charge_guard", None)
+    return _judge("double_charge_guard", count == 0, count, "== 0", configuration)
 
 
 def unix_time() -> float:

@@ -1,4 +1,5 @@
-"""Money safety: captured provider charges that have no recorded order in Postgres.
+"""Money safety: captured provider charges that have no recorded order in Postgres, and
+orders charged twice.
 
 The provider keeps its own charge log (``GET <provider_url>/charges?since=<unix ts>``);
 checkout records orders in Postgres (``orders.order_ref``, a uuid). A charge older than
@@ -8,6 +9,11 @@ means money was taken without an order: the invariant is "0 such charges".
 URLs: configuration ``provider_url`` / ``database_url``, else the registry's
 ``extra.provider_url`` / ``extra.database_url`` (the stack's is a read-only role). Every
 call has a timeout (HTTP timeout, psycopg ``connect_timeout`` and ``statement_timeout``).
+
+Charged twice: two or more captured charges (different idempotency keys, since the
+provider replays a key) for one ``order_ref`` in the provider's log. That is wrong the
+moment it exists, so no grace period applies; checkout's idempotency key is the order
+reference, so a second charge means someone retried with a fresh key.
 
 A check that judged nothing says so (``judged`` False): when every charge in the window is
 still within the grace period, it waits (at most ``grace_s``) for the oldest to leave it
@@ -31,8 +37,8 @@ from chaoscheckout.config import finite_number, settings_from
 from chaoscheckout.errors import ChaosCheckoutError, InvalidFaultArgument
 from chaoscheckout.runtime.registry import load_registry
 
-__all__ = ["Charge", "MoneyCheck", "find_charges_without_order", "check_window_arguments",
-           "MAX_GRACE_S", "MAX_LOOKBACK_S"]
+__all__ = ["Charge", "MoneyCheck", "DoubleChargeCheck", "find_charges_without_order",
+           "find_double_charges", "check_window_arguments", "MAX_GRACE_S", "MAX_LOOKBACK_S"]
 
 MAX_GRACE_S = 600.0
 MAX_LOOKBACK_S = 30 * 86400.0
@@ -67,6 +73,29 @@ class MoneyCheck:
             "in_grace": self.in_grace,
             "order_refs": [c.order_ref for c in self.orphans[:max_refs]],
             "amount_cents": sum(c.amount_cents for c in self.orphans),
+        }
+
+
+@dataclass(frozen=True)
+class DoubleChargeCheck:
+    checked: int  # captured charges in the window
+    doubled: dict[str, list[Charge]]  # order_ref -> its captured charges (two or more)
+
+    @property
+    def judged(self) -> bool:
+        """False when the window held no captured charge: the count then proves nothing."""
+        return self.checked > 0
+
+    def to_dict(self, max_refs: int = 20) -> dict[str, Any]:
+        refs = list(self.doubled)[:max_refs]
+        return {
+            "count": len(self.doubled),
+            "judged": self.judged,
+            "checked": self.checked,
+            "order_refs": refs,
+            "charges": {ref: [c.charge_id for c in self.doubled[ref]] for ref in refs},
+            "extra_amount_cents": sum(c.amount_cents for charges in self.doubled.values()
+                                      for c in charges[1:]),
         }
 
 
@@ -116,6 +145,28 @@ def find_charges_without_order(grace_s: float, since_s: float,
     else:
         logger.warning(f"money safety NOT judged: no captured charge older than {grace_s:g}s since "
                        f"{start:.0f} ({check.in_grace} within the grace period)")
+    return check
+
+
+def find_double_charges(since_s: float, configuration: dict[str, Any] | None = None,
+                        since: float | None = None) -> DoubleChargeCheck:
+    """Group the provider's captured charges since ``since`` (else of the last ``since_s``
+    seconds) by ``order_ref``; an order with two or more is charged twice."""
+    _, since, since_s = check_window_arguments(0, since_s, since)
+    settings = settings_from(configuration)
+    provider_url, _ = _endpoints(configuration)
+    start = since if since is not None else time.time() - since_s
+    charges = _fetch_charges(provider_url, start, settings.io_timeout_s)
+    by_order: dict[str, list[Charge]] = {}
+    for charge in charges:
+        by_order.setdefault(charge.order_ref, []).append(charge)
+    check = DoubleChargeCheck(checked=len(charges),
+                              doubled={ref: cs for ref, cs in by_order.items() if len(cs) > 1})
+    if check.judged:
+        logger.info(f"money safety: {len(check.doubled)} order(s) charged more than once among "
+                    f"{check.checked} captured charge(s)")
+    else:
+        logger.warning(f"double charges NOT judged: no captured charge since {start:.0f}")
     return check
 
 

@@ -46,7 +46,7 @@ from typing import Any
 from chaoslib.exceptions import ActivityFailed
 
 from chaoscheckout.errors import InvalidFaultArgument
-from chaoscheckout.sli.money import find_charges_without_order
+from chaoscheckout.sli.money import find_charges_without_order, find_double_charges
 from chaoscheckout.sli.prometheus import prometheus_client_from
 
 __all__ = [
@@ -56,6 +56,8 @@ __all__ = [
     "prometheus_range",
     "charges_without_order",
     "charges_without_order_details",
+    "double_charges",
+    "double_charges_details",
 ]
 
 logger = logging.getLogger("chaostoolkit")
@@ -195,6 +197,48 @@ def charges_without_order_details(grace_s: float = 5, since_s: float = 600, sinc
     A probe: nothing to undo.
     """
     return find_charges_without_order(grace_s, since_s, configuration, since=since).to_dict()
+
+
+def double_charges(since_s: float = 600, since: float | None = None,
+                   configuration: dict[str, Any] | None = None) -> int:
+    """Count orders the payment provider charged more than once (money safety).
+
+    Reads the provider's charge log (``GET <provider_url>/charges?since=``) and groups
+    captured charges by ``order_ref``: an order reference with two or more captured
+    charges (each has its own idempotency key: the provider replays a key) was charged
+    twice. No grace period: a second charge is wrong the moment it exists.
+
+    :param since_s: how far back to look, seconds (> 0, at most 30 days).
+    :param since: unix timestamp to look back to (e.g. the run's start); overrides
+        ``since_s``.
+    :returns: the number of order references charged more than once; 0 is the steady
+        state (use the tolerance ``0``).
+    :raises ActivityFailed: the provider unreachable, or no captured charge in the window
+        at all: never reported as 0.
+    :raises InvalidFaultArgument: ``since_s`` or ``since`` not finite, negative, or
+        ``since`` in the future.
+
+    Configuration: ``provider_url``, else the registry's ``extra.provider_url``. A
+    probe: nothing to undo.
+    """
+    check = find_double_charges(since_s, configuration, since=since)
+    if not check.judged:
+        raise ActivityFailed("double charges not judged: no captured charge in the window (no traffic?); "
+                             "0 would be a guess")
+    return len(check.doubled)
+
+
+def double_charges_details(since_s: float = 600, since: float | None = None,
+                           configuration: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Like :func:`double_charges`, but return the evidence for the journal.
+
+    :returns: ``{"count", "judged", "checked", "order_refs" (first 20), "charges" (their
+        charge ids), "extra_amount_cents"}``; ``judged`` False means the count proves
+        nothing.
+
+    A probe: nothing to undo.
+    """
+    return find_double_charges(since_s, configuration, since=since).to_dict()
 
 
 # ---------------------------------------------------------------------------

@@ -44,12 +44,14 @@ every setting below its first-version default (the weakened variant, on purpose:
    exists: the answer is 200 with ``"status": "pending"`` and the order is logged and
    counted (``checkout_orders_left_pending_total``) — money safety holds because every
    charge has its order row. When payments answers with a failure, the order becomes
-   ``failed`` (best effort); when payments never answered (timeouts) it stays
-   ``pending``: the charge may or may not have happened, a reconciler decides.
+   ``failed`` (best effort); when payments never answered (timeouts) or answered 504 (the
+   provider's outcome unknown: its answer was lost) it stays ``pending``: the charge may
+   or may not have happened, a reconciler decides.
    ``CHECKOUT_ORDER_FIRST=0`` is the first version: charge, then ``INSERT`` as ``paid``
    (failing → 500 after the money was taken).
 3. **Timeout budget for payments.** Each payments attempt is bounded by
-   ``CHECKOUT_PAYMENTS_TIMEOUT_S``; on a timeout or a connection error up to
+   ``CHECKOUT_PAYMENTS_TIMEOUT_S``; on a timeout, a connection error or a 504 from payments
+   (the provider's outcome unknown) up to
    ``CHECKOUT_PAYMENTS_RETRIES`` more attempts are made with the SAME idempotency key
    (``order_ref``; the provider deduplicates, so a retry never charges twice). All attempts
    share ``CHECKOUT_BUDGET_S``: an attempt's timeout is min(per-attempt, budget left) and
@@ -166,7 +168,7 @@ LEFT_PENDING = Counter("checkout_orders_left_pending_total",
 for _outcome in ("ok", "error", "client_error"):
     REQUESTS.labels(_outcome)
     DURATION.labels(_outcome)
-for _result in ("ok", "refused", "timeout", "unreachable"):
+for _result in ("ok", "refused", "timeout", "unreachable", "unknown"):
     PAYMENT_ATTEMPTS.labels(_result)
 
 
@@ -347,6 +349,10 @@ class Checkout:
                 PAYMENT_ATTEMPTS.labels("unreachable").inc()
                 failures.append(f"payments unreachable: {exc!r}")
                 continue
+            if response.status_code == 504:  # payments: the provider's outcome is unknown
+                PAYMENT_ATTEMPTS.labels("unknown").inc()
+                failures.append(f"payments: provider outcome unknown ({response.text[:120]})")
+                continue  # not a refusal: the same key again is safe (the provider replays it)
             if response.status_code != 200:
                 PAYMENT_ATTEMPTS.labels("refused").inc()
                 raise PaymentFailed(f"payments answered {response.status_code}: "

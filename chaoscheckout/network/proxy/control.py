@@ -23,6 +23,13 @@ a toxic is refused unless ``<leases_dir>/<fault_id>.json`` exists: no toxic with
   delayed_ratio, exchanges_delayed_ratio}`` counted since it was set
 - ``DELETE /routes/<name>/latency`` → ``{"route", "removed": bool, "latency": <old>|null}``
   (the old toxic with its final ``effect``)
+- ``PUT /routes/<name>/response-loss`` ``{"fraction", "expires_at", "fault_id"}`` → the
+  route with its new response-loss toxic (each request picked with probability
+  ``fraction``: it reaches the upstream, its response is dropped and the caller's
+  connection reset); ``GET`` → ``{"route", "response_loss": <toxic>|null}`` with
+  ``effect``: ``{fault_id, scope, fraction, set_at, exchanges_seen, exchanges_picked,
+  responses_lost, responses_lost_ratio}``; ``DELETE`` → ``{"route", "removed",
+  "response_loss": <old>|null}``. Independent of the latency toxic.
 - ``GET /metrics`` → Prometheus text format
 """
 
@@ -39,6 +46,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from chaoscheckout.network.proxy.loss import parse_response_loss
 from chaoscheckout.network.proxy.relay import Route
 from chaoscheckout.network.proxy.toxic import ToxicError, parse_latency
 
@@ -178,6 +186,8 @@ class ControlServer:
                     toxic = route.live_toxic()
                     return 200, {"route": route.name, "latency": toxic.to_dict() if toxic else None}
                 return 405, {"error": f"{method} not allowed on {path}"}
+            if len(parts) == 3 and parts[2] == "response-loss":
+                return self._response_loss(route, method, path, body)
         return 404, {"error": f"no such endpoint: {method} {path}"}
 
     def _put_latency(self, route: Route, body: bytes) -> tuple[int, Any]:
@@ -191,6 +201,29 @@ class ControlServer:
         route.toxic = toxic
         logger.info("route %s: latency %s", route.name, toxic.to_dict())
         return 200, route.describe()
+
+    def _response_loss(self, route: Route, method: str, path: str, body: bytes) -> tuple[int, Any]:
+        if method == "PUT":
+            try:
+                raw = json.loads(body or b"null")
+                self._check_lease_fields(raw)
+                loss = parse_response_loss(raw)
+            except ValueError as exc:  # JSONDecodeError and ToxicError
+                reason = str(exc) if isinstance(exc, ToxicError) else f"invalid JSON: {exc}"
+                return 400, {"error": reason}
+            route.loss = loss
+            logger.info("route %s: response loss %s", route.name, loss.to_dict())
+            return 200, route.describe()
+        if method == "DELETE":
+            old = route.live_loss()
+            route.loss = None
+            logger.info("route %s: response loss removed (%s)", route.name, old and old.fault_id)
+            return 200, {"route": route.name, "removed": old is not None,
+                         "response_loss": old.to_dict() if old else None}
+        if method == "GET":
+            loss = route.live_loss()
+            return 200, {"route": route.name, "response_loss": loss.to_dict() if loss else None}
+        return 405, {"error": f"{method} not allowed on {path}"}
 
 
     def _check_lease_fields(self, raw: Any) -> None:
@@ -263,6 +296,9 @@ def render_metrics(routes: dict[str, Route]) -> str:
         ("chaoscheckout_proxy_delayed_exchanges_total", "counter", "Exchanges the latency toxic delayed", []),
         ("chaoscheckout_proxy_latency_delay_ms", "gauge", "Live latency toxic delay (0: none)", []),
         ("chaoscheckout_proxy_latency_fraction", "gauge", "Live latency toxic fraction (0: none)", []),
+        ("chaoscheckout_proxy_lost_responses_total", "counter",
+         "Responses the response-loss toxic dropped (caller's connection reset)", []),
+        ("chaoscheckout_proxy_response_loss_fraction", "gauge", "Live response-loss fraction (0: none)", []),
     ]
     for route in routes.values():
         s, r = route.stats, f'route="{route.name}"'
@@ -278,6 +314,9 @@ def render_metrics(routes: dict[str, Route]) -> str:
         series[7][3].append((r, s.delayed_exchanges))
         series[8][3].append((r, toxic.delay_ms if toxic else 0))
         series[9][3].append((r, toxic.fraction if toxic else 0))
+        loss = route.live_loss()
+        series[10][3].append((r, s.lost_responses))
+        series[11][3].append((r, loss.fraction if loss else 0))
     out = []
     for name, kind, help_text, samples in series:
         out.append(f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n")

@@ -8,6 +8,12 @@ received chunk straight to the other transport, with the transports' own flow co
 chunks in arrival order, so bytes keep their order and a streamed body is not delayed
 cumulatively. Responses are never delayed; a response chunk marks the connection as
 "answered", so its next upstream chunk starts a new exchange.
+
+The response-loss toxic (:mod:`.loss`) picks exchanges as they start; a picked one's
+request goes through, and the first response chunk of it is dropped and the client
+connection reset (the upstream one closed). With neither toxic set, the fast path is all
+that runs: it costs one more attribute test per request chunk (``route.loss``) and one per
+response chunk (``conn.lose_response``) than before the response-loss toxic existed.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import logging
 import random
 from dataclasses import dataclass, field
 
+from chaoscheckout.network.proxy.loss import ResponseLossToxic
 from chaoscheckout.network.proxy.toxic import LatencyToxic
 
 __all__ = ["Route", "RouteStats", "parse_route"]
@@ -39,6 +46,7 @@ class RouteStats:
     delayed_connections: int = 0
     toxic_exchanges: int = 0  # exchanges that started while a toxic was live
     delayed_exchanges: int = 0
+    lost_responses: int = 0  # responses dropped by the response-loss toxic
 
 
 @dataclass
@@ -49,6 +57,7 @@ class Route:
     upstream_port: int
     listen_host: str = "127.0.0.1"
     toxic: LatencyToxic | None = None
+    loss: ResponseLossToxic | None = None
     stats: RouteStats = field(default_factory=RouteStats)
     rng: random.Random = field(default_factory=random.Random)
     server: asyncio.base_events.Server | None = None
@@ -62,6 +71,15 @@ class Route:
             return None
         return toxic
 
+    def live_loss(self) -> ResponseLossToxic | None:
+        """The response-loss toxic if set and not expired (an expired one is dropped here)."""
+        loss = self.loss
+        if loss is not None and loss.expired():
+            logger.info("route %s: response-loss toxic %s expired", self.name, loss.fault_id)
+            self.loss = None
+            return None
+        return loss
+
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self.server = await loop.create_server(lambda: _Connection(self), self.listen_host, self.listen_port)
@@ -72,11 +90,13 @@ class Route:
 
     def describe(self) -> dict:
         toxic = self.live_toxic()
+        loss = self.live_loss()
         return {
             "name": self.name,
             "listen": f"{self.listen_host}:{self.listen_port}",
             "upstream": f"{self.upstream_host}:{self.upstream_port}",
             "latency": toxic.to_dict() if toxic else None,
+            "response_loss": loss.to_dict() if loss else None,
             "connections_active": self.stats.connections_active,
         }
 
@@ -100,6 +120,7 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.paused_by: set[str] = set()  # reasons the client's reading is paused
         self.held_by_toxic = False  # a chunk the toxic delayed is queued (not only connecting)
+        self.lose_response: ResponseLossToxic | None = None  # this exchange's response is dropped
 
     # client side ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -136,9 +157,11 @@ class _Connection(asyncio.Protocol):
         starts = self.answered  # first chunk after the upstream answered: a new exchange?
         self.answered = False
         upstream = self.upstream
-        if route.toxic is None and upstream is not None and not self.pending:
+        if route.toxic is None and route.loss is None and upstream is not None and not self.pending:
             upstream.write(data)  # the fast path: no toxic set, nothing held back
             return
+        if starts and route.loss is not None:
+            self._decide_loss()
         toxic = route.live_toxic()
         if self.upstream is None and not self.client.is_closing():
             # Python 3.11 re-enables reading right after connection_made, so bytes can
@@ -167,6 +190,33 @@ class _Connection(asyncio.Protocol):
             self._pause_client("pending")
         if self.timer is None:
             self.timer = self.loop.call_at(self.pending[0][0], self._flush)
+
+    def _decide_loss(self) -> None:
+        """A new exchange under a live response-loss toxic: drop its response or not."""
+        loss = self.route.live_loss()
+        if loss is None:
+            return
+        loss.counters.exchanges_seen += 1
+        if loss.pick(self.route.rng):
+            loss.counters.exchanges_picked += 1
+            self.lose_response = loss
+
+    def lose(self) -> bool:
+        """The upstream answered a picked exchange: drop the answer, reset the caller."""
+        loss, self.lose_response = self.lose_response, None
+        if self.route.loss is not loss:  # removed (reverted) meanwhile: the response goes through
+            return False
+        loss.counters.responses_lost += 1
+        self.route.stats.lost_responses += 1
+        self.closed = True
+        if self.timer is not None:
+            self.timer.cancel()
+        self.pending.clear()
+        if self.client is not None:
+            self.client.abort()  # no FIN after a response: the caller sees a reset/close
+        if self.upstream is not None:
+            self.upstream.abort()
+        return True
 
     def _toxic_delay(self, toxic: LatencyToxic, new_exchange: bool) -> float:
         """This chunk's own delay under ``toxic`` (0: none); counts what it sees."""
@@ -276,6 +326,8 @@ class _Upstream(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.stats.bytes_downstream += len(data)
         conn = self.conn
+        if conn.lose_response is not None and conn.lose():
+            return
         conn.answered = True
         client = conn.client
         if client is not None and not client.is_closing():

@@ -42,6 +42,7 @@ async def serve(routes: dict[str, Route], control: ControlServer) -> None:
     while not stop.is_set():
         for route in routes.values():
             route.live_toxic()  # drops an expired toxic even when no traffic flows
+            route.live_loss()
         try:
             await asyncio.wait_for(stop.wait(), SWEEP_INTERVAL_S)
         except TimeoutError:
