@@ -145,17 +145,20 @@ def test_remove_latency_leaves_zero_netem_qdiscs(vm_run):
     assert back < 0.5 * DELAY_MS, f"still {back:.1f} ms slower after remove_latency"
 
 
-def test_reaper_removes_netem_at_lease_expiry_after_sigkill(vm_run):
+def test_dead_man_switch_removes_netem_after_the_injectors_sigkill(vm_run):
+    """The injector (a library caller: its process is the fault's owner) is SIGKILLed right
+    after add_latency: the reaper's dead-man switch removes netem within seconds, well before
+    the lease would have expired."""
     lease = vm_run["lease"]
     assert lease["injected"]["backend"] == "netem"
     assert lease["child_returncode"] == -9
-    assert lease["qdiscs_after_kill"]["netem_in_netns"] == 1, "SIGKILL alone must not remove netem"
     assert len(lease["leases_before_kill"]) == 1
     assert lease["removed_at"] is not None, f"netem still there; reaper log:\n{lease['reaper_log_tail']}"
-    late = lease["removed_after_expiry_s"]
-    print(f"[vm] reaper removed netem {late:.2f} s after lease expiry (lease {LEASE_S} s)")
-    assert late >= 0, f"netem removed {-late:.2f} s BEFORE the lease expired"
-    assert late <= 10, f"netem removed only {late:.2f} s after expiry"
+    after_kill, after_expiry = lease["removed_after_kill_s"], lease["removed_after_expiry_s"]
+    print(f"[vm] reaper removed netem {after_kill:.2f} s after the owner's SIGKILL "
+          f"({-after_expiry:.2f} s before its {LEASE_S} s lease would have expired)")
+    assert after_kill <= 5, f"netem removed only {after_kill:.2f} s after the owner died"
+    assert after_expiry < 0, "removed at lease expiry, not by the dead-man switch"
     assert lease["qdiscs_after_expiry"]["netem_in_netns"] == 0
     assert lease["qdiscs_after_expiry"]["netem_in_root"] == 0
     assert lease["leases_after_expiry"] == []

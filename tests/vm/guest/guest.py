@@ -308,6 +308,8 @@ def lease_expiry_test(p: dict[str, Any]) -> dict[str, Any]:
     out["reaper_log_tail"] = reaper_log.read_text()[-1500:]
     out["removed_at"] = removed_at
     out["removed_after_expiry_s"] = None if removed_at is None else round(removed_at - out["expires_at"], 2)
+    out["removed_after_kill_s"] = (None if removed_at is None
+                                   else round(removed_at - out["child_killed_at"], 2))
     out["qdiscs_after_expiry"] = qdiscs()
     out["leases_after_expiry"] = lease_files()
     return out
@@ -333,9 +335,17 @@ def _inject_and_kill(p: dict[str, Any], out: dict[str, Any]) -> None:
     out["child_killed_at"] = time.time()
     out["child_returncode"] = child.returncode
     out["qdiscs_after_kill"] = qdiscs()
-    out["expires_at"] = out["injected"]["expires_at"]
+    out["expires_at"] = _unix(out["injected"]["expires_at"])  # fault results carry ISO times
     if time.time() >= out["expires_at"]:
         raise RuntimeError("the lease expired before the SIGKILL: raise ccvm.lease_s")
+
+
+def _unix(value: Any) -> float:
+    if isinstance(value, str):
+        from datetime import datetime
+
+        return datetime.fromisoformat(value).timestamp()
+    return float(value)
 
 
 def chaos_run(path: Path) -> dict[str, Any]:
