@@ -21,8 +21,9 @@ from stack.loadrun import SLI_RULES, K6Error, prom_query, run_k6
 
 __all__ = ["main", "BASELINE_RATE"]
 
-# Chosen from bench/capacity.py on this machine (capacity measured 25-30 checkouts/s with
-# p95 < 300 ms on 2 shared cores): at most 25 % of it.
+# Chosen from `make bench` on this machine (capacity measured 20-60 checkouts/s with
+# p95 < 300 ms on 2 shared cores, depending on the other load; bench/RESULTS.md): well under
+# 25 % of the lowest figure.
 BASELINE_RATE = 5
 
 
