@@ -115,6 +115,7 @@ def _load(name: str) -> ModuleType | None:
         raise SystemExit(f"bench/{name}.py is missing")
     spec = importlib.util.spec_from_file_location(f"chaoscheckout_bench_{name}", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses (and pickling) look the module up by name
     spec.loader.exec_module(module)
     if not callable(getattr(module, "rows", None)):
         raise SystemExit(f"bench/{name}.py defines no rows(ctx) -> list[Row]")
