@@ -367,5 +367,44 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failures else 0
 
 
+# ---------------------------------------------------------------------------
+# make bench (bench/run.py): "owner killed -> fault reverted" rows
+# ---------------------------------------------------------------------------
+SECTION = "interrupt"
+NEEDS_STACK = True
+# the bound before the dead-man switch: the experiments' lease (CHAOSCHECKOUT_FAULT_DURATION_S)
+BEFORE_S = 180.0
+
+
+def rows(ctx) -> list:
+    """Trials against the bench's running stack: smoke = one SIGKILL of kill-catalog; full =
+    2 trials per ending, experiments in turn. One row per ending: median signal -> effect gone."""
+    from table import Row
+
+    endings = ["sigkill"] if ctx.smoke else list(ENDINGS)
+    argv = ["--use-running", "--state-dir", str(ctx.state_dir), "--port-base", str(ctx.port_base),
+            "--endings", ",".join(endings), "--trials-per-ending", "1" if ctx.smoke else "2",
+            "--round-robin"]
+    if ctx.smoke:
+        argv += ["--experiments", "kill-catalog"]
+    with tempfile.TemporaryDirectory(prefix="cc-bench-interrupt-") as tmp:
+        out = Path(tmp) / "interrupt.json"
+        code = main([*argv, "--json", str(out)])
+        table = json.loads(out.read_text())["table"] if out.exists() else {}
+    result = []
+    for ending in endings:
+        row = table.get(ending) or {}
+        left = row.get("faults_left", 0) + row.get("k6_left", 0)
+        ok = bool(row.get("trials")) and not left and row.get("median_s") is not None \
+            and row["median_s"] <= 2.0 and (row.get("worst_s") or 0) <= 5.0
+        result.append(Row(SECTION, f"owner ended by {ending} → fault's effect gone", row.get("median_s"),
+                          "s", BEFORE_S, "lease expiry (before the dead-man switch)",
+                          "median <= 2 s, worst <= 5 s", ok,
+                          note=f"{row.get('trials', 0)} trial(s), worst {row.get('worst_s')} s, "
+                          f"{row.get('faults_left', '?')} fault(s) and {row.get('k6_left', '?')} k6 left"
+                          + ("" if code == 0 else "; bench exit 1")))
+    return result
+
+
 if __name__ == "__main__":
     sys.exit(main())
