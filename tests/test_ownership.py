@@ -189,6 +189,17 @@ def test_reaper_dead_man_switch_records_the_dead_run(conf, rig, tmp_path):
     assert "is gone" in record["cause"] and record["owner_last_seen_at"] <= record["detected_at"]
     assert (tmp_path / "owners" / f"{lease.owner.key}.dead").exists()
     assert fault_status(tmp_path)["dead_runs"] == [record]
+    # `chaos report` pointed at the state dir accounts for the run that left no journal
+    journals = tmp_path / "journals"
+    journals.mkdir()
+    report = subprocess.run([str(Path(sys.executable).with_name("chaos")), "report", str(tmp_path),
+                             "--output", str(journals / "experiment-log"), "--format", "md",
+                             "--format", "json"], capture_output=True, text=True, timeout=120, check=False)
+    assert report.returncode == 0, report.stdout + report.stderr
+    assert f"dead run     {lease.owner.run_id}: {lease.fault_id} reverted for it" in report.stdout
+    log = (journals / "experiment-log.md").read_text()
+    assert "## Runs that died without a journal" in log and lease.fault_id in log and "is gone" in log
+    assert json.loads((journals / "experiment-log.json").read_text())["dead_runs"] == [record]
 
 
 @pytest.mark.parametrize("step", ["lease", "effect", "after-effect", "revert-too"])

@@ -47,6 +47,21 @@ class ReportResult:
     written: list[Path] = field(default_factory=list)
     runs: list[Run] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
+    dead_runs: list[dict] = field(default_factory=list)
+
+
+def dead_run_records(inputs: list[Path]) -> list[dict]:
+    """The dead-run records among the inputs: a ``dead-runs.jsonl`` file given as such, or the
+    one in an input directory (e.g. the state dir)."""
+    from chaoscheckout.faults.deadruns import RECORD_FILE, read_records
+
+    records: list[dict] = []
+    for item in inputs:
+        if item.is_file() and item.suffix == ".jsonl":
+            records.extend(read_records(item))
+        elif item.is_dir() and (item / RECORD_FILE).is_file():
+            records.extend(read_records(item / RECORD_FILE))
+    return records
 
 
 def collect(inputs: list[Path]) -> tuple[list[Path], list[Skipped]]:
@@ -58,6 +73,8 @@ def collect(inputs: list[Path]) -> tuple[list[Path], list[Skipped]]:
         if item.is_dir():
             files.extend(p for p in sorted(item.glob("*.json"))
                          if p.is_file() and not p.name.startswith(OUTPUT_STEM) and not _generated(p))
+        elif item.is_file() and item.suffix == ".jsonl":
+            continue  # a dead-run record (dead_run_records), not a journal
         elif item.is_file():
             files.append(item)
         else:
@@ -90,7 +107,7 @@ def load_runs(inputs: list[Path]) -> ReportResult:
             skipped.append(loaded)
         else:
             runs.append(analyse(loaded))
-    return ReportResult(runs=runs, skipped=skipped)
+    return ReportResult(runs=runs, skipped=skipped, dead_runs=dead_run_records(inputs))
 
 
 def write_report(inputs: list[Path], output: Path | None, formats: tuple[str, ...]) -> ReportResult:
@@ -102,7 +119,7 @@ def write_report(inputs: list[Path], output: Path | None, formats: tuple[str, ..
         raise ReportError(f"output {output} is a directory; give a file stem such as {output / OUTPUT_STEM}")
     result = load_runs(inputs)
     runs, skipped = result.runs, result.skipped
-    if not runs:
+    if not runs and not result.dead_runs:
         reasons = "; ".join(f"{s.path}: {s.reason}" for s in skipped) or "no *.json file found"
         raise ReportError(f"no readable journal, nothing written ({reasons})")
     stem = _stem(output) if output is not None else default_output(inputs)
@@ -111,7 +128,7 @@ def write_report(inputs: list[Path], output: Path | None, formats: tuple[str, ..
     _unique_ids(runs)
     findings = _findings(inputs, skipped)
     protected = _inputs_of(inputs)
-    doc = build_document(runs, skipped, findings=findings)
+    doc = build_document(runs, skipped, findings=findings, dead_runs=result.dead_runs)
     planned: dict[Path, str] = {}
     charts: Path | None = None
     for fmt in formats:
@@ -273,6 +290,7 @@ def _json_doc(doc: Document) -> dict[str, Any]:
         "runs": [_plain(run) for run in doc.runs],
         "skipped": [_plain(s) for s in doc.skipped],
         "findings": [{"path": path, "text": text} for path, text in doc.findings],
+        "dead_runs": doc.dead_runs,
         "summary": {"headers": list(SummaryTable([]).headers), "rows": [r.cells() for r in doc.summary_rows]},
         "history": [{"title": h.title, "experiment_digest": h.experiment_digest,
                      "system_build": h.system_build, "system_label": h.system_label,

@@ -67,6 +67,7 @@ class Document:
     summary_rows: list[SummaryRow]
     histories: list[HistoryEntry]
     findings: list[tuple[str, str]] = field(default_factory=list)  # (FINDINGS.md path, its text)
+    dead_runs: list[dict[str, Any]] = field(default_factory=list)  # the state dir's dead-run record
 
     def anchors(self) -> dict[str, str]:
         """Journal file names (and run ids) → their run section ids, for links from the findings."""
@@ -99,8 +100,10 @@ def build_text(run: Run) -> str:
 
 
 def build_document(runs: list[Run], skipped: list[Skipped], title: str = "Experiment log",
-                   findings: list[tuple[str, str]] | None = None) -> Document:
-    """The log's blocks. findings: (path, text) of each FINDINGS.md, shown verbatim near the top."""
+                   findings: list[tuple[str, str]] | None = None,
+                   dead_runs: list[dict[str, Any]] | None = None) -> Document:
+    """The log's blocks. findings: (path, text) of each FINDINGS.md, shown verbatim near the top;
+    dead_runs: records of faults reverted for runs that died without a journal."""
     runs = sorted(runs, key=lambda r: (r.start or 0.0, r.run_id))
     generated = fmt_time(datetime.now(UTC).timestamp(), with_date=True)
     blocks: list[Block] = [Heading(title, 1, "top"),
@@ -121,6 +124,8 @@ def build_document(runs: list[Run], skipped: list[Skipped], title: str = "Experi
     if runs:
         blocks.append(Heading("Runs at a glance", 2, "at-a-glance"))
         blocks.append(RunsAtAGlance([GlanceRow(r.run_id, r.title, r.verdict, r.reason) for r in runs]))
+    if dead_runs:
+        blocks.extend(_dead_run_blocks(dead_runs))
     if skipped:
         blocks.append(Heading("Skipped inputs", 2, "skipped"))
         blocks.append(Table(["file", "reason"], [[s.path, s.reason] for s in skipped]))
@@ -146,7 +151,35 @@ def build_document(runs: list[Run], skipped: list[Skipped], title: str = "Experi
                 blocks.append(Paragraph(f"{title}: {' / '.join(actions)}"))
     else:
         blocks.append(Paragraph("No experiment has been run more than once in these journals."))
-    return Document(title, generated, runs, skipped, blocks, summary, entries, list(findings or []))
+    return Document(title, generated, runs, skipped, blocks, summary, entries, list(findings or []),
+                    list(dead_runs or []))
+
+
+DEAD_RUN_NOTE = ("A run killed (SIGKILL, OOM, a CI timeout) or frozen writes no journal. The reaper's "
+                 "dead-man switch reverted these faults for it and recorded each in the state dir's "
+                 "dead-run record: the run is accounted for, but it has no verdict.")
+
+
+def _dead_run_blocks(records: list[dict[str, Any]]) -> list[Block]:
+    rows = []
+    for r in records:
+        if "fault_id" not in r:
+            rows.append(["?", "?", "?", "?", str(r.get("error", "unreadable record")), "", "", ""])
+            continue
+        seen, reverted = r.get("owner_last_seen_at"), r.get("reverted_at")
+        numbers = isinstance(seen, int | float) and isinstance(reverted, int | float)
+        lag = f"{reverted - seen:.3f} s" if numbers else ""
+        rows.append([str(r.get("run_id") or "(no run: a library caller)"), str(r["fault_id"]),
+                     f"{r.get('kind', '?')} on {r.get('service', '?')}", str(r.get("cause", "")),
+                     _when(seen), _when(reverted), lag,
+                     "yes" if r.get("verified") else f"no ({r.get('error') or 'not verified'})"])
+    return [Heading("Runs that died without a journal", 2, "dead-runs"), Paragraph(DEAD_RUN_NOTE),
+            Table(["run", "fault", "what", "cause", "owner last seen (UTC)", "reverted (UTC)",
+                   "last seen → reverted", "effect gone (verified)"], rows)]
+
+
+def _when(value: Any) -> str:
+    return fmt_time(value, with_date=True) if isinstance(value, int | float) else ""
 
 
 # ---------------------------------------------------------------------------

@@ -49,6 +49,10 @@ def report(inputs: tuple[Path, ...], output: Path | None, formats: tuple[str, ..
         for problem in run.problems:
             flagged += 1
             click.echo(f"warning: {run.path}: {problem}", err=True)
+    for record in result.dead_runs:
+        owner = record.get("run_id") or "library caller"
+        click.echo(f"{'dead run':12} {owner}: {record.get('fault_id', '?')} reverted for it "
+                   f"({record.get('cause', record.get('error', ''))})")
     for path in result.written:
         click.echo(f"wrote {path}")
     if verify:
