@@ -49,7 +49,7 @@ $(CTK_LATEST)/.setup-done: setup.cfg pyproject.toml
 	set -euo pipefail; echo "newest Chaos Toolkit under $$($(PY312) --version)"; \
 	test -x $(CTK_LATEST)/bin/python || $(PY312) -m venv $(CTK_LATEST); \
 	$(CTK_LATEST)/bin/python -m pip install -q --upgrade pip; \
-	$(CTK_LATEST)/bin/python -m pip install -q --upgrade -e '.[dev]' chaostoolkit chaostoolkit-lib \
+	$(CTK_LATEST)/bin/python -m pip install -q --upgrade -e '.[stack,dev]' chaostoolkit chaostoolkit-lib \
 	  chaostoolkit-addons chaostoolkit-prometheus; \
 	$(CTK_LATEST)/bin/python -m pip list 2>/dev/null | grep -i '^chaostoolkit'; touch $@
 
