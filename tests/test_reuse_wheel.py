@@ -62,14 +62,17 @@ def _wait(condition, timeout_s: float, what: str) -> float:
 def team(tmp_path_factory) -> Iterator[Team]:
     work = tmp_path_factory.mktemp("team")
     dist, venv, state_dir, www = work / "dist", work / "venv", work / "state", work / "www"
+    # a new team's shell: nothing of this checkout on the path (another test module may have put
+    # the repo on PYTHONPATH, and pip would then take the wheel as already installed)
+    clean = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
     for step in (
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(dist), str(ROOT)],
         [sys.executable, "-m", "venv", str(venv)],
     ):
-        subprocess.run(step, cwd=work, check=True, timeout=PIP_TIMEOUT_S, capture_output=True)
+        subprocess.run(step, cwd=work, check=True, timeout=PIP_TIMEOUT_S, capture_output=True, env=clean)
     (wheel,) = dist.glob("chaostoolkit_checkout-*.whl")
     subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(wheel), "supervisor"], cwd=work,
-                   check=True, timeout=PIP_TIMEOUT_S, capture_output=True)
+                   check=True, timeout=PIP_TIMEOUT_S, capture_output=True, env=clean)
     www.mkdir()
     (www / "healthz").write_text("ok\n")
     state_dir.mkdir(mode=0o700)
