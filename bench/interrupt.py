@@ -101,12 +101,11 @@ class Observer:
                 return not httpx.get(self.catalog_health, timeout=0.5).is_success
             except httpx.HTTPError:
                 return True
-        if experiment == "payments-latency":
+        if experiment == "payments-latency":  # the control API is a unix socket: its own client
             try:
-                answer = httpx.get(f"{self.proxy_url}/routes/payments/latency", timeout=0.5).json()
-            except (httpx.HTTPError, ValueError):
+                return ProxyControl(self.proxy_url, 0.5).latency("payments") is not None
+            except ProxyError:
                 return False  # proxy unreachable: holds no toxic
-            return answer.get("latency") is not None
         if experiment == "payments-response-lost":  # the proxy holds a response-loss toxic on provider
             try:
                 return ProxyControl(self.proxy_url, 0.5).response_loss("provider") is not None

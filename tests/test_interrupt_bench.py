@@ -10,6 +10,7 @@ it is the end-to-end proof of the dead-man switch.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -28,3 +29,8 @@ def test_short_interrupt_bench_leaves_no_fault(tmp_path):
     )
     print(proc.stdout[-4000:])
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    # every experiment's fault was really seen from outside and timed (an observer that never
+    # sees its fault would leave that experiment's trials uncounted, and the bench green)
+    trials = json.loads((tmp_path / "interrupt.json").read_text())["trials"]
+    measured = {t["experiment"] for t in trials if t["injected"] and t["gone_after_s"] is not None}
+    assert measured == {"kill-catalog", "payments-latency", "fill-pg-disk"}, trials
