@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +27,9 @@ def test_short_interrupt_bench_leaves_no_fault(tmp_path):
          "--state-dir", f"/var/tmp/chaoscheckout-interrupt-{PORT_BASE}", "--trials-per-ending", "2",
          "--round-robin", "--json", str(tmp_path / "interrupt.json")],
         cwd=ROOT, capture_output=True, text=True, timeout=1500,
+        # SIGINT with its default disposition whatever launched pytest (a background job inherits
+        # it ignored); the bench also resets it for every run it starts
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     print(proc.stdout[-4000:])
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]

@@ -113,6 +113,9 @@ def _chaos_run(workdir: Path, experiment: Path) -> subprocess.Popen:
     return subprocess.Popen(
         [CHAOS, "--no-log-file", "run", "--journal-path", str(workdir / "journal.json"), str(experiment)],
         cwd=workdir, env=_chaos_env(workdir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        # as a terminal would: a background job (CI) inherits SIGINT ignored, and the SIGINT
+        # test would then interrupt nothing
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
