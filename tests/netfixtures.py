@@ -13,6 +13,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -118,6 +120,22 @@ def start_proxy(control_port: int, *routes: str) -> subprocess.Popen:
     proc = subprocess.Popen(args, cwd=ROOT)
     wait_http(f"http://127.0.0.1:{control_port}/healthz", proc)
     return proc
+
+
+@contextmanager
+def proxied_upstream(rig: ProxyRig, *routes: str) -> Iterator[ProxyRig]:
+    """The rig's upstream and a proxy with ``routes`` in front of it; both stopped at exit."""
+    upstream = start_upstream(rig.upstream_port)
+    try:
+        proxy = start_proxy(rig.control_port, *routes)
+    except Exception:
+        stop(upstream)
+        raise
+    try:
+        yield rig
+    finally:
+        stop(proxy)
+        stop(upstream)
 
 
 def stop(proc: subprocess.Popen) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from netfixtures import BASE, ProxyRig, start_proxy, start_upstream, stop, timed_get
+from netfixtures import BASE, ProxyRig, proxied_upstream, timed_get
 
 from chaoscheckout.errors import BackendUnavailable, InvalidFaultArgument, TargetRefused, UnknownService
 from chaoscheckout.faults.leases import LeaseStore
@@ -38,18 +38,9 @@ NETNS = f"cc-net-test-{os.getpid()}"
 @pytest.fixture(scope="module")
 def rig() -> Iterator[ProxyRig]:
     rig = ProxyRig(upstream_port=BASE + 63, listen_port=BASE + 64, control_port=BASE + 65)
-    upstream = start_upstream(rig.upstream_port)
-    try:
-        proxy = start_proxy(rig.control_port, f"up={rig.listen_port}:127.0.0.1:{rig.upstream_port}",
-                            f"nsup={BASE + 66}:127.0.0.1:{rig.upstream_port}")
-    except Exception:
-        stop(upstream)
-        raise
-    try:
+    with proxied_upstream(rig, f"up={rig.listen_port}:127.0.0.1:{rig.upstream_port}",
+                          f"nsup={BASE + 66}:127.0.0.1:{rig.upstream_port}"):
         yield rig
-    finally:
-        stop(proxy)
-        stop(upstream)
 
 
 @pytest.fixture(scope="module")

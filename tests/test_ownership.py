@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from netfixtures import BASE, ProxyRig, start_proxy, start_upstream, stop
+from netfixtures import BASE, ProxyRig, proxied_upstream
 
 from chaoscheckout.faults import inject as inject_mod
 from chaoscheckout.faults.control import fault_status, halt
@@ -42,18 +42,9 @@ CLI = str(Path(sys.executable).parent / "chaoscheckout")
 @pytest.fixture(scope="module")
 def rig() -> Iterator[ProxyRig]:
     rig = ProxyRig(upstream_port=BASE + 73, listen_port=BASE + 74, control_port=BASE + 75)
-    upstream = start_upstream(rig.upstream_port)
-    try:
-        proxy = start_proxy(rig.control_port, f"a={rig.listen_port}:127.0.0.1:{rig.upstream_port}",
-                            f"b={BASE + 76}:127.0.0.1:{rig.upstream_port}")
-    except Exception:
-        stop(upstream)
-        raise
-    try:
+    with proxied_upstream(rig, f"a={rig.listen_port}:127.0.0.1:{rig.upstream_port}",
+                          f"b={BASE + 76}:127.0.0.1:{rig.upstream_port}"):
         yield rig
-    finally:
-        stop(proxy)
-        stop(upstream)
 
 
 @pytest.fixture()
