@@ -626,3 +626,25 @@ def test_no_findings_file_no_findings_section(tmp_path: Path) -> None:
     write_report([_copy(tmp_path, picked[:1])], tmp_path / "log", ("md", "html"))
     assert "Findings" not in (tmp_path / "log.md").read_text()
     assert 'class="findings"' not in (tmp_path / "log.html").read_text()
+
+
+def test_timeline_fast_path_reads_samples_as_the_general_loop_does():
+    from chaoscheckout.report import model
+    from chaoscheckout.report.svg import _gaps
+
+    floats = [[1_700_000_000.0 + i * 0.5, 0.5 + (i % 7) / 10] for i in range(2000)]
+    assert model._points(floats) == model._points_general(floats)
+    assert len(model._points(floats)) == 2000
+    # anything the fast path does not take (ints, nulls, strings, bools, ISO times, bad items,
+    # non-finite values, unsorted) gives exactly what the general loop gives
+    mixed = [[1_700_000_003.0, 1], [1_700_000_001.0, None], [1_700_000_002.0, "0.75"],
+             ["2023-11-14T22:13:24Z", 0.5], [1_700_000_004.0, True], [1_700_000_005.0],
+             "x", [1_700_000_006.0, float("inf")], [-1.0, 0.5], [1_700_000_000.5, 0.25]]
+    for raw in (mixed, floats[::-1], floats + [[1_700_000_000.0, float("nan")]]):
+        assert model._points(raw) == model._points_general(raw)
+    assert [t for t, _ in model._points(mixed)] == sorted(t for t, _ in model._points(mixed))
+    # gaps: a step over 2.5 times the usual one, at any series length
+    times = [float(i) for i in range(50_000)]
+    times[30_000:] = [t + 10 for t in times[30_000:]]
+    assert _gaps(times) == [29_999.0]
+    assert _gaps([1.0, 1.0, 1.0, 1.0]) == []

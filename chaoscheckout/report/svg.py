@@ -18,6 +18,7 @@ import math
 from bisect import bisect_left
 from datetime import UTC, datetime
 from html import escape
+from itertools import islice
 
 from chaoscheckout.report import keys
 from chaoscheckout.report.analysis import fault_window, threshold_number
@@ -292,10 +293,12 @@ def _gaps(times: list[float]) -> list[float]:
     """Start times of the gaps in the raw series (no sample for over 2.5 times its usual step)."""
     if len(times) < 3:
         return []
-    steps = [b - a for a, b in zip(times, times[1:], strict=False)]
-    sample = sorted(steps[:: max(1, len(steps) // 10_000)])  # the usual step: a median of <= 10k steps
+    stride = max(1, (len(times) - 1) // 10_000)  # the usual step: a median of <= 10k steps
+    sample = sorted(times[i + 1] - times[i] for i in range(0, len(times) - 1, stride))
     limit = 2.5 * sample[len(sample) // 2]
-    return [times[i] for i, step in enumerate(steps) if step > limit > 0]
+    if not limit > 0:
+        return []
+    return [a for a, b in zip(times, islice(times, 1, None), strict=False) if b - a > limit]
 
 
 def _segments(points: list[tuple[float, float]], gaps: list[float]) -> list[list[tuple[float, float]]]:
