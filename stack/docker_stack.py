@@ -34,14 +34,14 @@ import psycopg
 import yaml
 
 from chaoscheckout.runtime.base import probe_health
-from chaoscheckout.runtime.registry import ProxyRoute, Registry, ServiceEntry, save_registry
+from chaoscheckout.runtime.registry import Registry, save_registry
+from stack import topology
 
 __all__ = ["COMPOSE_FILE", "COMPOSE_PORT_BASE", "DockerStack", "Spec", "load_compose", "main"]
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = PROJECT_DIR / "stack" / "docker-compose.yml"
 COMPOSE_PORT_BASE = 31100
-TARGET_LABEL = "org.chaoscheckout.target"
 STACK_LABEL = "org.chaoscheckout.stack"
 SERVICE_LABEL = "org.chaoscheckout.service"
 HASH_LABEL = "org.chaoscheckout.inputs-hash"
@@ -58,7 +58,8 @@ CACHE_DIR = Path(os.environ.get("CHAOSCHECKOUT_DOCKER_CACHE", "/var/tmp/chaosche
 # what each image is built from (besides the base image), for the rebuild-skip hash
 IMAGE_INPUTS = {
     "stack/docker/Dockerfile.app": ("chaoscheckout", "stack", "stack/docker/requirements.txt"),
-    "stack/docker/Dockerfile.postgres": ("stack/docker/postgres-entrypoint.sh", "stack/docker/schema.sql"),
+    "stack/docker/Dockerfile.postgres": ("stack/docker/postgres-entrypoint.sh", "stack/schema.sql",
+                                           "stack/postgresql.conf", "stack/docker/roles.sql"),
     "stack/docker/Dockerfile.prometheus": ("stack/docker/prometheus.yml", "stack/prometheus/rules.yml"),
 }
 
@@ -302,43 +303,22 @@ class DockerStack:
         return done
 
     def registry(self) -> Registry:
-        """The service registry of the running stack (runtime ``docker``)."""
-        specs = {s.service: s for s in self.compose.specs}
-        proxy = specs.get("faultproxy")
-        route_ports = _proxy_route_ports(proxy) if proxy else {}
-        entries: dict[str, ServiceEntry] = {}
+        """The service registry of the running stack (runtime ``docker``; stack/topology.py
+        builds it, with the compose file's published ports)."""
+        published = {cport: hport for spec in self.compose.specs for cport, hport in spec.ports.items()}
         live = self._live_names()
-        for spec in self.compose.specs:
-            target = spec.labels.get(TARGET_LABEL) == "true"
-            health = spec.labels.get("org.chaoscheckout.health-path")
-            port = spec.main_port
-            route = spec.labels.get("org.chaoscheckout.proxy-route")
-            entries[spec.service] = ServiceEntry(
-                name=spec.service, host="127.0.0.1", port=port,
-                process=live.get(spec.service, self.container_name(spec.service)),
-                chaos_target=target,
-                health_url=f"http://127.0.0.1:{port}{health}" if health else None,
-                data_dir=spec.labels.get("org.chaoscheckout.data-dir"),
-                netns=self.netns_name(spec.service) if target else None,
-                proxy=ProxyRoute(route, proxy.ports[route_ports[route]]) if route and proxy else None,
-            )
-        port = {name: entry.port for name, entry in entries.items()}
-        return Registry(
-            runtime="docker",
-            services=entries,
-            supervisor_url=None,
-            prometheus_url=f"http://127.0.0.1:{port['prometheus']}",
-            proxy_control_url=f"http://127.0.0.1:{port['faultproxy']}#token_file={self.proxy_token_file}",
-            extra={
-                "database_url": self.dsn("pg-probe.pgpass", port["postgres"]),
-                "database_admin_url": self.dsn("pg-postgres.pgpass", port["postgres"], "postgres"),
-                "provider_url": f"http://127.0.0.1:{port['provider']}",
-                "checkout_url": f"http://127.0.0.1:{port['checkout']}",
-                "catalog_url": f"http://127.0.0.1:{port['catalog']}",
-                "state_dir": str(self.state_dir),
-                "docker_stack": self.prefix,
-                "docker_network": self.network_name,
-            },
+        postgres = next(s for s in self.compose.specs if s.service == "postgres")
+        return topology.registry(
+            "docker", lambda key: published[topology.CONTAINER_PORTS[key]],
+            process=lambda name: live.get(name, self.container_name(name)),
+            data_dir=postgres.labels["org.chaoscheckout.data-dir"], supervisor_url=None,
+            proxy_control_url=f"http://127.0.0.1:{published[topology.CONTAINER_PORTS['proxy_control']]}"
+                              f"#token_file={self.proxy_token_file}",
+            database_url=self.dsn("pg-probe.pgpass", published[topology.CONTAINER_PORTS["postgres"]]),
+            database_admin_url=self.dsn("pg-postgres.pgpass", published[topology.CONTAINER_PORTS["postgres"]],
+                                        "postgres"),
+            state_dir=str(self.state_dir), netns=self.netns_name,
+            extra={"docker_stack": self.prefix, "docker_network": self.network_name},
         )
 
     # -- down / status ---------------------------------------------------------------
@@ -656,17 +636,6 @@ def _start_order(specs: list[Spec]) -> list[Spec]:
     for spec in specs:
         visit(spec)
     return done
-
-
-def _proxy_route_ports(proxy: Spec) -> dict[str, int]:
-    """route name -> the proxy container's listen port, from its ``--route`` arguments."""
-    out = {}
-    args = proxy.command or []
-    for flag, value in zip(args, args[1:], strict=False):
-        if flag == "--route":
-            name, _, rest = value.partition("=")
-            out[name] = int(rest.split(":")[0])
-    return out
 
 
 def _healthcheck(raw: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -473,7 +473,7 @@ def test_experiment_holds_on_docker(dstack, tmp_path, name):
 def test_compose_file_is_the_contract(tmp_path):
     """No engine needed: ports shift with the base, 127.0.0.1 only, targets labelled, schema in sync."""
     from stack.docker_stack import DockerStackError, load_compose
-    from stack.postgres import SCHEMA_SQL
+    from stack.postgres import SCHEMA_FILE
 
     compose = load_compose(port_base=40000)
     ports = {s.service: s.main_port for s in compose.specs}
@@ -482,8 +482,8 @@ def test_compose_file_is_the_contract(tmp_path):
     assert targets == {"checkout", "catalog", "payments", "provider", "postgres"}
     order = [s.service for s in compose.specs]
     assert order.index("checkout") > max(order.index("postgres"), order.index("faultproxy"))
-    schema = (ROOT / "stack" / "docker" / "schema.sql").read_text()
-    assert " ".join(schema.replace(";", "").split()) == " ".join(SCHEMA_SQL.split())
+    dockerfile = (ROOT / "stack" / "docker" / "Dockerfile.postgres").read_text()
+    assert "COPY stack/schema.sql " in dockerfile and SCHEMA_FILE == ROOT / "stack" / "schema.sql"
     exposed = tmp_path / "compose.yml"
     exposed.write_text('services:\n  x:\n    image: y\n    ports: ["0.0.0.0:31100:8000"]\n')
     with pytest.raises(DockerStackError, match="only 127.0.0.1"):
