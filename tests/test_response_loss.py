@@ -164,7 +164,7 @@ def test_fraction_one_loses_every_response_after_the_upstream_did_the_work(rig, 
 
 
 @pytest.mark.parametrize("body, message", [
-    ({"fraction": 0, "expires_at": time.time() + 60, "fault_id": "x"}, "fraction must be in"),
+    ({"fraction": 0, "expires_at": time.time() + 60, "fault_id": "x"}, "fraction must be a finite number in"),
     ({"fraction": 0.5, "fault_id": "x"}, "expires_at is required"),
     ({"fraction": 0.5, "expires_at": time.time() + 60}, "fault_id is required"),
     ({"fraction": 0.5, "expires_at": time.time() + 60, "fault_id": "x", "delay_ms": 1}, "unknown fields"),

@@ -17,9 +17,9 @@ before injection and reverted by ``remove_latency``, the safety control or the r
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any
 
+from chaoscheckout import validate
 from chaoscheckout.config import Settings, settings_from
 from chaoscheckout.errors import BackendUnavailable, InvalidFaultArgument
 from chaoscheckout.faults.inject import Injection, check_can_inject, inject_fault
@@ -220,22 +220,13 @@ def verify_latency_reverted(lease: Lease, configuration: dict[str, Any] | None =
 ###############################################################################
 # Internals
 ###############################################################################
-def _number(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise InvalidFaultArgument(f"{name} must be a finite number, got {value!r}")
-    return float(value)
-
-
 def _check_latency(delay_ms: Any, jitter_ms: Any, fraction: Any) -> tuple[float, float, float]:
-    delay = _number("delay_ms", delay_ms)
-    jitter = _number("jitter_ms", jitter_ms)
-    share = _number("fraction", fraction)
-    if not 0 < delay <= MAX_DELAY_MS:
-        raise InvalidFaultArgument(f"delay_ms must be > 0 and ≤ {MAX_DELAY_MS:g}, got {delay_ms!r}")
-    if not 0 <= jitter <= delay:
-        raise InvalidFaultArgument(f"jitter_ms must be between 0 and delay_ms ({delay:g}), got {jitter_ms!r}")
-    if not 0 < share <= 1:
-        raise InvalidFaultArgument(f"fraction must be > 0 and ≤ 1, got {fraction!r}")
+    bad = InvalidFaultArgument
+    for name, value in (("delay_ms", delay_ms), ("jitter_ms", jitter_ms), ("fraction", fraction)):
+        validate.finite(name, value, error=bad)
+    delay = validate.in_range("delay_ms", delay_ms, 0, MAX_DELAY_MS, error=bad)
+    jitter = validate.in_range("jitter_ms", jitter_ms, 0, delay, low_inclusive=True, error=bad)
+    share = validate.in_range("fraction", fraction, 0, 1, error=bad)
     return delay, jitter, share
 
 
