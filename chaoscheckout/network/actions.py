@@ -28,6 +28,7 @@ from chaoscheckout.faults.revert import revert_lease, split_by_owner
 from chaoscheckout.network import netem
 from chaoscheckout.network.proxy.toxic import MAX_DELAY_MS
 from chaoscheckout.network.proxy_client import ProxyControl, ProxyUnreachable
+from chaoscheckout.network.proxy_route import proxy_target
 from chaoscheckout.runtime import get_runtime
 from chaoscheckout.runtime.registry import Registry, ServiceEntry, load_registry
 
@@ -282,23 +283,7 @@ def _netem_target(entry: ServiceEntry, share: float, settings: Settings) -> dict
 
 
 def _proxy_target(registry: Registry, entry: ServiceEntry, settings: Settings) -> dict[str, Any]:
-    if entry.proxy is None or not registry.proxy_control_url:
-        raise BackendUnavailable(
-            f"service {entry.name!r} has no fault-proxy route in the registry "
-            "(needs its `proxy` entry and the registry's proxy_control_url)"
-        )
-    control = ProxyControl(registry.proxy_control_url, settings.io_timeout_s)
-    try:
-        routes = control.routes()
-    except ProxyUnreachable as exc:
-        raise BackendUnavailable(str(exc)) from None
-    route = routes.get(entry.proxy.route)
-    if route is None:
-        raise BackendUnavailable(
-            f"the fault proxy has no route {entry.proxy.route!r} (routes: {', '.join(routes) or 'none'})"
-        )
-    return {"route": entry.proxy.route, "listen": route["listen"], "upstream": route["upstream"],
-            "proxy_control_url": registry.proxy_control_url}
+    return proxy_target(registry, entry, settings.io_timeout_s)
 
 
 def _clear(
