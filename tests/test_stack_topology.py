@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from stack import layout, postgres, prometheus_config, topology
-from stack.docker_stack import COMPOSE_PORT_BASE, load_compose
+from stack.docker.compose import COMPOSE_PORT_BASE, load_compose
 from stack.settings import settings_from_env
 
 ROOT = Path(__file__).resolve().parent.parent
