@@ -21,7 +21,8 @@ from chaoscheckout.registry_cli import registry
 __all__ = ["main"]
 
 # up waits for every service (bounded inside stack.manage); this is the outer bound.
-COMMAND_TIMEOUT_S = {"up": 300, "down": 120, "status": 60}
+COMMAND_TIMEOUT_S = {"up": 300, "down": 120, "status": 60, "secrets": 60, "attach": 300, "detach": 60,
+                     "wheels": 300}
 
 
 @click.group()
@@ -67,6 +68,27 @@ def down(project_dir: Path, runtime: str) -> None:
 def status(project_dir: Path, as_json: bool, runtime: str) -> None:
     """Exit 0 only when every service is healthy."""
     sys.exit(_manage(project_dir, "status", *(["--json"] if as_json else []), *_runtime_args(runtime)))
+
+
+# a stack started by `docker compose up` (docs/docker.md): docker runtime only
+DOCKER_COMMANDS = {
+    "secrets": "Write fresh credentials into the state dir (before `docker compose up`).",
+    "attach": "Adopt a `docker compose up` stack: registry, netns names, lease reaper.",
+    "detach": "Undo attach (reaper, registry, netns names); the containers stay.",
+    "wheels": "Put the pinned wheels into stack/docker/wheels (offline `docker compose build`).",
+}
+
+
+def _docker_command(name: str, help_text: str) -> None:
+    @stack.command(name=name, help=help_text)
+    @click.option("--runtime", type=click.Choice(["docker"]), default="docker", show_default=True)
+    @click.pass_obj
+    def command(project_dir: Path, runtime: str) -> None:
+        sys.exit(_manage(project_dir, name, "--runtime", runtime))
+
+
+for _name, _help in DOCKER_COMMANDS.items():
+    _docker_command(_name, _help)
 
 
 def _runtime_args(runtime: str) -> list[str]:

@@ -23,12 +23,12 @@ activity of the run does.
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from chaoscheckout import validate
 from chaoscheckout.errors import InvalidFaultArgument
 
 __all__ = ["Settings", "settings_from", "DEFAULT_STATE_DIR", "MAX_FAULT_DURATION_CAP_S", "MAX_IO_TIMEOUT_S",
@@ -70,19 +70,8 @@ def finite_number(name: str, value: Any, low: float, high: float, low_inclusive:
 
     Numbers given as strings (environment variables, ``${...}`` substitution) are parsed;
     bools, NaN and infinities are refused."""
-    number: float | None = None
-    if isinstance(value, str):
-        try:
-            number = float(value.strip())
-        except ValueError:
-            number = None
-    elif isinstance(value, int | float) and not isinstance(value, bool):
-        number = float(value)
-    above = number is not None and (number >= low if low_inclusive else number > low)
-    if number is None or not math.isfinite(number) or not above or number > high:
-        bounds = f"{'[' if low_inclusive else '('}{low:g}, {high:g}]"
-        raise InvalidFaultArgument(f"{name} must be a finite number in {bounds}, got {value!r}")
-    return number
+    return validate.in_range(name, value, low, high, low_inclusive=low_inclusive,
+                             error=InvalidFaultArgument, parse_strings=True)
 
 
 def settings_from(configuration: dict[str, Any] | None = None) -> Settings:

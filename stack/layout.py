@@ -1,17 +1,18 @@
-"""What the stack runs: the supervisord programs, their env, and the service registry."""
+"""What the local stack runs: the topology (stack/topology.py) as supervisord programs, their
+env, and the service registry."""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
-from chaoscheckout.runtime.registry import ProxyRoute, Registry, ServiceEntry
-from stack import postgres, prometheus_config
+from chaoscheckout.runtime.registry import Registry
+from stack import postgres, prometheus_config, topology
 from stack.appuser import AppUser
 from stack.settings import StackSettings
 from stack.supervisord import Program
+from stack.topology import SERVICES, Service
 
 __all__ = ["Service", "SERVICES", "APP_START_ORDER", "programs", "registry"]
 
@@ -19,36 +20,6 @@ __all__ = ["Service", "SERVICES", "APP_START_ORDER", "programs", "registry"]
 # as CHECKOUT_RETRIES); the ports/URLs computed here always win.
 PASSTHROUGH_PREFIXES = ("CHECKOUT_", "CATALOG_", "PAYMENTS_", "PROVIDER_", "REMEDIATOR_")
 APP_START_ORDER = ("provider", "catalog", "payments", "checkout", "remediator")
-
-
-@dataclass(frozen=True)
-class Service:
-    """One supervised program; ``port_key`` None means it has no TCP port of its own (the
-    reaper; the fault proxy, whose control API is a unix socket and whose listen ports are
-    its routes')."""
-
-    name: str
-    port_key: str | None
-    health: str  # "http:/healthz", "http:/-/ready", "postgres", "process"
-    chaos_target: bool
-    module: str | None = None
-    proxy: tuple[str, str] | None = None  # (route, listen port key)
-
-
-SERVICES: tuple[Service, ...] = (
-    Service("postgres", "postgres", "postgres", True),
-    Service("prometheus", "prometheus", "http:/-/ready", False),
-    Service("faultproxy", None, "proxy", False, "chaoscheckout.network.proxy"),
-    Service("reaper", None, "process", False, "chaoscheckout.faults.reaper"),
-    Service("provider", "provider", "http:/healthz", True, "stack.services.provider",
-            ("provider", "proxy_provider")),
-    Service("catalog", "catalog", "http:/healthz", True, "stack.services.catalog",
-            ("catalog", "proxy_catalog")),
-    Service("payments", "payments", "http:/healthz", True, "stack.services.payments",
-            ("payments", "proxy_payments")),
-    Service("checkout", "checkout", "http:/healthz", True, "stack.services.checkout"),
-    Service("remediator", "remediator", "http:/healthz", False, "stack.services.remediator"),
-)
 
 
 def programs(settings: StackSettings, pg_bindir: Path, env: Mapping[str, str],
@@ -107,31 +78,10 @@ def programs(settings: StackSettings, pg_bindir: Path, env: Mapping[str, str],
 
 
 def registry(settings: StackSettings) -> Registry:
-    """The service registry written to <state_dir>/services.json."""
-    entries: dict[str, ServiceEntry] = {}
-    for svc in SERVICES:
-        if svc.port_key is None:
-            continue  # reaper and fault proxy: found through supervisord and proxy_control_url
-        port = settings.port(svc.port_key)
-        health_url = f"http://127.0.0.1:{port}{svc.health[5:]}" if svc.health.startswith("http:") else None
-        entries[svc.name] = ServiceEntry(
-            name=svc.name, host="127.0.0.1", port=port, process=svc.name,
-            chaos_target=svc.chaos_target, health_url=health_url,
-            data_dir=str(settings.pgdisk) if svc.name == "postgres" else None,
-            proxy=ProxyRoute(svc.proxy[0], settings.port(svc.proxy[1])) if svc.proxy else None,
-        )
-    return Registry(
-        runtime="local",
-        services=entries,
-        supervisor_url=settings.supervisor_url,
-        prometheus_url=settings.prometheus_url,
-        proxy_control_url=settings.proxy_control_url,
-        extra={
-            "database_url": settings.database_url,
-            "database_admin_url": settings.admin_database_url,
-            "provider_url": f"http://127.0.0.1:{settings.port('provider')}",
-            "checkout_url": f"http://127.0.0.1:{settings.port('checkout')}",
-            "catalog_url": f"http://127.0.0.1:{settings.port('catalog')}",
-            "state_dir": str(settings.state_dir),
-        },
+    """The service registry written to <state_dir>/services.json (stack/topology.py builds it)."""
+    return topology.registry(
+        "local", settings.port, process=lambda name: name, data_dir=str(settings.pgdisk),
+        supervisor_url=settings.supervisor_url, proxy_control_url=settings.proxy_control_url,
+        database_url=settings.database_url, database_admin_url=settings.admin_database_url,
+        state_dir=str(settings.state_dir),
     )

@@ -1,6 +1,7 @@
 """Bring the checkout stack up, down, or report its status.
 
-    python -m stack.manage up|down|status [--json]
+    python -m stack.manage up|down|status [--json] [--runtime local|docker]
+    python -m stack.manage secrets|attach|detach|wheels [--runtime docker]
 
 Settings come from the environment: CHAOSCHECKOUT_STATE_DIR, CHAOSCHECKOUT_PORT_BASE,
 CHAOSCHECKOUT_PG_DISK_SIZE (default 256m), CHAOSCHECKOUT_PG_BINDIR (optional), and any
@@ -27,6 +28,8 @@ from stack.settings import StackConfigError, StackSettings, settings_from_env
 __all__ = ["main", "up", "down", "status"]
 
 UP_TIMEOUT_S = float(os.environ.get("CHAOSCHECKOUT_UP_TIMEOUT_S", "120"))
+# docker runtime only: credentials, adopting a `docker compose up` stack, the pinned wheels
+DOCKER_ONLY = ("secrets", "attach", "detach", "wheels")
 
 
 class UpFailed(Exception):
@@ -98,19 +101,23 @@ def status(settings: StackSettings, as_json: bool) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stack.manage", description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["up", "down", "status"])
+    parser.add_argument("command", choices=["up", "down", "status", *DOCKER_ONLY],
+                        help="secrets, attach, detach, wheels: docker runtime only (a stack started by "
+                        "`docker compose up`, see docs/docker.md)")
     parser.add_argument("--json", action="store_true", help="status: machine-readable output")
     parser.add_argument("--runtime", choices=["local", "docker"], default=None,
                         help="local: supervisord processes (default for up); docker: containers "
-                        "(stack/docker_stack.py). status/down default to the runtime of the stack "
+                        "(stack/docker/). status/down default to the runtime of the stack "
                         "running in the state dir (its registry says which)")
     args = parser.parse_args(argv)
+    if args.command in DOCKER_ONLY and args.runtime == "local":
+        parser.error(f"{args.command} is a docker runtime command")
     try:
         settings = settings_from_env()
-        if _runtime(args.runtime, args.command, settings) == "docker":
-            from stack import docker_stack
+        if args.command in DOCKER_ONLY or _runtime(args.runtime, args.command, settings) == "docker":
+            from stack.docker import cli as docker_cli
 
-            return docker_stack.main(args.command, settings.state_dir, args.json)
+            return docker_cli.main(args.command, settings.state_dir, args.json)
         if args.command == "up":
             return up(settings)
         if args.command == "down":

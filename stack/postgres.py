@@ -40,6 +40,9 @@ __all__ = [
     "create_database",
     "write_secrets",
     "SCHEMA_SQL",
+    "SCHEMA_FILE",
+    "TUNING_FILE",
+    "server_conf",
     "APP_ROLE",
     "PROBE_ROLE",
 ]
@@ -48,27 +51,11 @@ APP_ROLE = "checkout_app"
 PROBE_ROLE = "checkout_probe"
 
 PG_BINARIES = ("initdb", "postgres")
-SCHEMA_SQL = """
-CREATE TABLE IF NOT EXISTS orders (
-    order_ref uuid PRIMARY KEY,
-    items jsonb NOT NULL,
-    amount_cents int NOT NULL,
-    status text NOT NULL,
-    created_at timestamptz NOT NULL DEFAULT now()
-)
-"""
-# Small server: the machine has 2 shared cores and the data disk is a few hundred MB.
-SERVER_CONF = {
-    "listen_addresses": "'127.0.0.1'",
-    "shared_buffers": "'32MB'",
-    "max_connections": "60",
-    "fsync": "on",
-    "max_wal_size": "'64MB'",
-    "min_wal_size": "'32MB'",
-    "log_min_messages": "warning",
-    "log_destination": "'stderr'",
-    "logging_collector": "off",
-}
+# the one schema file (also read by checkout and copied into the docker image)
+SCHEMA_FILE = Path(__file__).resolve().parent / "schema.sql"
+SCHEMA_SQL = SCHEMA_FILE.read_text()
+# the one tuning declaration (also appended by the docker image's entrypoint)
+TUNING_FILE = Path(__file__).resolve().parent / "postgresql.conf"
 SUBPROCESS_TIMEOUT_S = 60
 
 
@@ -170,13 +157,17 @@ def initdb(settings: StackSettings, bindir: Path) -> None:
         )
     finally:
         pwfile.unlink(missing_ok=True)
-    conf = dict(SERVER_CONF)
-    conf["port"] = str(settings.port("postgres"))
-    conf["unix_socket_directories"] = f"'{settings.run_dir}'"
-    conf["password_encryption"] = "'scram-sha-256'"
     with open(settings.pgdata / "postgresql.conf", "a") as fh:
-        fh.write("\n# chaoscheckout stack settings\n")
-        fh.writelines(f"{key} = {value}\n" for key, value in conf.items())
+        fh.write("\n" + server_conf(settings))
+
+
+def server_conf(settings: StackSettings) -> str:
+    """What `initdb` appends to postgresql.conf: the shared tuning (stack/postgresql.conf),
+    then where this stack listens (127.0.0.1 on its port, the socket in ``run/``)."""
+    where = {"listen_addresses": "'127.0.0.1'", "port": str(settings.port("postgres")),
+             "unix_socket_directories": f"'{settings.run_dir}'"}
+    return (TUNING_FILE.read_text() + "# chaoscheckout local stack\n"
+            + "".join(f"{key} = {value}\n" for key, value in where.items()))
 
 
 def server_command(settings: StackSettings, bindir: Path) -> list[str]:

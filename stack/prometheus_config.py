@@ -1,4 +1,6 @@
-"""Render Prometheus' config and rules into the state dir and build its command line."""
+"""Prometheus' config, one template for both runtimes (stack/prometheus/prometheus.yml.tmpl,
+scrape targets from stack/topology.py): rendered into the state dir for the local stack, and
+into stack/docker/prometheus.yml for the docker image; its local command line."""
 
 from __future__ import annotations
 
@@ -6,12 +8,38 @@ import shutil
 from pathlib import Path
 from string import Template
 
+from stack import topology
 from stack.settings import StackSettings
 
-__all__ = ["PROMETHEUS_BIN", "TEMPLATE_DIR", "render", "command", "config_file"]
+__all__ = ["PROMETHEUS_BIN", "TEMPLATE_DIR", "DOCKER_CONFIG", "render", "render_text", "command",
+           "config_file", "write_docker_config"]
 
 PROMETHEUS_BIN = Path("/usr/bin/prometheus")
 TEMPLATE_DIR = Path(__file__).resolve().parent / "prometheus"
+DOCKER_CONFIG = Path(__file__).resolve().parent / "docker" / "prometheus.yml"
+DOCKER_RULES_FILE = "/etc/cc/rules.yml"  # where Dockerfile.prometheus puts rules.yml
+
+
+def render_text(runtime: str, rules_file: str, targets: dict[str, str]) -> str:
+    """The config text: one scrape job per ``targets`` entry (job -> host:port)."""
+    jobs = "".join(f"  - job_name: {job}\n    static_configs:\n      - targets: [\"{target}\"]\n"
+                   for job, target in targets.items())
+    header = (f"Rendered by stack/prometheus_config.py for the {runtime} stack "
+              "(template stack/prometheus/prometheus.yml.tmpl).")
+    if runtime == "docker":
+        header += "\n# Do not edit: `python -m stack.topology prometheus` writes it; a test checks it."
+    template = Template((TEMPLATE_DIR / "prometheus.yml.tmpl").read_text())
+    return template.substitute(header=header, rules_file=rules_file, scrape_configs=jobs.rstrip("\n"))
+
+
+def docker_config_text() -> str:
+    """stack/docker/prometheus.yml as the topology says it must be."""
+    return render_text("docker", DOCKER_RULES_FILE, topology.scrape_targets("docker"))
+
+
+def write_docker_config() -> Path:
+    DOCKER_CONFIG.write_text(docker_config_text())
+    return DOCKER_CONFIG
 
 
 def config_file(settings: StackSettings) -> Path:
@@ -24,8 +52,7 @@ def render(settings: StackSettings) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     rules = out / "rules.yml"
     shutil.copyfile(TEMPLATE_DIR / "rules.yml", rules)
-    template = Template((TEMPLATE_DIR / "prometheus.yml.tmpl").read_text())
-    text = template.substitute(rules_file=str(rules), **{k: str(v) for k, v in settings.ports.items()})
+    text = render_text("local", str(rules), topology.scrape_targets("local", settings.port))
     path = config_file(settings)
     path.write_text(text)
     return path

@@ -90,8 +90,9 @@ class ProxyRig:
         return f"http://127.0.0.1:{self.upstream_port}"
 
 
-def start_upstream(port: int) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-c", UPSTREAM_SCRIPT, str(port)])
+def start_upstream(port: int, script: str = UPSTREAM_SCRIPT) -> subprocess.Popen:
+    """An HTTP upstream (``script`` run with the port as argument) answering ``/healthz``."""
+    proc = subprocess.Popen([sys.executable, "-c", script, str(port)])
     wait_http(f"http://127.0.0.1:{port}/healthz", proc)
     return proc
 
@@ -123,9 +124,10 @@ def start_proxy(control_port: int, *routes: str) -> subprocess.Popen:
 
 
 @contextmanager
-def proxied_upstream(rig: ProxyRig, *routes: str) -> Iterator[ProxyRig]:
-    """The rig's upstream and a proxy with ``routes`` in front of it; both stopped at exit."""
-    upstream = start_upstream(rig.upstream_port)
+def proxied_upstream(rig: ProxyRig, *routes: str, script: str = UPSTREAM_SCRIPT) -> Iterator[ProxyRig]:
+    """The rig's upstream (``script``, see start_upstream) and a proxy with ``routes`` in front
+    of it; both stopped at exit."""
+    upstream = start_upstream(rig.upstream_port, script)
     try:
         proxy = start_proxy(rig.control_port, *routes)
     except Exception:

@@ -118,7 +118,8 @@ def engine(port_lock) -> Iterator[None]:
 @pytest.fixture(scope="module")
 def dstack(engine) -> Iterator[dict[str, str]]:
     """The compose stack, up through the SDK; yields the env pointing at its state dir."""
-    from stack.docker_stack import STACK_LABEL, DockerStack
+    from stack.docker.compose import STACK_LABEL
+    from stack.docker.containers import DockerStack
 
     os.environ.setdefault("PYTHONPATH", str(ROOT))
     _require_tool("debootstrap")  # builds the local base image (no registry here)
@@ -180,7 +181,9 @@ def test_compose_up_then_attach(engine, tmp_path):
     Runs before the SDK stack (same published ports); cleans up with `down -v`.
     """
     from stack.docker.base_image import ensure_base_image
-    from stack.docker_stack import COMPOSE_FILE, DockerStack, download_wheels
+    from stack.docker.compose import COMPOSE_FILE
+    from stack.docker.containers import DockerStack
+    from stack.docker.images import download_wheels
 
     _require_tool("docker-compose")
     _require_tool("debootstrap")
@@ -255,7 +258,8 @@ def test_plain_stack_status_finds_the_docker_stack(dstack):
 
 def test_down_from_another_state_dir_is_refused(dstack, tmp_path):
     """Two stacks on one port base never remove each other's containers."""
-    from stack.docker_stack import DockerStack, DockerStackError
+    from stack.docker.compose import DockerStackError
+    from stack.docker.containers import DockerStack
 
     other = DockerStack(tmp_path / "other", PORT_BASE, say=lambda line: None)
     with pytest.raises(DockerStackError, match="belong to another stack state dir"):
@@ -441,7 +445,7 @@ def test_sigkilled_run_is_reverted_by_the_dead_man_switch(dstack):
 
 def test_weakened_checkout_is_caught_on_docker(dstack, tmp_path):
     """Detection power on docker: the first-version checkout breaks payments-latency."""
-    from stack.docker_stack import DockerStack
+    from stack.docker.containers import DockerStack
 
     stack = DockerStack(STATE_DIR, PORT_BASE, say=lambda line: None)
     stack.recreate("checkout", {"CHECKOUT_RESILIENCE": "0"})
@@ -472,8 +476,8 @@ def test_experiment_holds_on_docker(dstack, tmp_path, name):
 
 def test_compose_file_is_the_contract(tmp_path):
     """No engine needed: ports shift with the base, 127.0.0.1 only, targets labelled, schema in sync."""
-    from stack.docker_stack import DockerStackError, load_compose
-    from stack.postgres import SCHEMA_SQL
+    from stack.docker.compose import DockerStackError, load_compose
+    from stack.postgres import SCHEMA_FILE
 
     compose = load_compose(port_base=40000)
     ports = {s.service: s.main_port for s in compose.specs}
@@ -482,8 +486,8 @@ def test_compose_file_is_the_contract(tmp_path):
     assert targets == {"checkout", "catalog", "payments", "provider", "postgres"}
     order = [s.service for s in compose.specs]
     assert order.index("checkout") > max(order.index("postgres"), order.index("faultproxy"))
-    schema = (ROOT / "stack" / "docker" / "schema.sql").read_text()
-    assert " ".join(schema.replace(";", "").split()) == " ".join(SCHEMA_SQL.split())
+    dockerfile = (ROOT / "stack" / "docker" / "Dockerfile.postgres").read_text()
+    assert "COPY stack/schema.sql " in dockerfile and SCHEMA_FILE == ROOT / "stack" / "schema.sql"
     exposed = tmp_path / "compose.yml"
     exposed.write_text('services:\n  x:\n    image: y\n    ports: ["0.0.0.0:31100:8000"]\n')
     with pytest.raises(DockerStackError, match="only 127.0.0.1"):

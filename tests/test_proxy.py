@@ -14,7 +14,15 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from netfixtures import BASE, ROOT, ProxyRig, pattern_bytes, start_proxy, start_upstream, stop, timed_get
+from netfixtures import (
+    BASE,
+    ROOT,
+    ProxyRig,
+    pattern_bytes,
+    proxied_upstream,
+    stop,
+    timed_get,
+)
 
 from chaoscheckout.network.proxy_client import ProxyControl, ProxyError
 
@@ -22,17 +30,8 @@ from chaoscheckout.network.proxy_client import ProxyControl, ProxyError
 @pytest.fixture(scope="module")
 def rig() -> Iterator[ProxyRig]:
     rig = ProxyRig(upstream_port=BASE + 60, listen_port=BASE + 61, control_port=BASE + 62)
-    upstream = start_upstream(rig.upstream_port)
-    try:
-        proxy = start_proxy(rig.control_port, f"up={rig.listen_port}:127.0.0.1:{rig.upstream_port}")
-    except Exception:
-        stop(upstream)
-        raise
-    try:
+    with proxied_upstream(rig, f"up={rig.listen_port}:127.0.0.1:{rig.upstream_port}"):
         yield rig
-    finally:
-        stop(proxy)
-        stop(upstream)
 
 
 class LeasedControlForTests(ProxyControl):

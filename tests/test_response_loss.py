@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from netfixtures import BASE, ROOT, ProxyRig, start_proxy, stop, wait_http
+from netfixtures import BASE, ROOT, ProxyRig, proxied_upstream, stop
 from serviceprocs import service_process
 
 from chaoscheckout.errors import InvalidFaultArgument
@@ -69,19 +69,10 @@ PROVIDER_ROUTE_PORT, PROVIDER_PORT, PAYMENTS_PORT = BASE + 77, BASE + 78, BASE +
 @pytest.fixture(scope="module")
 def rig() -> Iterator[ProxyRig]:
     rig = ProxyRig(upstream_port=BASE + 70, listen_port=BASE + 71, control_port=BASE + 72)
-    upstream = subprocess.Popen([sys.executable, "-c", COUNTING_UPSTREAM, str(rig.upstream_port)])
-    try:
-        wait_http(f"{rig.direct_url}/healthz", upstream)
-        proxy = start_proxy(rig.control_port, f"prov={rig.listen_port}:127.0.0.1:{rig.upstream_port}",
-                            f"provider={PROVIDER_ROUTE_PORT}:127.0.0.1:{PROVIDER_PORT}")
-    except Exception:
-        stop(upstream)
-        raise
-    try:
+    with proxied_upstream(rig, f"prov={rig.listen_port}:127.0.0.1:{rig.upstream_port}",
+                          f"provider={PROVIDER_ROUTE_PORT}:127.0.0.1:{PROVIDER_PORT}",
+                          script=COUNTING_UPSTREAM):
         yield rig
-    finally:
-        stop(proxy)
-        stop(upstream)
 
 
 @pytest.fixture()
@@ -164,7 +155,7 @@ def test_fraction_one_loses_every_response_after_the_upstream_did_the_work(rig, 
 
 
 @pytest.mark.parametrize("body, message", [
-    ({"fraction": 0, "expires_at": time.time() + 60, "fault_id": "x"}, "fraction must be in"),
+    ({"fraction": 0, "expires_at": time.time() + 60, "fault_id": "x"}, "fraction must be a finite number in"),
     ({"fraction": 0.5, "fault_id": "x"}, "expires_at is required"),
     ({"fraction": 0.5, "expires_at": time.time() + 60}, "fault_id is required"),
     ({"fraction": 0.5, "expires_at": time.time() + 60, "fault_id": "x", "delay_ms": 1}, "unknown fields"),

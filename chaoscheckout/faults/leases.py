@@ -24,7 +24,6 @@ gave up on it (a failed or unverified revert): the reaper takes it over at once.
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import tempfile
@@ -35,6 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from chaoscheckout import validate
 from chaoscheckout.errors import ChaosCheckoutError, InvalidFaultArgument
 from chaoscheckout.faults.kinds import KIND_NAMES
 from chaoscheckout.faults.owner import Owner, boot_id, boottime
@@ -108,9 +108,7 @@ class Lease:
             if value is None and key == "expires_boottime":
                 numbers[key] = None
                 continue
-            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-                raise ValueError(f"{key} must be a finite number, got {value!r}")
-            numbers[key] = float(value)
+            numbers[key] = validate.finite(key, value, error=ValueError)
         abandoned = raw.get("abandoned", False)
         if not isinstance(abandoned, bool):
             raise ValueError("abandoned must be true or false")
@@ -138,14 +136,8 @@ def iso_utc(ts: float) -> str:
 
 def check_duration(duration_s: Any, max_duration_s: float) -> float:
     """Validate a fault duration: a positive number no longer than the configured maximum."""
-    if isinstance(duration_s, bool):
-        raise InvalidFaultArgument(f"duration_s must be a number of seconds, got {duration_s!r}")
-    try:
-        value = float(duration_s)
-    except (TypeError, ValueError):
-        raise InvalidFaultArgument(f"duration_s must be a number of seconds, got {duration_s!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise InvalidFaultArgument(f"duration_s must be > 0 and finite, got {duration_s!r}")
+    value = validate.positive("duration_s", duration_s, error=InvalidFaultArgument,
+                              what="a number of seconds")
     if value > max_duration_s:
         raise InvalidFaultArgument(
             f"duration_s={value:g} exceeds the maximum fault duration of {max_duration_s:g} s "
@@ -156,15 +148,7 @@ def check_duration(duration_s: Any, max_duration_s: float) -> float:
 
 def check_positive(name: str, value: Any) -> float:
     """Validate a finite number > 0 (timeouts, intervals)."""
-    if isinstance(value, bool):
-        raise InvalidFaultArgument(f"{name} must be a number, got {value!r}")
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise InvalidFaultArgument(f"{name} must be a number, got {value!r}") from None
-    if not (math.isfinite(number) and number > 0):
-        raise InvalidFaultArgument(f"{name} must be > 0 and finite, got {value!r}")
-    return number
+    return validate.positive(name, value, error=InvalidFaultArgument)
 
 
 class LeaseStore:

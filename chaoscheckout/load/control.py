@@ -56,6 +56,7 @@ from typing import Any
 
 from chaoslib.exceptions import InterruptExecution, InvalidActivity
 
+from chaoscheckout import validate
 from chaoscheckout.config import settings_from
 from chaoscheckout.load.k6 import K6Error, K6Options, K6Process
 from chaoscheckout.runtime.registry import load_registry
@@ -177,13 +178,13 @@ def _check_arguments(script: Any = "load/baseline.js", rate: Any = 10, duration_
     problems = []
     if not isinstance(script, str) or not script.endswith((".js", ".ts")):
         problems.append(f"script must be a .js/.ts path, got {script!r}")
-    if not _is_int(rate) or not 1 <= rate <= MAX_RATE:
-        problems.append(f"rate must be an integer 1..{MAX_RATE} requests/s, got {rate!r}")
-    if not _is_int(duration_s) or not 1 <= duration_s <= MAX_DURATION_S:
-        problems.append(f"duration_s must be an integer 1..{MAX_DURATION_S}, got {duration_s!r}")
-    if isinstance(warmup_s, bool) or not isinstance(warmup_s, (int, float)) \
-            or not 0 <= warmup_s <= MAX_WARMUP_S:
-        problems.append(f"warmup_s must be a number 0..{MAX_WARMUP_S}, got {warmup_s!r}")
+    for check in (lambda: validate.integer("rate", rate, 1, MAX_RATE, unit="requests/s"),
+                  lambda: validate.integer("duration_s", duration_s, 1, MAX_DURATION_S),
+                  lambda: validate.in_range("warmup_s", warmup_s, 0, MAX_WARMUP_S, low_inclusive=True)):
+        try:
+            check()
+        except validate.InvalidNumber as exc:
+            problems.append(str(exc))
     if env is not None and not isinstance(env, dict):
         problems.append(f"env must be an object of strings, got {env!r}")
     if problems:
@@ -192,10 +193,6 @@ def _check_arguments(script: Any = "load/baseline.js", rate: Any = 10, duration_
 
 def _is_placeholder(value: Any) -> bool:
     return isinstance(value, str) and value.startswith("${") and value.endswith("}")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _registry_checkout_url(configuration: dict[str, Any] | None) -> str:

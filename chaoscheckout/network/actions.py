@@ -17,9 +17,9 @@ before injection and reverted by ``remove_latency``, the safety control or the r
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any
 
+from chaoscheckout import validate
 from chaoscheckout.config import Settings, settings_from
 from chaoscheckout.errors import BackendUnavailable, InvalidFaultArgument
 from chaoscheckout.faults.inject import Injection, check_can_inject, inject_fault
@@ -28,6 +28,7 @@ from chaoscheckout.faults.revert import revert_lease, split_by_owner
 from chaoscheckout.network import netem
 from chaoscheckout.network.proxy.toxic import MAX_DELAY_MS
 from chaoscheckout.network.proxy_client import ProxyControl, ProxyUnreachable
+from chaoscheckout.network.proxy_route import proxy_target
 from chaoscheckout.runtime import get_runtime
 from chaoscheckout.runtime.registry import Registry, ServiceEntry, load_registry
 
@@ -220,22 +221,13 @@ def verify_latency_reverted(lease: Lease, configuration: dict[str, Any] | None =
 ###############################################################################
 # Internals
 ###############################################################################
-def _number(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise InvalidFaultArgument(f"{name} must be a finite number, got {value!r}")
-    return float(value)
-
-
 def _check_latency(delay_ms: Any, jitter_ms: Any, fraction: Any) -> tuple[float, float, float]:
-    delay = _number("delay_ms", delay_ms)
-    jitter = _number("jitter_ms", jitter_ms)
-    share = _number("fraction", fraction)
-    if not 0 < delay <= MAX_DELAY_MS:
-        raise InvalidFaultArgument(f"delay_ms must be > 0 and ≤ {MAX_DELAY_MS:g}, got {delay_ms!r}")
-    if not 0 <= jitter <= delay:
-        raise InvalidFaultArgument(f"jitter_ms must be between 0 and delay_ms ({delay:g}), got {jitter_ms!r}")
-    if not 0 < share <= 1:
-        raise InvalidFaultArgument(f"fraction must be > 0 and ≤ 1, got {fraction!r}")
+    bad = InvalidFaultArgument
+    for name, value in (("delay_ms", delay_ms), ("jitter_ms", jitter_ms), ("fraction", fraction)):
+        validate.finite(name, value, error=bad)
+    delay = validate.in_range("delay_ms", delay_ms, 0, MAX_DELAY_MS, error=bad)
+    jitter = validate.in_range("jitter_ms", jitter_ms, 0, delay, low_inclusive=True, error=bad)
+    share = validate.in_range("fraction", fraction, 0, 1, error=bad)
     return delay, jitter, share
 
 
@@ -291,23 +283,7 @@ def _netem_target(entry: ServiceEntry, share: float, settings: Settings) -> dict
 
 
 def _proxy_target(registry: Registry, entry: ServiceEntry, settings: Settings) -> dict[str, Any]:
-    if entry.proxy is None or not registry.proxy_control_url:
-        raise BackendUnavailable(
-            f"service {entry.name!r} has no fault-proxy route in the registry "
-            "(needs its `proxy` entry and the registry's proxy_control_url)"
-        )
-    control = ProxyControl(registry.proxy_control_url, settings.io_timeout_s)
-    try:
-        routes = control.routes()
-    except ProxyUnreachable as exc:
-        raise BackendUnavailable(str(exc)) from None
-    route = routes.get(entry.proxy.route)
-    if route is None:
-        raise BackendUnavailable(
-            f"the fault proxy has no route {entry.proxy.route!r} (routes: {', '.join(routes) or 'none'})"
-        )
-    return {"route": entry.proxy.route, "listen": route["listen"], "upstream": route["upstream"],
-            "proxy_control_url": registry.proxy_control_url}
+    return proxy_target(registry, entry, settings.io_timeout_s)
 
 
 def _clear(

@@ -19,11 +19,12 @@ import logging
 from typing import Any
 
 from chaoscheckout.config import finite_number, settings_from
-from chaoscheckout.errors import BackendUnavailable, InvalidFaultArgument
+from chaoscheckout.errors import InvalidFaultArgument
 from chaoscheckout.faults.inject import Injection, check_can_inject, inject_fault
 from chaoscheckout.faults.leases import Lease, LeaseStore, check_duration
 from chaoscheckout.faults.revert import revert_lease, split_by_owner
 from chaoscheckout.network.proxy_client import ProxyControl, ProxyUnreachable
+from chaoscheckout.network.proxy_route import proxy_target
 from chaoscheckout.runtime import get_runtime
 from chaoscheckout.runtime.registry import Registry, ServiceEntry, load_registry
 
@@ -77,7 +78,7 @@ def lose_responses(
     if existing:
         raise InvalidFaultArgument(f"service {service!r} already has a response-loss fault "
                                    f"({existing[0].fault_id}); restore_responses first")
-    target = _proxy_target(registry, entry, settings.io_timeout_s)
+    target = proxy_target(registry, entry, settings.io_timeout_s)
     parameters = {"fraction": share, "scope": "request", "duration_s": duration,
                   **{k: v for k, v in target.items() if k != "proxy_control_url"}}
 
@@ -195,25 +196,6 @@ def verify_response_loss_reverted(lease: Lease,
 ###############################################################################
 def _control(registry: Registry, timeout_s: float) -> ProxyControl:
     return ProxyControl(str(registry.proxy_control_url), timeout_s)
-
-
-def _proxy_target(registry: Registry, entry: ServiceEntry, timeout_s: float) -> dict[str, Any]:
-    if entry.proxy is None or not registry.proxy_control_url:
-        raise BackendUnavailable(
-            f"service {entry.name!r} has no fault-proxy route in the registry "
-            "(needs its `proxy` entry and the registry's proxy_control_url)"
-        )
-    try:
-        routes = ProxyControl(registry.proxy_control_url, timeout_s).routes()
-    except ProxyUnreachable as exc:
-        raise BackendUnavailable(str(exc)) from None
-    route = routes.get(entry.proxy.route)
-    if route is None:
-        raise BackendUnavailable(
-            f"the fault proxy has no route {entry.proxy.route!r} (routes: {', '.join(routes) or 'none'})"
-        )
-    return {"route": entry.proxy.route, "listen": route["listen"], "upstream": route["upstream"],
-            "proxy_control_url": registry.proxy_control_url}
 
 
 def _clear(entry: ServiceEntry | None, registry: Registry, timeout_s: float) -> dict[str, Any]:

@@ -46,6 +46,7 @@ from typing import Any
 
 from chaoslib.exceptions import ActivityFailed
 
+from chaoscheckout import validate
 from chaoscheckout.config import finite_number, settings_from
 from chaoscheckout.errors import InvalidFaultArgument
 from chaoscheckout.faults.halt import halt_record
@@ -306,5 +307,4 @@ def _halted(guard: str, configuration: dict[str, Any] | None) -> bool:
 
 
 def _check_ratio(value: Any) -> None:
-    if isinstance(value, bool) or not (isinstance(value, (int, float)) and 0 <= value <= 1):
-        raise InvalidFaultArgument(f"min_ratio must be a number in [0, 1], got {value!r}")
+    validate.in_range("min_ratio", value, 0, 1, low_inclusive=True, error=InvalidFaultArgument)

@@ -45,6 +45,7 @@ from typing import Any
 
 from chaoslib.exceptions import ActivityFailed
 
+from chaoscheckout import validate
 from chaoscheckout.errors import InvalidFaultArgument
 from chaoscheckout.sli.money import find_charges_without_order, find_double_charges
 from chaoscheckout.sli.prometheus import prometheus_client_from
@@ -255,5 +256,4 @@ def check_window(window: str) -> None:
 
 def check_quantile(quantile: float) -> None:
     """Raise InvalidFaultArgument unless 0 < ``quantile`` < 1 (a number, not a bool)."""
-    if isinstance(quantile, bool) or not (isinstance(quantile, (int, float)) and 0 < quantile < 1):
-        raise InvalidFaultArgument(f"quantile must be between 0 and 1 exclusive, got {quantile!r}")
+    validate.in_range("quantile", quantile, 0, 1, high_inclusive=False, error=InvalidFaultArgument)

@@ -1,6 +1,6 @@
 # The stack's Python services and the fault proxy: python -m stack.services.<name>,
 # python -m chaoscheckout.network.proxy. Build context: the repository root (or the
-# context stack.docker_stack assembles, same layout).
+# context stack/docker/images.py assembles, same layout).
 # BASE_IMAGE: a public Debian 12 image when a registry is reachable; on machines without
 # one, the locally imported base (python -m stack.docker.base_image).
 ARG BASE_IMAGE=debian:bookworm-slim

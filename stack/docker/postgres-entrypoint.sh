@@ -21,6 +21,8 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
     rm -f "$pwfile"
     # published on 127.0.0.1 only; inside the stack's network every client needs a password
     echo "host all all 0.0.0.0/0 scram-sha-256" >> "$PGDATA/pg_hba.conf"
+    # the stack's tuning, shared with the local stack (stack/postgresql.conf)
+    cat /opt/cc/postgresql.conf >> "$PGDATA/postgresql.conf"
     runuser -u postgres -- "$BIN/pg_ctl" -D "$PGDATA" -w -t 60 -o "-c listen_addresses='' -k /tmp" start >/dev/null
     runuser -u postgres -- psql -h /tmp -U postgres -v ON_ERROR_STOP=1 -q -c "CREATE DATABASE checkout"
     runuser -u postgres -- psql -h /tmp -U postgres -d checkout -v ON_ERROR_STOP=1 -q -f /opt/cc/schema.sql
@@ -32,7 +34,4 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
     unset CC_APP_PW CC_PROBE_PW
     runuser -u postgres -- "$BIN/pg_ctl" -D "$PGDATA" -w -t 60 -m fast stop >/dev/null
 fi
-exec runuser -u postgres -- "$BIN/postgres" -D "$PGDATA" -p 5432 -k /tmp \
-    -c listen_addresses='*' -c shared_buffers=32MB -c max_connections=60 \
-    -c max_wal_size=64MB -c min_wal_size=32MB -c log_min_messages=warning \
-    -c password_encryption=scram-sha-256
+exec runuser -u postgres -- "$BIN/postgres" -D "$PGDATA" -p 5432 -k /tmp -c listen_addresses='*'

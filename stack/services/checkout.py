@@ -98,6 +98,7 @@ import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -144,14 +145,8 @@ MIN_ATTEMPT_S = 0.05
 MAX_ITEMS = 50
 MAX_QTY = 100
 
-CREATE_ORDERS_TABLE = (
-    "CREATE TABLE IF NOT EXISTS orders ("
-    " order_ref uuid PRIMARY KEY,"
-    " items jsonb NOT NULL,"
-    " amount_cents int NOT NULL,"
-    " status text NOT NULL,"
-    " created_at timestamptz NOT NULL DEFAULT now())"
-)
+# stack/schema.sql: the one orders schema (stack up, the docker image and this fallback)
+CREATE_ORDERS_TABLE = (Path(__file__).resolve().parent.parent / "schema.sql").read_text()
 
 REQUESTS = Counter("checkout_requests_total", "Checkout requests by outcome", ["outcome"])
 DURATION = Histogram(

@@ -43,6 +43,8 @@ import os
 import re
 import stat
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +67,24 @@ _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found"
 
 class ControlAuthError(Exception):
     """The control API's credential cannot be trusted (token file mode, owner, content)."""
+
+
+@dataclass(frozen=True)
+class ToxicEndpoint:
+    """One toxic kind of the control API: ``/routes/<name>/<path>``."""
+
+    key: str  # its key in the answers
+    attr: str  # the Route attribute holding it
+    live: str  # the Route method returning it while live
+    parse: Callable[[Any], Any]  # the PUT body's validator (raises ToxicError)
+    label: str  # for the log
+
+
+TOXIC_ENDPOINTS = {
+    "latency": ToxicEndpoint("latency", "toxic", "live_toxic", parse_latency, "latency"),
+    "response-loss": ToxicEndpoint("response_loss", "loss", "live_loss", parse_response_loss,
+                                   "response loss"),
+}
 
 
 def read_token_file(path: str | Path) -> str:
@@ -173,58 +193,34 @@ class ControlServer:
                 return 404, {"error": f"no route {parts[1]!r}; routes: {', '.join(self.routes) or 'none'}"}
             if len(parts) == 2 and method == "GET":
                 return 200, route.describe()
-            if len(parts) == 3 and parts[2] == "latency":
-                if method == "PUT":
-                    return self._put_latency(route, body)
-                if method == "DELETE":
-                    old = route.live_toxic()
-                    route.toxic = None
-                    logger.info("route %s: latency removed (%s)", route.name, old and old.fault_id)
-                    return 200, {"route": route.name, "removed": old is not None,
-                                 "latency": old.to_dict() if old else None}
-                if method == "GET":
-                    toxic = route.live_toxic()
-                    return 200, {"route": route.name, "latency": toxic.to_dict() if toxic else None}
-                return 405, {"error": f"{method} not allowed on {path}"}
-            if len(parts) == 3 and parts[2] == "response-loss":
-                return self._response_loss(route, method, path, body)
+            if len(parts) == 3 and parts[2] in TOXIC_ENDPOINTS:
+                return self._toxic(route, TOXIC_ENDPOINTS[parts[2]], method, path, body)
         return 404, {"error": f"no such endpoint: {method} {path}"}
 
-    def _put_latency(self, route: Route, body: bytes) -> tuple[int, Any]:
-        try:
-            raw = json.loads(body or b"null")
-            self._check_lease_fields(raw)
-            toxic = parse_latency(raw)
-        except ValueError as exc:  # JSONDecodeError and ToxicError
-            reason = str(exc) if isinstance(exc, ToxicError) else f"invalid JSON: {exc}"
-            return 400, {"error": reason}
-        route.toxic = toxic
-        logger.info("route %s: latency %s", route.name, toxic.to_dict())
-        return 200, route.describe()
-
-    def _response_loss(self, route: Route, method: str, path: str, body: bytes) -> tuple[int, Any]:
+    def _toxic(self, route: Route, kind: ToxicEndpoint, method: str, path: str,
+               body: bytes) -> tuple[int, Any]:
+        """PUT, GET, DELETE of one toxic kind on one route (latency, response-loss)."""
         if method == "PUT":
             try:
                 raw = json.loads(body or b"null")
                 self._check_lease_fields(raw)
-                loss = parse_response_loss(raw)
+                toxic = kind.parse(raw)
             except ValueError as exc:  # JSONDecodeError and ToxicError
                 reason = str(exc) if isinstance(exc, ToxicError) else f"invalid JSON: {exc}"
                 return 400, {"error": reason}
-            route.loss = loss
-            logger.info("route %s: response loss %s", route.name, loss.to_dict())
+            setattr(route, kind.attr, toxic)
+            logger.info("route %s: %s %s", route.name, kind.label, toxic.to_dict())
             return 200, route.describe()
         if method == "DELETE":
-            old = route.live_loss()
-            route.loss = None
-            logger.info("route %s: response loss removed (%s)", route.name, old and old.fault_id)
+            old = getattr(route, kind.live)()
+            setattr(route, kind.attr, None)
+            logger.info("route %s: %s removed (%s)", route.name, kind.label, old and old.fault_id)
             return 200, {"route": route.name, "removed": old is not None,
-                         "response_loss": old.to_dict() if old else None}
+                         kind.key: old.to_dict() if old else None}
         if method == "GET":
-            loss = route.live_loss()
-            return 200, {"route": route.name, "response_loss": loss.to_dict() if loss else None}
+            toxic = getattr(route, kind.live)()
+            return 200, {"route": route.name, kind.key: toxic.to_dict() if toxic else None}
         return 405, {"error": f"{method} not allowed on {path}"}
-
 
     def _check_lease_fields(self, raw: Any) -> None:
         """No toxic without a fault id and a bounded expiry: the proxy never holds a

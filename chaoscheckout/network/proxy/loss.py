@@ -13,12 +13,12 @@ caller sees a connection reset or a close without a response. Scope is always
 from __future__ import annotations
 
 import itertools
-import math
 import random
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from chaoscheckout import validate
 from chaoscheckout.network.proxy.toxic import ToxicError
 
 __all__ = ["ResponseLossToxic", "LossCounters", "parse_response_loss"]
@@ -76,13 +76,9 @@ def parse_response_loss(body: Any, now: float | None = None) -> ResponseLossToxi
     values = {}
     for key, default in (("fraction", 1.0), ("expires_at", None)):
         value = body.get(key, default)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
-                                  or not math.isfinite(value)):
-            raise ToxicError(f"{key} must be a finite number, got {value!r}")
-        values[key] = None if value is None else float(value)
+        values[key] = None if value is None else validate.finite(key, value, error=ToxicError)
     now = time.time() if now is None else now
-    if not 0 < values["fraction"] <= 1:
-        raise ToxicError(f"fraction must be in (0, 1], got {values['fraction']:g}")
+    validate.in_range("fraction", values["fraction"], 0, 1, error=ToxicError)
     if values["expires_at"] is not None and values["expires_at"] <= now:
         raise ToxicError(f"expires_at={values['expires_at']:.3f} is already in the past")
     fault_id = body.get("fault_id")

@@ -23,11 +23,12 @@ Each toxic counts its effect from the moment it is set (:class:`ToxicCounters`).
 from __future__ import annotations
 
 import itertools
-import math
 import random
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from chaoscheckout import validate
 
 __all__ = ["LatencyToxic", "ToxicCounters", "ToxicError", "parse_latency", "MAX_DELAY_MS", "SCOPES"]
 
@@ -106,9 +107,7 @@ def _number(body: dict[str, Any], key: str, default: float | None) -> float | No
     value = body.get(key, default)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ToxicError(f"{key} must be a finite number, got {value!r}")
-    return float(value)
+    return validate.finite(key, value, error=ToxicError)
 
 
 def parse_latency(body: Any, now: float | None = None) -> LatencyToxic:
@@ -125,12 +124,9 @@ def parse_latency(body: Any, now: float | None = None) -> LatencyToxic:
     fraction = _number(body, "fraction", 1.0)
     expires_at = _number(body, "expires_at", None)
     now = time.time() if now is None else now
-    if not 0 < delay <= MAX_DELAY_MS:
-        raise ToxicError(f"delay_ms must be in (0, {MAX_DELAY_MS:g}], got {delay:g}")
-    if not 0 <= jitter <= delay:
-        raise ToxicError(f"jitter_ms must be in [0, delay_ms={delay:g}], got {jitter:g}")
-    if not 0 < fraction <= 1:
-        raise ToxicError(f"fraction must be in (0, 1], got {fraction:g}")
+    validate.in_range("delay_ms", delay, 0, MAX_DELAY_MS, error=ToxicError)
+    validate.in_range("jitter_ms", jitter, 0, delay, low_inclusive=True, error=ToxicError)
+    validate.in_range("fraction", fraction, 0, 1, error=ToxicError)
     if expires_at is not None and expires_at <= now:
         raise ToxicError(f"expires_at={expires_at:.3f} is already in the past")
     fault_id = body.get("fault_id")

@@ -1,0 +1,98 @@
+"""What the docker stack runs or changes on the host: the lease reaper (a host process, so it
+survives a SIGKILLed ``chaos run``), the named network namespaces of the containers, and the
+state dir check."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from stack.docker.compose import PROJECT_DIR, DockerStackError
+
+__all__ = ["reaper_pid_file", "reaper_pid", "start_reaper", "stop_reaper", "attach_netns", "detach_netns",
+           "check_state_dir"]
+
+
+def reaper_pid_file(state_dir: Path) -> Path:
+    return Path(state_dir) / "reaper.pid"
+
+
+def start_reaper(state_dir: Path, say: Callable[[str], None] = print) -> int:
+    """Start the lease reaper of ``state_dir`` as a host process (its own session); its pid."""
+    log = open(state_dir / "logs" / "reaper.log", "ab")  # noqa: SIM115 - handed to the child
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "chaoscheckout.faults.reaper", "--state-dir", str(state_dir)],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=PROJECT_DIR,
+            start_new_session=True,
+            env={**os.environ, "CHAOSCHECKOUT_STATE_DIR": str(state_dir),
+                 "CHAOSCHECKOUT_RUNTIME": "docker"},
+        )
+    finally:
+        log.close()
+    reaper_pid_file(state_dir).write_text(str(proc.pid))
+    say(f"  reaper      running  pid {proc.pid} (host process, log {state_dir}/logs/reaper.log)")
+    return proc.pid
+
+
+def stop_reaper(state_dir: Path) -> None:
+    """SIGTERM the state dir's reaper (SIGKILL after 5 s) and remove its pid file."""
+    pid = reaper_pid(reaper_pid_file(state_dir))
+    if pid is not None:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.05)
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    reaper_pid_file(state_dir).unlink(missing_ok=True)
+
+
+def reaper_pid(pid_file: Path) -> int | None:
+    """The reaper's pid if the file names a live reaper process, else None."""
+    try:
+        pid = int(Path(pid_file).read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    return pid if b"chaoscheckout.faults.reaper" in cmdline else None
+
+
+def attach_netns(client: Any, container_name: str, netns: str) -> None:
+    """Name the container's network namespace ``netns`` (``ip netns attach``), replacing a stale one."""
+    pid = client.containers.get(container_name).attrs["State"]["Pid"]
+    if not pid:
+        return
+    detach_netns(netns)
+    subprocess.run(["ip", "netns", "attach", netns, str(pid)], check=True, timeout=10, capture_output=True)
+
+
+def detach_netns(netns: str) -> None:
+    if Path("/run/netns", netns).exists():
+        subprocess.run(["ip", "netns", "delete", netns], check=False, timeout=10, capture_output=True)
+
+
+def check_state_dir(state_dir: Path) -> None:
+    from stack import statedir
+
+    try:
+        statedir.check(state_dir)
+    except statedir.StateDirError as exc:
+        raise DockerStackError(str(exc)) from None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie child of ours counts as gone
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
