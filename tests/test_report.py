@@ -143,7 +143,7 @@ def test_markdown_structure(journals: Path) -> None:
     write_report([journals], None, ("md",))
     text = (journals / "experiment-log.md").read_text()
     sections = re.split(r"^## ", text, flags=re.M)[1:]
-    not_runs = ("Summary", "History", "Skipped", "Runs at a glance", "Findings")
+    not_runs = ("Summary", "History", "Skipped", "Runs at a glance", "Findings", "Baseline and peak")
     run_sections = [s for s in sections if not s.startswith(not_runs)]
     assert len(run_sections) == len(EXPECTED_VERDICTS)
     order = ["**Hypothesis**", "**Blast radius**", "**Abort condition**", "**Verdict:", "### Steady state",

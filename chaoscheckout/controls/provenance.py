@@ -12,7 +12,8 @@ Before the experiment it records, and after it stores in the journal under
 - ``host`` (name, platform, cpus, load averages when the run started; ``loadavg_at_end``
   too: a busy machine slows every timeout-bound call) and ``runtime`` (the registry's runtime, state dir).
 - ``k6`` (``k6 version``) and ``prometheus`` (its ``/api/v1/status/buildinfo``) versions.
-- ``load``: the load control's rate and duration as the run resolved them.
+- ``load``: the load control's rate, duration and profile as the run resolved them (the
+  rate a peak profile derived is in ``chaoscheckout_load.profile``).
 - ``services``: for every service of the registry, what is running, asked from the service
   itself (``GET /version`` on its port: build version / source digest / git commit, and
   the settings that change its behaviour, e.g. checkout's resilience switches and
@@ -62,7 +63,7 @@ from chaoscheckout.config import settings_from
 from chaoscheckout.runtime.registry import load_registry
 
 __all__ = ["configure_control", "before_experiment_control", "after_experiment_control",
-           "cleanup_control", "collect_provenance"]
+           "cleanup_control", "collect_provenance", "system_build"]
 
 logger = logging.getLogger("chaostoolkit")
 
@@ -134,6 +135,14 @@ def collect_provenance(experiment: dict[str, Any], configuration: dict[str, Any]
     record["system_build"] = _digest({name: _identity(entry) for name, entry in services.items()})[:12]
     record["system_label"] = _label(services)
     return record
+
+
+def system_build(configuration: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``{system_build, system_label}`` of the running stack, as a journal's provenance records
+    them (the capacity record carries it: which build a capacity was measured on)."""
+    services = _services(configuration, _timeout(configuration))
+    return {"system_build": _digest({name: _identity(entry) for name, entry in services.items()})[:12],
+            "system_label": _label(services)}
 
 
 # ---------------------------------------------------------------------------
@@ -247,7 +256,7 @@ def _load(experiment: dict[str, Any], configuration: dict[str, Any] | None) -> d
         provider = control.get("provider") if isinstance(control, dict) else None
         if isinstance(provider, dict) and provider.get("module") == LOAD_MODULE:
             args = provider.get("arguments") or {}
-            names = ("rate", "duration_s", "warmup_s", "script")
+            names = ("rate", "duration_s", "warmup_s", "script", "profile")
             return {k: _resolve(args.get(k), configuration) for k in names if k in args}
     return {"status": "no load control declared"}
 

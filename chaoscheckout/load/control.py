@@ -19,7 +19,8 @@ windows, from Prometheus). Paste into an experiment::
             "script": "load/baseline.js",
             "rate": 10,
             "duration_s": 600,
-            "warmup_s": 5
+            "warmup_s": 5,
+            "profile": "baseline"
           }
         }
       }
@@ -39,6 +40,14 @@ Arguments:
   SLI window the hypothesis reads, e.g. 10 for the ``10s`` probes).
 - ``env``: extra environment variables for the script.
 - ``timeline``: store the SLI timeline in the journal (default true).
+- ``profile``: the load profile (:mod:`chaoscheckout.load.profile`): ``baseline`` (default:
+  ``rate`` as given, constant) or ``peak`` (a share of the latest capacity record, default
+  70 %, reached by a ramp from ``rate``; the hold before the steady-state check becomes
+  ramp + ``warmup_s``). The experiments pass ``"${load_profile}"``
+  (``CHAOSCHECKOUT_LOAD_PROFILE``). An unknown profile, a missing or invalid capacity record
+  or a peak rate above the capacity interrupts the run before k6 starts (and so before any
+  fault). ``chaoscheckout_load.profile`` records what ran: ``{name, rate, start_rate,
+  ramp_s, share, capacity_file, capacity, capacity_sha256}``.
 
 If k6 cannot start, exits early or completes no request within ``warmup_s + 15`` s, the
 run is interrupted (``InterruptExecution``) before the hypothesis, with k6's log tail in
@@ -59,6 +68,7 @@ from chaoslib.exceptions import InterruptExecution, InvalidActivity
 from chaoscheckout import validate
 from chaoscheckout.config import settings_from
 from chaoscheckout.load.k6 import K6Error, K6Options, K6Process
+from chaoscheckout.load.profile import PROFILES, ProfileError, resolve_profile
 from chaoscheckout.runtime.registry import load_registry
 from chaoscheckout.sli import guards
 from chaoscheckout.sli.timeline import collect_timeline
@@ -97,11 +107,19 @@ def validate_control(control: dict[str, Any]) -> None:
 def before_experiment_control(context: dict[str, Any], script: str = "load/baseline.js", rate: int = 10,
                               duration_s: int = 600, checkout_url: str | None = None, warmup_s: float = 5,
                               env: dict[str, str] | None = None, timeline: bool = True,
-                              configuration: dict[str, Any] | None = None, **kwargs: Any) -> None:
-    """Start k6, wait until it completed a request, keep loading ``warmup_s`` seconds."""
+                              profile: str = "baseline", configuration: dict[str, Any] | None = None,
+                              **kwargs: Any) -> None:
+    """Resolve the load profile, start k6, wait until it completed a request, keep loading
+    (the ramp, then ``warmup_s`` seconds)."""
     _reset()
     try:
-        _check_arguments(script=script, rate=rate, duration_s=duration_s, warmup_s=warmup_s, env=env)
+        _check_arguments(script=script, rate=rate, duration_s=duration_s, warmup_s=warmup_s, env=env,
+                         profile=profile)
+        chosen = resolve_profile(profile, int(rate), configuration)
+        if chosen.ramp_s >= int(duration_s):
+            raise ProfileError(f"the ramp ({chosen.ramp_s:g} s) must be shorter than duration_s "
+                               f"({duration_s})")
+        _STATE["profile"] = chosen.to_dict()
         settings = settings_from(configuration)
         url = checkout_url or _registry_checkout_url(configuration)
         script_path = Path(script).expanduser()
@@ -111,15 +129,16 @@ def before_experiment_control(context: dict[str, Any], script: str = "load/basel
                           "(paths are relative to where chaos run starts)")
         run_dir = settings.state_dir / "load" / time.strftime("k6-%Y%m%dT%H%M%SZ", time.gmtime())
         run_dir = _unique(run_dir)
-        k6 = K6Process(K6Options(script_path, int(rate), int(duration_s), str(url), run_dir,
-                                 {str(k): str(v) for k, v in (env or {}).items()}))
+        k6_env = {**chosen.k6_env(), **{str(k): str(v) for k, v in (env or {}).items()}}
+        k6 = K6Process(K6Options(script_path, chosen.rate, int(duration_s), str(url), run_dir, k6_env))
         _STATE["k6"] = k6
         k6.start()
         first = k6.wait_for_traffic(float(warmup_s) + FIRST_REQUEST_TIMEOUT_S)
         logger.info(f"k6 traffic flowing ({first - (k6.started_at or first):.1f}s after start); "
-                    f"warming up {warmup_s}s")
+                    f"profile {chosen.name} at {chosen.rate}/s; ramp {chosen.ramp_s:g}s, then warming up "
+                    f"{warmup_s}s")
         _STATE["traffic_seen_at"] = first
-        k6.hold(float(warmup_s))
+        k6.hold(chosen.ramp_s + float(warmup_s))
     except (K6Error, InvalidActivity) as exc:
         _STATE["error"] = str(exc)
         _stop_quietly()
@@ -130,7 +149,7 @@ def after_experiment_control(context: dict[str, Any], state: dict[str, Any], tim
                              configuration: dict[str, Any] | None = None, **kwargs: Any) -> None:
     """Stop k6 and record its result (and the SLI timeline) in the journal."""
     k6: K6Process | None = _STATE.get("k6")
-    record: dict[str, Any] = {"error": _STATE.get("error")}
+    record: dict[str, Any] = {"error": _STATE.get("error"), "profile": _STATE.get("profile")}
     if k6 is not None:
         try:
             k6.stop(STOP_TIMEOUT_S)
@@ -174,8 +193,10 @@ def _stop_quietly() -> None:
 
 
 def _check_arguments(script: Any = "load/baseline.js", rate: Any = 10, duration_s: Any = 600,
-                     warmup_s: Any = 5, env: Any = None, **kwargs: Any) -> None:
+                     warmup_s: Any = 5, env: Any = None, profile: Any = "baseline", **kwargs: Any) -> None:
     problems = []
+    if profile not in PROFILES:
+        problems.append(f"profile must be one of {', '.join(PROFILES)}, got {profile!r}")
     if not isinstance(script, str) or not script.endswith((".js", ".ts")):
         problems.append(f"script must be a .js/.ts path, got {script!r}")
     for check in (lambda: validate.integer("rate", rate, 1, MAX_RATE, unit="requests/s"),

@@ -290,6 +290,7 @@ def _json_doc(doc: Document) -> dict[str, Any]:
         "skipped": [_plain(s) for s in doc.skipped],
         "findings": [{"path": path, "text": text} for path, text in doc.findings],
         "dead_runs": doc.dead_runs,
+        "profiles": [row.to_dict() for row in doc.profile_rows],
         "summary": {"headers": list(SummaryTable([]).headers), "rows": [r.cells() for r in doc.summary_rows]},
         "history": [{"title": h.title, "experiment_digest": h.experiment_digest,
                      "system_build": h.system_build, "system_label": h.system_label,

@@ -1,9 +1,11 @@
 """The experiment log as typed blocks (:mod:`blocks`), rendered by the markdown and html modules.
 
-Per run, in this order: hypothesis, blast radius, abort condition, what was tested (build,
-settings, experiment digest), verdict, consistency warnings, steady state before/after,
-faults injected (and when reverted), safeguard, rollbacks, time to detect and recover, k6
-summary, SLI chart. Then the summary table and the history.
+Near the top: findings, runs at a glance, and baseline and peak verdicts side by side per
+hypothesis (:mod:`profiles`). Per run, in this order: hypothesis, blast radius, abort
+condition, what was tested (build, settings, load profile, experiment digest), verdict,
+consistency warnings, steady state before/after, faults injected (and when reverted),
+safeguard, rollbacks, time to detect and recover, k6 summary, SLI chart. Then the summary
+table and the history.
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ from chaoscheckout.report.blocks import (
     Warnings,
 )
 from chaoscheckout.report.model import Fault, Run, Series, Skipped, compact, parse_time
+from chaoscheckout.report.profiles import HEADERS as PROFILE_HEADERS
+from chaoscheckout.report.profiles import NOTE as PROFILE_NOTE
+from chaoscheckout.report.profiles import ProfileRow, side_by_side
 
 __all__ = ["Document", "build_document", "fmt_time", "build_text", "GENERATED_MARK", "GENERATED_COMMENT"]
 
@@ -72,6 +77,7 @@ class Document:
     histories: list[HistoryEntry]
     findings: list[tuple[str, str]] = field(default_factory=list)  # (FINDINGS.md path, its text)
     dead_runs: list[dict[str, Any]] = field(default_factory=list)  # the state dir's dead-run record
+    profile_rows: list[ProfileRow] = field(default_factory=list)  # baseline and peak side by side
 
     def anchors(self) -> dict[str, str]:
         """Journal file names (and run ids) → their run section ids, for links from the findings."""
@@ -128,6 +134,11 @@ def build_document(runs: list[Run], skipped: list[Skipped], title: str = "Experi
     if runs:
         blocks.append(Heading("Runs at a glance", 2, "at-a-glance"))
         blocks.append(RunsAtAGlance([GlanceRow(r.run_id, r.title, r.verdict, r.reason) for r in runs]))
+    profile_rows = side_by_side(runs)
+    if profile_rows:
+        blocks.append(Heading("Baseline and peak load, side by side", 2, "profiles"))
+        blocks.append(Table(PROFILE_HEADERS, [row.cells_text() for row in profile_rows]))
+        blocks.append(Paragraph(PROFILE_NOTE))
     if dead_runs:
         blocks.extend(_dead_run_blocks(dead_runs))
     if skipped:
@@ -156,7 +167,7 @@ def build_document(runs: list[Run], skipped: list[Skipped], title: str = "Experi
     else:
         blocks.append(Paragraph("No experiment has been run more than once in these journals."))
     return Document(title, generated, runs, skipped, blocks, summary, entries, list(findings or []),
-                    list(dead_runs or []))
+                    list(dead_runs or []), profile_rows)
 
 
 DEAD_RUN_NOTE = ("A run killed (SIGKILL, OOM, a CI timeout) or frozen writes no journal. The reaper's "
@@ -231,8 +242,17 @@ def _tested_rows(run: Run) -> list[tuple[str, str]]:
                            f"addons {tool.get('chaostoolkit-addons', '?')}; "
                            f"Python {tool.get('python', '?')}"))
     prom = prov.prometheus.get("version") or prov.prometheus.get("status") or "?"
-    rate = prov.load.get("rate", "?")
-    rows.append(("Load and observation", f"k6 rate {rate}/s ({prov.k6 or 'k6 unknown'}); "
+    rate = f"k6 rate {prov.load.get('rate', '?')}/s"
+    profile = run.load_profile
+    if profile is not None and profile.recorded:
+        rate = f"{profile.name} profile, k6 rate {'?' if profile.rate is None else f'{profile.rate:g}'}/s"
+        if profile.ramp_s and profile.start_rate is not None:
+            rate += f" after a {profile.ramp_s:g} s ramp from {profile.start_rate:g}/s"
+        if profile.capacity_per_s is not None and profile.share is not None:
+            rate += (f" = {profile.share:g} x capacity {profile.capacity_per_s:g}/s (measured "
+                     f"{profile.capacity_measured_at} on {profile.capacity_host or '?'}, build "
+                     f"{profile.capacity_build or '?'})")
+    rows.append(("Load and observation", f"{rate} ({prov.k6 or 'k6 unknown'}); "
                                          f"Prometheus {prom}; runtime {prov.runtime.get('name', '?')} on "
                                          f"{prov.host.get('name', '?')}"))
     load = prov.host.get("loadavg")

@@ -9,7 +9,10 @@ controls store is a change in this one module.
 - ``chaoscheckout_timeline`` (load control): ``{start, end, step_s, series: {availability_10s:
   [[t, v], ...], p95_ms_10s: [[t, v], ...]}}``, or ``error`` when Prometheus was unreachable.
 - ``chaoscheckout_load`` (load control): k6 run record with ``summary`` (requests,
-  failed_rate, p95_ms, ...), ``exit_code``, ``exit_meaning``, ``stopped_by``, ``error``.
+  failed_rate, p95_ms, ...), ``exit_code``, ``exit_meaning``, ``stopped_by``, ``error``,
+  ``rate`` (what k6 was asked to hold) and ``profile`` (``{name, rate, start_rate, ramp_s,
+  share, capacity_file, capacity: {capacity_per_s, measured_at, host, build, method},
+  capacity_sha256}``; absent in journals older than load profiles: those ran the baseline).
 - ``chaoscheckout_safety`` (safety control): ``{status_seen, reverted: [{fault_id, kind,
   service, ...}], at}``.
 - A fault is an activity output dict carrying ``fault_id``, ``kind`` and ``injected_at``
@@ -97,6 +100,18 @@ def record(journal: dict[str, Any]) -> dict[str, Any]:
         summary = load.get("summary") if isinstance(load.get("summary"), dict) else {}
         found["k6"] = {**{k: load[k] for k in K6_RUN_FIELDS if load.get(k) is not None}, **summary}
     return found
+
+
+def load_record(journal: dict[str, Any]) -> dict[str, Any]:
+    """The load control's record ({} when absent)."""
+    load = journal.get(LOAD_KEY)
+    return load if isinstance(load, dict) else {}
+
+
+def load_profile(journal: dict[str, Any]) -> dict[str, Any] | None:
+    """The load profile the run recorded (None: a journal older than profiles, or none stored)."""
+    profile = load_record(journal).get("profile")
+    return profile if isinstance(profile, dict) else None
 
 
 def timeline_series(rec: dict[str, Any]) -> dict[str, Any]:

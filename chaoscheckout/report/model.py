@@ -20,6 +20,7 @@ __all__ = [
     "Activity",
     "Fault",
     "GuardSample",
+    "LoadProfileFacts",
     "ProbeResult",
     "Provenance",
     "Run",
@@ -135,6 +136,26 @@ class Provenance:
 
 
 @dataclass
+class LoadProfileFacts:
+    """The load a run ran at: its profile as recorded (``recorded`` false: a journal older than
+    load profiles, which ran the baseline at the k6 record's rate)."""
+    name: str
+    rate: float | None
+    recorded: bool
+    k6_rate: float | None = None  # the rate the load control's k6 record says it asked for
+    start_rate: float | None = None
+    ramp_s: float | None = None
+    share: float | None = None
+    capacity_per_s: float | None = None
+    capacity_measured_at: str = ""
+    capacity_host: str = ""
+    capacity_build: str = ""
+    capacity_file: str = ""
+    capacity_sha256: str = ""
+    raw: Any = field(default=None, metadata=RAW)
+
+
+@dataclass
 class Run:
     path: str
     run_id: str
@@ -165,6 +186,7 @@ class Run:
     guard_samples: list[GuardSample] = field(default_factory=list)
     guard_thresholds: dict[str, str] = field(default_factory=dict)  # guard → abort threshold text
     provenance: Provenance | None = None
+    load_profile: LoadProfileFacts | None = None
     # derived by analysis
     verdict: str = ""
     reason: str = ""
@@ -308,6 +330,7 @@ def parse_journal(path: Path, journal: dict[str, Any]) -> Run:
         guard_samples=samples,
         guard_thresholds=_guard_thresholds(journal, samples, rec),
         provenance=_provenance(journal.get(keys.PROVENANCE_KEY)),
+        load_profile=_load_profile(journal),
     )
 
 
@@ -539,6 +562,25 @@ def _guard_thresholds(journal: dict[str, Any], samples: list[GuardSample],
         if text:
             found[func] = text
     return found
+
+
+def _load_profile(journal: dict[str, Any]) -> LoadProfileFacts | None:
+    load = keys.load_record(journal)
+    k6_rate = _number(load.get("rate"))
+    raw = keys.load_profile(journal)
+    if raw is None:
+        return LoadProfileFacts("baseline", k6_rate, False, k6_rate) if load else None
+    capacity = raw.get("capacity") if isinstance(raw.get("capacity"), dict) else {}
+    host = capacity.get("host") if isinstance(capacity.get("host"), dict) else {}
+    build = capacity.get("build") if isinstance(capacity.get("build"), dict) else {}
+    return LoadProfileFacts(
+        name=str(raw.get("name") or "?"), rate=_number(raw.get("rate")), recorded=True, k6_rate=k6_rate,
+        start_rate=_number(raw.get("start_rate")), ramp_s=_number(raw.get("ramp_s")),
+        share=_number(raw.get("share")), capacity_per_s=_number(capacity.get("capacity_per_s")),
+        capacity_measured_at=str(capacity.get("measured_at") or ""),
+        capacity_host=str(host.get("name") or ""), capacity_build=str(build.get("system_build") or ""),
+        capacity_file=str(raw.get("capacity_file") or ""),
+        capacity_sha256=str(raw.get("capacity_sha256") or ""), raw=raw)
 
 
 def _provenance(raw: Any) -> Provenance | None:

@@ -33,8 +33,11 @@ def report(inputs: tuple[Path, ...], output: Path | None, formats: tuple[str, ..
     written when no journal can be read; no input and no file the command did not generate
     is ever overwritten. Journals that contradict themselves are reported as warnings (and
     their runs are inconclusive); with --verify that is all it does, exiting 1 when any is.
+    Both print each run's verdict with its load profile and rate, then baseline and peak
+    verdicts side by side per experiment (re-derived from the journals).
     """
     from chaoscheckout.report.build import ReportError, load_runs, write_report
+    from chaoscheckout.report.profiles import side_by_side
 
     try:
         result = load_runs(list(inputs)) if verify else write_report(list(inputs), output,
@@ -45,7 +48,9 @@ def report(inputs: tuple[Path, ...], output: Path | None, formats: tuple[str, ..
         click.echo(f"skipped {skipped.path}: {skipped.reason}", err=True)
     flagged = 0
     for run in result.runs:
-        click.echo(f"{run.verdict:12} {run.title} ({run.run_id}) — {run.reason}")
+        load = run.load_profile
+        at = f" [{load.name} {load.rate:g}/s]" if load is not None and load.rate is not None else ""
+        click.echo(f"{run.verdict:12} {run.title} ({run.run_id}){at} — {run.reason}")
         for problem in run.problems:
             flagged += 1
             click.echo(f"warning: {run.path}: {problem}", err=True)
@@ -53,6 +58,10 @@ def report(inputs: tuple[Path, ...], output: Path | None, formats: tuple[str, ..
         owner = record.get("run_id") or "library caller"
         click.echo(f"{'dead run':12} {owner}: {record.get('fault_id', '?')} reverted for it "
                    f"({record.get('cause', record.get('error', ''))})")
+    for row in side_by_side(result.runs):
+        cells = [f"{name} {cell.verdict.upper()} at {cell.load_text()} [{cell.run_id}]" if cell
+                 else f"{name}: not run" for name, cell in row.cells.items()]
+        click.echo(f"{'profiles':12} {row.title}: {' | '.join(cells)}")
     for path in result.written:
         click.echo(f"wrote {path}")
     if verify:

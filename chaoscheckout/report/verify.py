@@ -3,7 +3,10 @@
 A journal is flagged when its recorded ``tolerance_met`` contradicts the probe's own output
 and tolerance, when ``steady_state_met`` contradicts its probes, when ``deviated`` or the
 status contradicts the steady state, or when its timestamps are inconsistent (end before
-start, a duration that is not end - start, an activity outside the run). ``chaos report
+start, a duration that is not end - start, an activity outside the run), or when its load
+profile contradicts itself (an unknown profile; a rate other than the one k6 was asked for;
+a peak rate that is not floor(capacity x share) of the capacity record the journal carries,
+or above that capacity). ``chaos report
 --verify`` prints these and exits non-zero; every render shows them as warnings and the
 run's verdict becomes "inconclusive".
 
@@ -19,9 +22,10 @@ from __future__ import annotations
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from chaoscheckout.load.profile import PROFILES, peak_rate
 from chaoscheckout.report.model import ProbeResult, Run
 
-__all__ = ["derive_met", "find_problems"]
+__all__ = ["derive_met", "find_problems", "profile_problems"]
 
 CLOCK_SLACK_S = 1.0  # journal times are rounded and written by several threads
 NOT_DERIVABLE = object()
@@ -66,6 +70,34 @@ def find_problems(run: Run) -> list[str]:
     if run.deviated is True and run.after is None:
         problems.append("deviated is true but no steady state was checked after the method")
     problems += _time_problems(run)
+    problems += profile_problems(run)
+    return problems
+
+
+def profile_problems(run: Run) -> list[str]:
+    """Contradictions in the run's recorded load profile (re-derived from its capacity record)."""
+    p = run.load_profile
+    if p is None or not p.recorded:
+        return []
+    if p.name not in PROFILES:
+        return [f"load profile {p.name!r} is not one of {', '.join(PROFILES)}"]
+    if p.rate is None:
+        return [f"load profile {p.name} records no rate"]
+    problems = []
+    if p.k6_rate is not None and p.k6_rate != p.rate:
+        problems.append(f"load profile {p.name} says {p.rate:g}/s but k6 was asked for {p.k6_rate:g}/s")
+    if p.start_rate is not None and p.start_rate > p.rate:
+        problems.append(f"the ramp starts at {p.start_rate:g}/s, above the profile's rate {p.rate:g}/s")
+    if p.name == "peak":
+        if p.capacity_per_s is None or p.share is None:
+            return problems + ["a peak run without its capacity record (capacity_per_s and share)"]
+        derived = peak_rate(p.capacity_per_s, p.share)
+        if derived != p.rate:
+            problems.append(f"peak rate {p.rate:g}/s is not floor({p.capacity_per_s:g}/s x {p.share:g}) = "
+                            f"{derived}/s from its capacity record")
+        if not 0 < p.share <= 1 or p.rate > p.capacity_per_s:
+            problems.append(f"peak rate {p.rate:g}/s (share {p.share:g}) is above the measured capacity "
+                            f"{p.capacity_per_s:g}/s")
     return problems
 
 
