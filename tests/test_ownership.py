@@ -193,6 +193,37 @@ def test_reaper_dead_man_switch_records_the_dead_run(conf, rig, tmp_path):
     assert json.loads((journals / "experiment-log.json").read_text())["dead_runs"] == [record]
 
 
+def test_forged_latency_lease_cannot_steer_the_reaper(conf, rig, tmp_path):
+    """A latency lease only names its service: the route, netns and control URL a revert
+    acts on are resolved by that name, whatever the lease's params say."""
+    other = _other_run(conf, "a")  # a live run's toxic on route a: the forgery aims at it
+    try:
+        mine = add_latency("b", delay_ms=100, duration_s=30, backend="proxy", configuration=conf)
+        leases = tmp_path / "leases"
+        forged = json.loads((leases / f"{mine['fault_id']}.json").read_text())
+        forged["owner"] = _dead_owner().to_dict()
+        forged["params"].update(route="a", netns="a", listen=rig.listen_port, upstream="127.0.0.1:1",
+                                proxy_control_url="http://127.0.0.1:9/")
+        (leases / f"{mine['fault_id']}.json").write_text(json.dumps(forged))
+        stray = {**forged, "fault_id": "latency-zzz-0badf00d", "service": "zzz"}  # not in the registry
+        (leases / "latency-zzz-0badf00d.json").write_text(json.dumps(stray))
+        reaper = Reaper(tmp_path)
+        try:
+            results = {r["fault_id"]: r for r in reaper.tick()}
+        finally:
+            reaper.release_lock()
+        assert results[mine["fault_id"]]["verified"] is True
+        assert "proxy route b: no toxic" in results[mine["fault_id"]]["checked"]
+        assert results["latency-zzz-0badf00d"]["verified"] is True
+        assert "not in the service registry: nothing touched" in results["latency-zzz-0badf00d"]["untouched"]
+        assert _toxic(rig, "b") is None  # the lease's own service: reverted
+        assert _toxic(rig, "a") is not None  # what the forged params pointed at: untouched
+        assert [lease.service for lease in _leases(conf)] == ["a"]  # the live run's lease stays
+    finally:
+        other.kill()
+        other.wait(timeout=10)
+
+
 @pytest.mark.parametrize("step", ["lease", "effect", "after-effect", "revert-too"])
 def test_failure_at_each_step_leaves_no_fault(conf, rig, monkeypatch, step):
     if step == "lease":
