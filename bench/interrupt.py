@@ -5,6 +5,7 @@
         [--state-dir /var/tmp/cc-bench-interrupt] [--use-running] [--seed N] [--json FILE]
         [--max-median-s 2] [--max-worst-s 5] [--round-robin] [--keep-logs DIR]
         [--runtime local|docker|both] [--docker-port-base 41900] [--docker-state-dir DIR]
+        [--docker-trials-per-ending N]
 
 Randomized trials of (shipped experiment x how the run ends x runtime). Each
 trial starts ``chaos run`` of an experiment with short durations (configuration env:
@@ -306,6 +307,8 @@ def print_table(table: dict[str, dict[str, dict]]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--trials-per-ending", type=int, default=2, help="per ending and runtime")
+    parser.add_argument("--docker-trials-per-ending", type=int, default=None,
+                        help="per ending on the docker runtime (default: --trials-per-ending)")
     parser.add_argument("--endings", default=",".join(ENDINGS))
     parser.add_argument("--experiments", default=",".join(EXPERIMENTS))
     parser.add_argument("--runtime", choices=(*RUNTIMES, "both"), default="local",
@@ -335,8 +338,10 @@ def main(argv: list[str] | None = None) -> int:
     for name in experiments:
         if name not in OBSERVABLE:
             parser.error(f"unknown experiment {name!r}; known: {', '.join(OBSERVABLE)}")
-    if not 1 <= args.trials_per_ending <= 1000:
-        parser.error("--trials-per-ending must be in 1..1000")
+    if args.docker_trials_per_ending is None:
+        args.docker_trials_per_ending = args.trials_per_ending
+    if not (1 <= args.trials_per_ending <= 1000 and 1 <= args.docker_trials_per_ending <= 1000):
+        parser.error("--trials-per-ending and --docker-trials-per-ending must be in 1..1000")
     runtimes = list(RUNTIMES) if args.runtime == "both" else [args.runtime]
     stacks: dict[str, tuple[Path, int]] = {}  # runtime -> (state dir, port base)
     if "local" in runtimes:
@@ -358,12 +363,13 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(seed)
     plan = []
     for runtime in runtimes:
+        count = args.docker_trials_per_ending if runtime == "docker" else args.trials_per_ending
         if args.round_robin:  # every ending meets every experiment in turn (the short test's plan)
             plan += [(experiments[(i + k) % len(experiments)], ending, runtime)
-                     for k, ending in enumerate(endings) for i in range(args.trials_per_ending)]
+                     for k, ending in enumerate(endings) for i in range(count)]
         else:
             plan += [(rng.choice(experiments), ending, runtime)
-                     for ending in endings for _ in range(args.trials_per_ending)]
+                     for ending in endings for _ in range(count)]
     rng.shuffle(plan)
     where = ", ".join(f"{r} stack {state} (port base {base})" for r, (state, base) in stacks.items())
     print(f"interrupt bench: seed {seed}, {len(plan)} trials, {where}", flush=True)

@@ -43,9 +43,14 @@ def up(settings: StackSettings) -> int:
             raise preflight.PreflightError(str(exc)) from None
 
     pg_bindir = preflight.run_all(settings, validate)  # raises PreflightError, nothing started yet
+    staging = time.monotonic()
     app = appuser.resolve(settings.project_dir)
     if not app.python_ok:
         _say(f"warning: the Python app programs run as root: {app.reason}")
+    else:
+        copied = f", copied {app.staged_bytes / 1e6:.1f} MB" if app.staged_bytes else ""
+        _say(f"app services run as {app.name} with {app.python} from the runtime copy {app.cwd} "
+             f"({time.monotonic() - staging:.1f}s{copied})")
     programs = layout.programs(settings, pg_bindir, os.environ, app)
     started = time.monotonic()
     try:
