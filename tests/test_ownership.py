@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -267,6 +268,8 @@ def test_halt_reverts_every_run_blocks_injection_until_cleared(conf, rig, tmp_pa
         result = halt(tmp_path, "test")
         assert result["all_verified"] and len(result["reverted"]) == 2
         assert result["elapsed_s"] < 1.0, result
+        for done in result["reverted"]:  # when the undo was issued, when the effect was seen gone
+            assert 0 <= done["issued_after_s"] <= done["gone_after_s"] <= result["elapsed_s"], done
         assert _toxic(rig, "a") is None and _toxic(rig, "b") is None and _leases(conf) == []
         with pytest.raises(FaultsHalted, match="halted .*halt --clear"):
             add_latency("b", delay_ms=100, duration_s=30, backend="proxy", configuration=conf)
@@ -281,6 +284,33 @@ def test_halt_reverts_every_run_blocks_injection_until_cleared(conf, rig, tmp_pa
     finally:
         other.kill()
         other.wait(timeout=10)
+
+
+def test_halt_issues_every_revert_without_waiting_for_a_slow_one(conf, rig, tmp_path, monkeypatch):
+    """One slow revert (a killed service's start-up) delays only its own fault: the other
+    fault is gone before the slow one's undo is even issued, and the CLI prints both times."""
+    add_latency("a", delay_ms=100, duration_s=30, backend="proxy", configuration=conf)
+    add_latency("b", delay_ms=100, duration_s=30, backend="proxy", configuration=conf)
+    real = ProxyControl.clear_latency
+
+    def slow_on_a(self, route):
+        if route == "a":
+            time.sleep(3)  # what a service's start-up would cost
+        return real(self, route)
+    monkeypatch.setattr(ProxyControl, "clear_latency", slow_on_a)
+    result = halt(tmp_path, "test")  # leases are listed in name order: a sequential halt would do a first
+    monkeypatch.undo()
+    by_service = {r["service"]: r for r in result["reverted"]}
+    assert result["all_verified"], result
+    assert by_service["b"]["gone_after_s"] < by_service["a"]["issued_after_s"], by_service
+    assert _toxic(rig, "a") is None and _toxic(rig, "b") is None
+    clear_halt(tmp_path)
+    add_latency("b", delay_ms=100, duration_s=30, backend="proxy", configuration=conf)
+    out = subprocess.run([CLI, "halt", "--state-dir", str(tmp_path)], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert re.search(r"latency on b\): verified; revert issued \+\d+\.\d\d s, effect gone \+\d+\.\d\d s",
+                     out.stdout), out.stdout
 
 
 def test_halt_with_no_stack_says_so_and_keeps_the_lease(tmp_path):
