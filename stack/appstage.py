@@ -23,10 +23,12 @@ group/other writable and no symlink; otherwise staging is refused (the caller sa
 
 from __future__ import annotations
 
+import compileall
 import hashlib
 import json
 import os
 import shutil
+import site
 import stat
 import subprocess
 import sys
@@ -44,6 +46,7 @@ SERVICE_MODULES = ("stack.services.catalog", "stack.services.payments", "stack.s
 RUNTIME_MODULES = ("uvicorn.loops.auto", "uvicorn.protocols.http.auto", "uvicorn.protocols.websockets.auto",
                    "uvicorn.lifespan.on", "anyio._backends._asyncio", "uvloop", "httptools")
 SUBPROCESS_TIMEOUT_S = 60
+FORMAT = "2"  # of a staged tree: part of both keys, so a changed layout is never reused
 
 # Run by the stack's own interpreter (root): which distributions do the services need?
 _CLOSURE_SCRIPT = r"""
@@ -115,9 +118,9 @@ def stage(project_dir: Path, root: Path | None = None, python: str = sys.executa
     """Stage (or reuse) the services' sources and site-packages under ``root``."""
     root = Path(root or stage_root())
     _trusted_root(root)
-    closure = _closure(project_dir, python)
+    closure = _closure(project_dir, python, root)
     copied = 0
-    site_key = hashlib.sha256(closure["version"].encode())
+    site_key = hashlib.sha256(f"{FORMAT}\0{closure['version']}".encode())
     for dist in closure["dists"]:
         site_key.update(f"\0{dist['name']}\0{dist['record']}".encode())
     site = root / f"site-{site_key.hexdigest()[:16]}"
@@ -125,7 +128,7 @@ def stage(project_dir: Path, root: Path | None = None, python: str = sys.executa
         copied += _build(root, site, lambda tmp: _copy_dists(closure["dists"], tmp))
     sources = _sources(project_dir)
     build = _git_build(project_dir)
-    src_key = hashlib.sha256(json.dumps(build, sort_keys=True).encode())
+    src_key = hashlib.sha256(f"{FORMAT}\0{json.dumps(build, sort_keys=True)}".encode())
     for rel, data in sources:
         src_key.update(f"\0{rel}\0".encode() + data)
     src = root / f"src-{src_key.hexdigest()[:16]}"
@@ -139,7 +142,7 @@ def stage(project_dir: Path, root: Path | None = None, python: str = sys.executa
                 os.chmod(target, 0o644)
                 total += len(data)
             (tmp / "stack" / "services" / "build.json").write_text(json.dumps(build))
-            os.chmod(tmp / "stack" / "services" / "build.json", 0o644)
+            _compile(tmp)
             return total
         copied += _build(root, src, write_sources)
     return StagedApp(src, site, closure["version"], copied)
@@ -171,7 +174,31 @@ def _trusted_root(root: Path) -> None:
     os.chmod(root, 0o755)
 
 
-def _closure(project_dir: Path, python: str) -> dict:
+def _closure(project_dir: Path, python: str, root: Path) -> dict:
+    """Which distributions the services need (cached under ``root`` while no RECORD of the
+    running interpreter's site-packages changed)."""
+    cache = None
+    if os.path.realpath(python) == os.path.realpath(sys.executable):
+        key = hashlib.sha256(sys.version.encode())
+        for sitedir in site.getsitepackages():
+            for record in sorted(Path(sitedir).glob("*.dist-info/RECORD")):
+                info = record.stat()
+                key.update(f"\0{record}\0{info.st_mtime_ns}\0{info.st_size}".encode())
+        cache = root / f"closure-{key.hexdigest()[:16]}.json"
+        try:
+            return json.loads(cache.read_text())
+        except (OSError, ValueError):
+            pass
+    closure = _list_closure(project_dir, python)
+    if cache is not None:
+        tmp = cache.with_name(f".{cache.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(closure))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, cache)
+    return closure
+
+
+def _list_closure(project_dir: Path, python: str) -> dict:
     try:
         done = subprocess.run([python, "-c", _CLOSURE_SCRIPT, *SERVICE_MODULES, *RUNTIME_MODULES],
                               cwd=project_dir, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S,
@@ -200,10 +227,19 @@ def _copy_dists(dists: list[dict], tmp: Path) -> int:
                 continue
             target = tmp / source.relative_to(base)
             _mkdirs(tmp, target.parent)
-            shutil.copyfile(source, target)
+            shutil.copy2(source, target)  # with its mtime: a .pyc is valid only for its source's mtime
             os.chmod(target, 0o755 if info.st_mode & 0o111 else 0o644)
             total += info.st_size
+    _compile(tmp)
     return total
+
+
+def _compile(tree: Path) -> None:
+    """Byte-compile what has no valid .pyc yet: the stack user cannot write __pycache__ here,
+    and without it every start of a service would compile its imports again."""
+    compileall.compile_dir(str(tree), quiet=2, workers=1)
+    for path in tree.rglob("*"):
+        os.chmod(path, 0o755 if path.is_dir() or path.stat().st_mode & 0o111 else 0o644)
 
 
 def _sources(project_dir: Path) -> list[tuple[str, bytes]]:

@@ -20,6 +20,7 @@ warning line.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pwd
 import shutil
@@ -105,7 +106,25 @@ def resolve(project_dir: Path, python: str = sys.executable, name: str = APP_USE
 
 def _probe(python: str, staged: appstage.StagedApp, uid: int, gid: int) -> str | None:
     """None when ``python`` run as the user (setuid then exec, as supervisord does)
-    imports every service from the copy, else why not."""
+    imports every service from the copy, else why not. A success is remembered (a marker
+    in the stage root keyed by the interpreter's path, size and mtime, the copy and the
+    user), so an unchanged set-up is not probed again."""
+    try:
+        info = os.stat(python)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    key = hashlib.sha256(f"{python}\0{info.st_size}\0{info.st_mtime_ns}\0{staged.src}\0{staged.site}"
+                         f"\0{uid}\0{gid}".encode()).hexdigest()[:16]
+    marker = staged.src.parent / f"probed-{key}"
+    if marker.is_file():
+        return None
+    why = _run_probe(python, staged, uid, gid)
+    if why is None:
+        marker.touch(mode=0o644)
+    return why
+
+
+def _run_probe(python: str, staged: appstage.StagedApp, uid: int, gid: int) -> str | None:
     code = (f"import sys; v = '%d.%d' % sys.version_info[:2]; assert v == {staged.version!r}, 'Python ' + v; "
             + "; ".join(f"import {module}" for module in appstage.SERVICE_MODULES))
     try:
