@@ -5,7 +5,7 @@
         [--state-dir /var/tmp/cc-bench-interrupt] [--use-running] [--seed N] [--json FILE]
         [--max-median-s 2] [--max-worst-s 5] [--round-robin] [--keep-logs DIR]
         [--runtime local|docker|both] [--docker-port-base 41900] [--docker-state-dir DIR]
-        [--docker-trials-per-ending N]
+        [--docker-trials-per-ending N] [--warmup-s 6] [--stop-after-s S]
 
 Randomized trials of (shipped experiment x how the run ends x runtime). Each
 trial starts ``chaos run`` of an experiment with short durations (configuration env:
@@ -327,6 +327,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="assign experiments to each ending in turn instead of at random")
     parser.add_argument("--keep-logs", type=Path, default=None, help="keep chaos logs under this dir")
     parser.add_argument("--json", type=Path, default=None, help="write trials and table here")
+    parser.add_argument("--warmup-s", type=float, default=float(SHORT_ENV["CHAOSCHECKOUT_LOAD_WARMUP_S"]),
+                        help="k6 warm-up before the steady state (more requests: a stray error weighs less)")
+    parser.add_argument("--stop-after-s", type=float, default=None,
+                        help="start no new trial after this many seconds; the table covers what ran")
     parser.add_argument("--max-median-s", type=float, default=2.0)
     parser.add_argument("--max-worst-s", type=float, default=5.0)
     args = parser.parse_args(argv)
@@ -354,9 +358,12 @@ def main(argv: list[str] | None = None) -> int:
         stacks["docker"] = (state, base)
     if len({base for _, base in stacks.values()}) != len(stacks):
         parser.error("the local and docker stacks need different port bases")
+    if not 1 <= args.warmup_s <= 120:
+        parser.error("--warmup-s must be in 1..120")
+    short = {**SHORT_ENV, "CHAOSCHECKOUT_LOAD_WARMUP_S": f"{args.warmup_s:g}"}
     envs = {runtime: {**os.environ, "CHAOSCHECKOUT_STATE_DIR": str(state),
                       "CHAOSCHECKOUT_PORT_BASE": str(base), "CHAOSCHECKOUT_RUNTIME": runtime,
-                      "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}", **SHORT_ENV}
+                      "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}", **short}
             for runtime, (state, base) in stacks.items()}
     manage = [sys.executable, "-m", "stack.manage"]
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
@@ -383,8 +390,13 @@ def main(argv: list[str] | None = None) -> int:
                 started.append(runtime)
         observers = {runtime: Observer(state) for runtime, (state, _) in stacks.items()}
         workdir = Path(tempfile.mkdtemp(prefix="cc-interrupt-", dir=args.keep_logs))
+        began = time.monotonic()
         try:
             for number, (experiment, ending, runtime) in enumerate(plan, 1):
+                if args.stop_after_s is not None and time.monotonic() - began > args.stop_after_s:
+                    print(f"--stop-after-s {args.stop_after_s:g} reached: {number - 1} of {len(plan)} "
+                          "planned trials ran", flush=True)
+                    break
                 observer = observers[runtime]
                 label = f"[{number}/{len(plan)}] {runtime:<6} {experiment:<16} {ending:<10}"
                 for _attempt in range(ATTEMPTS):  # a run whose steady state was not met injects nothing
