@@ -4,16 +4,19 @@
         [--experiments kill-catalog,payments-latency,fill-pg-disk] [--port-base 41700]
         [--state-dir /var/tmp/cc-bench-interrupt] [--use-running] [--seed N] [--json FILE]
         [--max-median-s 2] [--max-worst-s 5] [--round-robin] [--keep-logs DIR]
+        [--runtime local|docker|both] [--docker-port-base 41900] [--docker-state-dir DIR]
+        [--docker-trials-per-ending N] [--warmup-s 6] [--stop-after-s S]
 
-Randomized trials of (shipped experiment x how the run ends) on the local runtime. Each
+Randomized trials of (shipped experiment x how the run ends x runtime). Each
 trial starts ``chaos run`` of an experiment with short durations (configuration env:
 ``CHAOSCHECKOUT_LOAD_WARMUP_S`` etc.) in its own session, with SIGINT's default
 disposition restored (a background job inherits SIGINT ignored), waits until the
-fault's effect is seen FROM OUTSIDE the extension (catalog's health endpoint fails; the
-fault proxy's control API shows a toxic on payments, or a response-loss toxic on provider
-for ``payments-response-lost``, which ``--experiments`` may name but the default set
-leaves out; the ballast file exists), waits a
-random 0.3-6 s, then ends the run one way:
+fault's effect is seen FROM OUTSIDE the extension (catalog's health endpoint fails, and
+on docker its container is not running; the fault proxy's control API shows a toxic on
+payments, or a response-loss toxic on provider for ``payments-response-lost``, which
+``--experiments`` may name but the default set leaves out; the ballast file exists in
+Postgres' data dir, on docker in the host mount of the container's ``/data`` volume),
+waits a random 0.3-6 s, then ends the run one way:
 
 - ``sigint-pg``: SIGINT to the process group (a terminal's Ctrl-C);
 - ``sigterm``: SIGTERM to the pid; ``sigkill``: SIGKILL to the pid;
@@ -25,9 +28,14 @@ A run whose steady state is not met before the method injects nothing: it is not
 counted (``skipped`` in the table) and the trial is tried again, up to 3 times. It
 measures the time from the signal to the effect gone (polled every 20 ms), counts k6
 processes of the trial's session left 3 s after the run ended, and reads the journal's
-status. Prints per ending: trials, faults left, median and worst signal->gone seconds,
-k6 left, journal statuses. Exit 1 when a fault was left, a k6 survived, or the median /
+status. Prints per runtime and ending: trials, faults left, median and worst
+signal->gone seconds, k6 left, journal statuses. Exit 1 when a fault was left, a k6 survived, or the median /
 worst time is over the bound (default 2 s / 5 s). Every wait is bounded.
+
+``--runtime docker`` (or ``both``) brings up the docker stack (``stack.manage up --runtime
+docker``, the host reaper beside it) on ``--docker-port-base`` (default ``--port-base`` +
+200) and runs the experiments with ``CHAOSCHECKOUT_RUNTIME=docker``; a killed catalog is
+gone when its container runs again and its health check passes.
 """
 
 from __future__ import annotations
@@ -55,6 +63,7 @@ import httpx  # noqa: E402
 from chaoscheckout.network.proxy_client import ProxyControl, ProxyError  # noqa: E402
 from chaoscheckout.runtime.registry import load_registry  # noqa: E402
 
+RUNTIMES = ("local", "docker")
 ENDINGS = ("sigint-pg", "sigterm", "sigkill", "sigkill-pg", "sigstop")
 EXPERIMENTS = ("kill-catalog", "payments-latency", "fill-pg-disk")
 OBSERVABLE = (*EXPERIMENTS, "payments-response-lost")  # --experiments may name these
@@ -74,6 +83,7 @@ GONE_TIMEOUT_S = 30
 class Trial:
     experiment: str
     ending: str
+    runtime: str = "local"
     injected: bool = False
     delay_s: float | None = None
     gone_after_s: float | None = None
@@ -89,14 +99,29 @@ class Observer:
 
     def __init__(self, state_dir: Path) -> None:
         registry = load_registry(state_dir / "services.json")
-        self.prometheus = f"http://{registry.service('prometheus').address}"
+        self.runtime = registry.runtime
+        self.prometheus = registry.prometheus_url or f"http://{registry.service('prometheus').address}"
         self.catalog_health = registry.service("catalog").health_url
         self.proxy_url = registry.proxy_control_url
-        pg = registry.service("postgres").data_dir
-        self.ballast = (state_dir / pg if not Path(pg).is_absolute() else Path(pg)) / ".chaoscheckout-ballast"
+        pg = registry.service("postgres")
+        self.catalog_container = self.docker = None
+        if self.runtime == "docker":  # the container's state and the host mount of its /data volume
+            import docker
+
+            self.docker = docker.from_env(timeout=10)
+            self.catalog_container = registry.service("catalog").process
+            mounts = self.docker.containers.get(pg.process).attrs.get("Mounts", [])
+            data = next(m["Source"] for m in mounts if m.get("Destination") == str(Path("/", pg.data_dir)))
+            self.ballast = Path(data) / ".chaoscheckout-ballast"
+        else:
+            data_dir = Path(pg.data_dir)
+            data_dir = data_dir if data_dir.is_absolute() else state_dir / data_dir
+            self.ballast = data_dir / ".chaoscheckout-ballast"
 
     def effect_present(self, experiment: str) -> bool:
         if experiment == "kill-catalog":
+            if self.docker is not None and not self._container_running(self.catalog_container):
+                return True
             try:
                 return not httpx.get(self.catalog_health, timeout=0.5).is_success
             except httpx.HTTPError:
@@ -112,6 +137,15 @@ class Observer:
             except ProxyError:
                 return False  # proxy unreachable: holds no toxic
         return self.ballast.exists()
+
+    def _container_running(self, name: str) -> bool:
+        import docker.errors
+
+        try:
+            container = self.docker.containers.get(name)
+        except docker.errors.DockerException:
+            return False
+        return bool((container.attrs.get("State") or {}).get("Running"))
 
     def wait_no_recent_errors(self, timeout_s: float = 45) -> None:
         """Until checkout's last 35 s hold no error and a p95 under 250 ms: the next run's
@@ -165,8 +199,8 @@ def session_k6(sid: int) -> list[int]:
 
 def run_trial(experiment: str, ending: str, env: dict[str, str], observer: Observer, workdir: Path,
               rng: random.Random) -> Trial:
-    trial = Trial(experiment, ending)
-    journal = workdir / f"{experiment}-{ending}-{time.time_ns()}.json"
+    trial = Trial(experiment, ending, observer.runtime)
+    journal = workdir / f"{observer.runtime}-{experiment}-{ending}-{time.time_ns()}.json"
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "chaos"), "--no-version-check", "--log-file",
          str(journal.with_suffix(".log")), "run", "--journal-path", str(journal),
@@ -237,49 +271,66 @@ def _last_log_line(log: Path) -> str:
     return why[-1][-160:] if why else "empty chaos log"
 
 
-def summarize(trials: list[Trial]) -> dict[str, dict]:
-    table = {}
-    for ending in dict.fromkeys(t.ending for t in trials):
-        done = [t for t in trials if t.ending == ending and t.injected]
+def summarize(trials: list[Trial]) -> dict[str, dict[str, dict]]:
+    """{runtime: {ending: row}}."""
+    table: dict[str, dict[str, dict]] = {}
+    for runtime, ending in dict.fromkeys((t.runtime, t.ending) for t in trials):
+        mine = [t for t in trials if t.runtime == runtime and t.ending == ending]
+        done = [t for t in mine if t.injected]
         times = [t.gone_after_s for t in done if t.gone_after_s is not None]
         statuses: dict[str, int] = {}
         for t in done:
             statuses[str(t.status)] = statuses.get(str(t.status), 0) + 1
-        table[ending] = {
+        table.setdefault(runtime, {})[ending] = {
             "trials": len(done), "faults_left": sum(t.fault_left for t in done),
             "median_s": round(statistics.median(times), 3) if times else None,
             "worst_s": max(times) if times else None, "k6_left": sum(t.k6_left for t in done),
             "journal_status": statuses,
-            "skipped": sum(1 for t in trials if t.ending == ending and not t.injected),
+            "skipped": sum(1 for t in mine if not t.injected),
         }
     return table
 
 
-def print_table(table: dict[str, dict]) -> None:
-    print(f"{'ending':<11} {'trials':>6} {'left':>5} {'median s':>9} {'worst s':>8} {'k6 left':>8}  "
-          "journal status")
-    for ending, row in table.items():
-        med = "-" if row["median_s"] is None else f"{row['median_s']:.2f}"
-        worst = "-" if row["worst_s"] is None else f"{row['worst_s']:.2f}"
-        statuses = ", ".join(f"{k} {v}" for k, v in sorted(row["journal_status"].items()))
-        print(f"{ending:<11} {row['trials']:>6} {row['faults_left']:>5} {med:>9} {worst:>8} "
-              f"{row['k6_left']:>8}  {statuses}" + (f" (skipped {row['skipped']})" if row["skipped"] else ""))
+def print_table(table: dict[str, dict[str, dict]]) -> None:
+    print(f"{'runtime':<7} {'ending':<11} {'trials':>6} {'left':>5} {'median s':>9} {'worst s':>8} "
+          f"{'k6 left':>8}  journal status")
+    for runtime, rows_ in table.items():
+        for ending, row in rows_.items():
+            med = "-" if row["median_s"] is None else f"{row['median_s']:.2f}"
+            worst = "-" if row["worst_s"] is None else f"{row['worst_s']:.2f}"
+            statuses = ", ".join(f"{k} {v}" for k, v in sorted(row["journal_status"].items()))
+            print(f"{runtime:<7} {ending:<11} {row['trials']:>6} {row['faults_left']:>5} {med:>9} {worst:>8} "
+                  f"{row['k6_left']:>8}  {statuses}"
+                  + (f" (skipped {row['skipped']})" if row["skipped"] else ""))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--trials-per-ending", type=int, default=2)
+    parser.add_argument("--trials-per-ending", type=int, default=2, help="per ending and runtime")
+    parser.add_argument("--docker-trials-per-ending", type=int, default=None,
+                        help="per ending on the docker runtime (default: --trials-per-ending)")
     parser.add_argument("--endings", default=",".join(ENDINGS))
     parser.add_argument("--experiments", default=",".join(EXPERIMENTS))
+    parser.add_argument("--runtime", choices=(*RUNTIMES, "both"), default="local",
+                        help="where the stack runs: supervisord processes, containers, or both in turn")
     parser.add_argument("--port-base", type=int,
                         default=int(os.environ.get("CHAOSCHECKOUT_PORT_BASE", 41700)))
     parser.add_argument("--state-dir", type=Path, default=None)
-    parser.add_argument("--use-running", action="store_true", help="use the stack already up in --state-dir")
+    parser.add_argument("--docker-port-base", type=int, default=None,
+                        help="the docker stack's port base (default: --port-base, + 200 with --runtime both)")
+    parser.add_argument("--docker-state-dir", type=Path, default=None,
+                        help="the docker stack's state dir (default: --state-dir with --runtime docker)")
+    parser.add_argument("--use-running", action="store_true",
+                        help="use the stack(s) already up in the state dir(s)")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--round-robin", action="store_true",
                         help="assign experiments to each ending in turn instead of at random")
     parser.add_argument("--keep-logs", type=Path, default=None, help="keep chaos logs under this dir")
     parser.add_argument("--json", type=Path, default=None, help="write trials and table here")
+    parser.add_argument("--warmup-s", type=float, default=float(SHORT_ENV["CHAOSCHECKOUT_LOAD_WARMUP_S"]),
+                        help="k6 warm-up before the steady state (more requests: a stray error weighs less)")
+    parser.add_argument("--stop-after-s", type=float, default=None,
+                        help="start no new trial after this many seconds; the table covers what ran")
     parser.add_argument("--max-median-s", type=float, default=2.0)
     parser.add_argument("--max-worst-s", type=float, default=5.0)
     args = parser.parse_args(argv)
@@ -291,79 +342,122 @@ def main(argv: list[str] | None = None) -> int:
     for name in experiments:
         if name not in OBSERVABLE:
             parser.error(f"unknown experiment {name!r}; known: {', '.join(OBSERVABLE)}")
-    if not 1 <= args.trials_per_ending <= 1000:
-        parser.error("--trials-per-ending must be in 1..1000")
-    state_dir = args.state_dir or Path(f"/var/tmp/cc-bench-interrupt-{args.port_base}")
-    env = {**os.environ, "CHAOSCHECKOUT_STATE_DIR": str(state_dir),
-           "CHAOSCHECKOUT_PORT_BASE": str(args.port_base),
-           "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}", **SHORT_ENV}
+    if args.docker_trials_per_ending is None:
+        args.docker_trials_per_ending = args.trials_per_ending
+    if not (1 <= args.trials_per_ending <= 1000 and 1 <= args.docker_trials_per_ending <= 1000):
+        parser.error("--trials-per-ending and --docker-trials-per-ending must be in 1..1000")
+    runtimes = list(RUNTIMES) if args.runtime == "both" else [args.runtime]
+    stacks: dict[str, tuple[Path, int]] = {}  # runtime -> (state dir, port base)
+    if "local" in runtimes:
+        state = args.state_dir or Path(f"/var/tmp/cc-bench-interrupt-{args.port_base}")
+        stacks["local"] = (state, args.port_base)
+    if "docker" in runtimes:
+        base = args.docker_port_base or (args.port_base + 200 if "local" in runtimes else args.port_base)
+        state = args.docker_state_dir or (args.state_dir if "local" not in runtimes else None) \
+            or Path(f"/var/tmp/cc-bench-interrupt-docker-{base}")
+        stacks["docker"] = (state, base)
+    if len({base for _, base in stacks.values()}) != len(stacks):
+        parser.error("the local and docker stacks need different port bases")
+    if not 1 <= args.warmup_s <= 120:
+        parser.error("--warmup-s must be in 1..120")
+    short = {**SHORT_ENV, "CHAOSCHECKOUT_LOAD_WARMUP_S": f"{args.warmup_s:g}"}
+    envs = {runtime: {**os.environ, "CHAOSCHECKOUT_STATE_DIR": str(state),
+                      "CHAOSCHECKOUT_PORT_BASE": str(base), "CHAOSCHECKOUT_RUNTIME": runtime,
+                      "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}", **short}
+            for runtime, (state, base) in stacks.items()}
     manage = [sys.executable, "-m", "stack.manage"]
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
     rng = random.Random(seed)
-    if args.round_robin:  # every ending meets every experiment in turn (the short test's plan)
-        plan = [(experiments[(i + k) % len(experiments)], ending)
-                for k, ending in enumerate(endings) for i in range(args.trials_per_ending)]
-    else:
-        plan = [(rng.choice(experiments), ending)
-                for ending in endings for _ in range(args.trials_per_ending)]
+    plan = []
+    for runtime in runtimes:
+        count = args.docker_trials_per_ending if runtime == "docker" else args.trials_per_ending
+        if args.round_robin:  # every ending meets every experiment in turn (the short test's plan)
+            plan += [(experiments[(i + k) % len(experiments)], ending, runtime)
+                     for k, ending in enumerate(endings) for i in range(count)]
+        else:
+            plan += [(rng.choice(experiments), ending, runtime)
+                     for ending in endings for _ in range(count)]
     rng.shuffle(plan)
-    print(f"interrupt bench: seed {seed}, {len(plan)} trials, state dir {state_dir}", flush=True)
-    if not args.use_running:
-        for _attempt in range(3):  # a port of the base may be a client's ephemeral port in TIME-WAIT
-            up = subprocess.run([*manage, "up"], cwd=ROOT, env=env, capture_output=True, text=True,
-                                timeout=300)
-            if up.returncode == 0 or "already in use" not in up.stdout + up.stderr:
-                break
-            time.sleep(20)
-        if up.returncode != 0:
-            print(up.stdout + up.stderr, file=sys.stderr)
-            subprocess.run([*manage, "down"], cwd=ROOT, env=env, capture_output=True, timeout=120)
-            return 1
+    where = ", ".join(f"{r} stack {state} (port base {base})" for r, (state, base) in stacks.items())
+    print(f"interrupt bench: seed {seed}, {len(plan)} trials, {where}", flush=True)
+    started: list[str] = []
     trials: list[Trial] = []
     try:
-        observer = Observer(state_dir)
+        if not args.use_running:
+            for runtime in stacks:
+                if not _stack_up(manage, runtime, envs[runtime]):
+                    return 1
+                started.append(runtime)
+        observers = {runtime: Observer(state) for runtime, (state, _) in stacks.items()}
         workdir = Path(tempfile.mkdtemp(prefix="cc-interrupt-", dir=args.keep_logs))
+        began = time.monotonic()
         try:
-            for number, (experiment, ending) in enumerate(plan, 1):
+            for number, (experiment, ending, runtime) in enumerate(plan, 1):
+                if args.stop_after_s is not None and time.monotonic() - began > args.stop_after_s:
+                    print(f"--stop-after-s {args.stop_after_s:g} reached: {number - 1} of {len(plan)} "
+                          "planned trials ran", flush=True)
+                    break
+                observer = observers[runtime]
+                label = f"[{number}/{len(plan)}] {runtime:<6} {experiment:<16} {ending:<10}"
                 for _attempt in range(ATTEMPTS):  # a run whose steady state was not met injects nothing
-                    trial = run_trial(experiment, ending, env, observer, workdir, rng)
+                    trial = run_trial(experiment, ending, envs[runtime], observer, workdir, rng)
                     trials.append(trial)
                     if trial.injected:
                         break
-                    print(f"[{number}/{len(plan)}] {experiment:<16} {ending:<10} not counted: {trial.note}",
-                          flush=True)
+                    print(f"{label} not counted: {trial.note}", flush=True)
                     observer.wait_no_recent_errors()
-                print(f"[{number}/{len(plan)}] {experiment:<16} {ending:<10} "
+                print(f"{label} "
                       f"{'gone after ' + str(trial.gone_after_s) + ' s' if trial.injected else trial.note} "
                       f"status {trial.status} k6 left {trial.k6_left} {trial.note if trial.injected else ''}",
                       flush=True)
                 # let the restarted/cleaned service settle before the next steady-state check
-                wait_until(lambda: all(not observer.effect_present(e) for e in OBSERVABLE), 30)
+                wait_until(lambda obs=observer: all(not obs.effect_present(e) for e in OBSERVABLE), 30)
                 observer.wait_no_recent_errors()
         finally:
             if args.keep_logs is None:
                 shutil.rmtree(workdir, ignore_errors=True)
     finally:
-        if not args.use_running:
-            subprocess.run([*manage, "down"], cwd=ROOT, env=env, capture_output=True, timeout=120)
+        for runtime in started:
+            subprocess.run([*manage, "down", "--runtime", runtime], cwd=ROOT, env=envs[runtime],
+                           capture_output=True, timeout=300)
     table = summarize(trials)
     print_table(table)
     if args.json:
-        args.json.write_text(json.dumps({"seed": seed, "table": table, "trials": [asdict(t) for t in trials]},
-                                        indent=2))
+        args.json.write_text(json.dumps({"seed": seed, "table": table, "trials": [asdict(t) for t in trials],
+                                         "stacks": {r: {"state_dir": str(s), "port_base": b}
+                                                    for r, (s, b) in stacks.items()}}, indent=2))
     failures = []
-    for ending, row in table.items():
-        if row["faults_left"] or row["k6_left"]:
-            failures.append(f"{ending}: {row['faults_left']} fault(s) left, {row['k6_left']} k6 left")
-        if row["median_s"] is not None and row["median_s"] > args.max_median_s:
-            failures.append(f"{ending}: median {row['median_s']} s > {args.max_median_s} s")
-        if row["worst_s"] is not None and row["worst_s"] > args.max_worst_s:
-            failures.append(f"{ending}: worst {row['worst_s']} s > {args.max_worst_s} s")
-        if row["trials"] == 0:
-            failures.append(f"{ending}: no trial injected a fault")
+    for runtime, rows_ in table.items():
+        for ending, row in rows_.items():
+            where = f"{runtime} {ending}"
+            if row["faults_left"] or row["k6_left"]:
+                failures.append(f"{where}: {row['faults_left']} fault(s) left, {row['k6_left']} k6 left")
+            if row["median_s"] is not None and row["median_s"] > args.max_median_s:
+                failures.append(f"{where}: median {row['median_s']} s > {args.max_median_s} s")
+            if row["worst_s"] is not None and row["worst_s"] > args.max_worst_s:
+                failures.append(f"{where}: worst {row['worst_s']} s > {args.max_worst_s} s")
+            if row["trials"] == 0:
+                failures.append(f"{where}: no trial injected a fault")
     for line in failures:
         print(f"FAIL {line}")
     return 1 if failures else 0
+
+
+def _stack_up(manage: list[str], runtime: str, env: dict[str, str]) -> bool:
+    """``stack.manage up`` for one runtime (retried when a port is briefly taken)."""
+    timeout = 1500 if runtime == "docker" else 300  # docker: images may be (re)built first
+    for _attempt in range(3):  # a port of the base may be a client's ephemeral port in TIME-WAIT
+        up = subprocess.run([*manage, "up", "--runtime", runtime], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=timeout)
+        if up.returncode == 0 or "already in use" not in up.stdout + up.stderr:
+            break
+        time.sleep(20)
+    if up.returncode != 0:
+        print(up.stdout + up.stderr, file=sys.stderr)
+        subprocess.run([*manage, "down", "--runtime", runtime], cwd=ROOT, env=env, capture_output=True,
+                       timeout=300)
+        return False
+    return True
 
 
 # ---------------------------------------------------------------------------
@@ -389,7 +483,7 @@ def rows(ctx) -> list:
     with tempfile.TemporaryDirectory(prefix="cc-bench-interrupt-") as tmp:
         out = Path(tmp) / "interrupt.json"
         code = main([*argv, "--json", str(out)])
-        table = json.loads(out.read_text())["table"] if out.exists() else {}
+        table = json.loads(out.read_text())["table"].get("local", {}) if out.exists() else {}
     result = []
     for ending in endings:
         row = table.get(ending) or {}

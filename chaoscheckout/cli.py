@@ -301,8 +301,14 @@ def halt_cmd(state_dir: Path | None, clear: bool, reason: str, as_json: bool) ->
             click.echo(f"error: {result['error']}")
         for r in result["reverted"]:
             state = "verified" if r.get("verified") else f"NOT verified: {r.get('error') or r.get('checked')}"
-            click.echo(f"  reverted {r['fault_id']} ({r.get('kind')} on {r.get('service')}): {state}")
-        click.echo(f"{len(result['reverted'])} fault(s) in {result['elapsed_s']:.2f} s")
+            timing = ""
+            if r.get("issued_after_s") is not None:
+                gone = r.get("gone_after_s")
+                timing = (f"; revert issued +{r['issued_after_s']:.2f} s, effect gone "
+                          + (f"+{gone:.2f} s" if gone is not None else "not seen"))
+            click.echo(f"  reverted {r['fault_id']} ({r.get('kind')} on {r.get('service')}): {state}{timing}")
+        click.echo(f"{len(result['reverted'])} fault(s) in {result['elapsed_s']:.2f} s (times since the "
+                   "halt began; a killed service's effect is gone only once its own start-up is done)")
     sys.exit(0 if result["all_verified"] else 1)
 
 

@@ -71,9 +71,13 @@ def programs(settings: StackSettings, pg_bindir: Path, env: Mapping[str, str],
         environment.update(own[name])
         # App services are started by manage.py once Postgres is ready, and never
         # restarted by supervisord: a killed service must stay down (the kill fault).
-        out.append(Program(name, [py, "-m", f"stack.services.{name}"], autorestart=False,
-                           autostart=False, environment=environment,
-                           user=None if name == "remediator" else python_user))  # remediator: ctl socket
+        command, directory = [py, "-m", f"stack.services.{name}"], None
+        if python_user and name != "remediator":  # remediator: root, it uses the ctl socket
+            # the runtime copy the user can read (stack/appstage.py), with an interpreter it can run
+            command, directory = [app.python, "-s", "-m", f"stack.services.{name}"], app.cwd
+            environment["PYTHONPATH"] = app.pythonpath
+        out.append(Program(name, command, autorestart=False, autostart=False, environment=environment,
+                           user=None if name == "remediator" else python_user, directory=directory))
     return out
 
 

@@ -46,9 +46,9 @@ def up(settings: StackSettings) -> int:
             raise preflight.PreflightError(str(exc)) from None
 
     pg_bindir = preflight.run_all(settings, validate)  # raises PreflightError, nothing started yet
+    staging = time.monotonic()
     app = appuser.resolve(settings.project_dir)
-    if not app.python_ok:
-        _say(f"warning: the Python app programs run as root: {app.reason}")
+    _say(app_user_line(app, time.monotonic() - staging))
     programs = layout.programs(settings, pg_bindir, os.environ, app)
     started = time.monotonic()
     try:
@@ -63,6 +63,15 @@ def up(settings: StackSettings) -> int:
     _say(f"stack up in {time.monotonic() - started:.1f}s: checkout http://127.0.0.1:{settings.port('checkout')}"
          f"  prometheus {settings.prometheus_url}  registry {settings.registry_file}")
     return 0
+
+
+def app_user_line(app: appuser.AppUser, took_s: float = 0.0) -> str:
+    """What ``up`` says about who runs the Python app programs (a warning when root)."""
+    if not app.python_ok:
+        return f"warning: the Python app programs run as root: {app.reason}"
+    copied = f", copied {app.staged_bytes / 1e6:.1f} MB" if app.staged_bytes else ""
+    return (f"app services run as {app.name} with {app.python} from the runtime copy {app.cwd} "
+            f"({took_s:.1f}s{copied})")
 
 
 def down(settings: StackSettings) -> int:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 from chaoslib.exceptions import ActivityFailed
@@ -26,7 +28,7 @@ from chaoscheckout.runtime.supervisor import SupervisorClient
 from chaoscheckout.service.actions import kill_service
 from chaoscheckout.sli import guards
 from chaoscheckout.sli import probes as sli_probes
-from stack import appuser, statedir
+from stack import appstage, appuser, layout, manage, statedir
 from stack.postgres import find_pg_bindir, postgres_ids
 from stack.settings import settings_from_env
 from stack.supervisord import Program, SupervisordError, check_programs
@@ -318,15 +320,23 @@ def test_netns_names_that_are_not_plain_names_are_refused(name):
 # --- who the programs run as, with what environment -----------------------------------------
 
 
-def test_programs_run_unprivileged_where_they_can_with_a_minimal_environment(stack):
-    app = appuser.resolve(ROOT)
-    assert app.name == appuser.APP_USER, app.reason
+def test_programs_run_unprivileged_with_a_minimal_environment(stack):
+    """The real processes: the Python app services run as the stack user (from the runtime
+    copy, even when the venv lives under a 0700 home), root only where it is documented."""
+    app_uid = pwd.getpwnam(appuser.APP_USER).pw_uid
     rpc = SupervisorClient(stack.registry.supervisor_url, timeout_s=5)
     uids = {p["name"]: _uid(p["pid"]) for p in rpc.all_process_info() if p["pid"]}
-    python_uid = app.uid if app.python_ok else 0  # see stack/appuser.py: a venv under /root
-    assert uids["prometheus"] == app.uid
+    assert uids["prometheus"] == app_uid
     assert {n: uids[n] for n in ("catalog", "payments", "provider", "checkout")} == dict.fromkeys(
-        ("catalog", "payments", "provider", "checkout"), python_uid)
+        ("catalog", "payments", "provider", "checkout"), app_uid)
+    for name in ("catalog", "payments", "provider", "checkout"):  # the copy, not the checkout
+        cwd = Path(os.readlink(f"/proc/{rpc.pid(name)}/cwd"))
+        assert cwd.parent == appstage.stage_root() and cwd.name.startswith("src-"), (name, cwd)
+        assert (cwd / "stack" / "services" / f"{name}.py").read_bytes() == \
+            (ROOT / "stack" / "services" / f"{name}.py").read_bytes()
+    version = httpx.get(f"{stack.registry.extra['checkout_url']}/version", timeout=5).json()["build"]
+    assert version["commit"] == subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], text=True,
+                                               capture_output=True, timeout=10).stdout.strip()
     assert {n: uids[n] for n in ("faultproxy", "reaper", "remediator")} == dict.fromkeys(
         ("faultproxy", "reaper", "remediator"), 0)
     assert uids["postgres"] == postgres_ids()[0]
@@ -337,6 +347,30 @@ def test_programs_run_unprivileged_where_they_can_with_a_minimal_environment(sta
                      "SUPERVISOR_SERVER_URL", "SUPERVISOR_PROCESS_NAME", "SUPERVISOR_GROUP_NAME",
                      "CHAOSCHECKOUT_STATE_DIR", "PYTHONUNBUFFERED", "PYTHONPATH"} | {
         n for n in names if n.startswith("CATALOG_")}, names
+
+
+def test_app_user_falls_back_to_root_with_a_reason_only_when_it_truly_cannot(tmp_path):
+    hidden = tmp_path / "private"  # an interpreter the user cannot reach (a 0700 dir, as /root)
+    hidden.mkdir(mode=0o700)
+    (hidden / "python3").symlink_to(os.path.realpath(sys.executable))
+    app = appuser.resolve(ROOT, candidates=[str(hidden / "python3")])
+    assert not app.python_ok and app.python_user is None
+    assert "can run no Python" in app.reason and "Permission denied" in app.reason, app.reason
+    line = manage.app_user_line(app)
+    assert line.startswith("warning: the Python app programs run as root: "), line
+    settings = settings_from_env({"CHAOSCHECKOUT_STATE_DIR": str(tmp_path),
+                                  "CHAOSCHECKOUT_PORT_BASE": "24000"})
+    programs = {p.name: p for p in layout.programs(settings, Path("/usr/bin"), {}, app)}
+    assert programs["catalog"].user is None and programs["catalog"].command[0] == sys.executable
+    assert programs["prometheus"].user == appuser.APP_USER  # it needs no Python
+    untrusted = tmp_path / "stage"  # a stage dir others may write to: never used
+    untrusted.mkdir(mode=0o777)
+    os.chmod(untrusted, 0o777)
+    app = appuser.resolve(ROOT, stage_dir=untrusted)
+    assert not app.python_ok and "not group/other writable" in app.reason, app.reason
+    ok = appuser.resolve(ROOT)  # the default: a copy and an interpreter the user can run
+    assert ok.python_ok, ok.reason
+    assert manage.app_user_line(ok).startswith(f"app services run as {appuser.APP_USER} with {ok.python}")
 
 
 def _uid(pid: int) -> int:

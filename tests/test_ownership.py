@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -193,6 +194,37 @@ def test_reaper_dead_man_switch_records_the_dead_run(conf, rig, tmp_path):
     assert json.loads((journals / "experiment-log.json").read_text())["dead_runs"] == [record]
 
 
+def test_forged_latency_lease_cannot_steer_the_reaper(conf, rig, tmp_path):
+    """A latency lease only names its service: the route, netns and control URL a revert
+    acts on are resolved by that name, whatever the lease's params say."""
+    other = _other_run(conf, "a")  # a live run's toxic on route a: the forgery aims at it
+    try:
+        mine = add_latency("b", delay_ms=100, duration_s=30, backend="proxy", configuration=conf)
+        leases = tmp_path / "leases"
+        forged = json.loads((leases / f"{mine['fault_id']}.json").read_text())
+        forged["owner"] = _dead_owner().to_dict()
+        forged["params"].update(route="a", netns="a", listen=rig.listen_port, upstream="127.0.0.1:1",
+                                proxy_control_url="http://127.0.0.1:9/")
+        (leases / f"{mine['fault_id']}.json").write_text(json.dumps(forged))
+        stray = {**forged, "fault_id": "latency-zzz-0badf00d", "service": "zzz"}  # not in the registry
+        (leases / "latency-zzz-0badf00d.json").write_text(json.dumps(stray))
+        reaper = Reaper(tmp_path)
+        try:
+            results = {r["fault_id"]: r for r in reaper.tick()}
+        finally:
+            reaper.release_lock()
+        assert results[mine["fault_id"]]["verified"] is True
+        assert "proxy route b: no toxic" in results[mine["fault_id"]]["checked"]
+        assert results["latency-zzz-0badf00d"]["verified"] is True
+        assert "not in the service registry: nothing touched" in results["latency-zzz-0badf00d"]["untouched"]
+        assert _toxic(rig, "b") is None  # the lease's own service: reverted
+        assert _toxic(rig, "a") is not None  # what the forged params pointed at: untouched
+        assert [lease.service for lease in _leases(conf)] == ["a"]  # the live run's lease stays
+    finally:
+        other.kill()
+        other.wait(timeout=10)
+
+
 @pytest.mark.parametrize("step", ["lease", "effect", "after-effect", "revert-too"])
 def test_failure_at_each_step_leaves_no_fault(conf, rig, monkeypatch, step):
     if step == "lease":
@@ -236,6 +268,8 @@ def test_halt_reverts_every_run_blocks_injection_until_cleared(conf, rig, tmp_pa
         result = halt(tmp_path, "test")
         assert result["all_verified"] and len(result["reverted"]) == 2
         assert result["elapsed_s"] < 1.0, result
+        for done in result["reverted"]:  # when the undo was issued, when the effect was seen gone
+            assert 0 <= done["issued_after_s"] <= done["gone_after_s"] <= result["elapsed_s"], done
         assert _toxic(rig, "a") is None and _toxic(rig, "b") is None and _leases(conf) == []
         with pytest.raises(FaultsHalted, match="halted .*halt --clear"):
             add_latency("b", delay_ms=100, duration_s=30, backend="proxy", configuration=conf)
@@ -250,6 +284,33 @@ def test_halt_reverts_every_run_blocks_injection_until_cleared(conf, rig, tmp_pa
     finally:
         other.kill()
         other.wait(timeout=10)
+
+
+def test_halt_issues_every_revert_without_waiting_for_a_slow_one(conf, rig, tmp_path, monkeypatch):
+    """One slow revert (a killed service's start-up) delays only its own fault: the other
+    fault is gone before the slow one's undo is even issued, and the CLI prints both times."""
+    add_latency("a", delay_ms=100, duration_s=30, backend="proxy", configuration=conf)
+    add_latency("b", delay_ms=100, duration_s=30, backend="proxy", configuration=conf)
+    real = ProxyControl.clear_latency
+
+    def slow_on_a(self, route):
+        if route == "a":
+            time.sleep(3)  # what a service's start-up would cost
+        return real(self, route)
+    monkeypatch.setattr(ProxyControl, "clear_latency", slow_on_a)
+    result = halt(tmp_path, "test")  # leases are listed in name order: a sequential halt would do a first
+    monkeypatch.undo()
+    by_service = {r["service"]: r for r in result["reverted"]}
+    assert result["all_verified"], result
+    assert by_service["b"]["gone_after_s"] < by_service["a"]["issued_after_s"], by_service
+    assert _toxic(rig, "a") is None and _toxic(rig, "b") is None
+    clear_halt(tmp_path)
+    add_latency("b", delay_ms=100, duration_s=30, backend="proxy", configuration=conf)
+    out = subprocess.run([CLI, "halt", "--state-dir", str(tmp_path)], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert re.search(r"latency on b\): verified; revert issued \+\d+\.\d\d s, effect gone \+\d+\.\d\d s",
+                     out.stdout), out.stdout
 
 
 def test_halt_with_no_stack_says_so_and_keeps_the_lease(tmp_path):

@@ -20,6 +20,8 @@ from chaoscheckout.faults.revert import owner_verdict, revert_lease
 
 __all__ = ["fault_status", "halt"]
 
+MAX_PARALLEL = 64  # threads of one halt: more live faults than services is already odd
+
 
 def fault_status(state_dir: Path, records: int = 20) -> dict[str, Any]:
     state_dir = Path(state_dir)
@@ -48,9 +50,13 @@ def fault_status(state_dir: Path, records: int = 20) -> dict[str, Any]:
 
 
 def halt(state_dir: Path, reason: str = "", timeout_s: float = 30.0) -> dict[str, Any]:
-    """Block injections, then revert every live fault (any owner) in parallel."""
+    """Block injections, then revert every live fault (any owner) in parallel: one thread
+    per fault, so no revert waits for another (a killed service's start-up delays only its
+    own). Each result gets ``issued_after_s`` (the undo issued) and ``gone_after_s`` (the
+    effect checked gone, None when not verified), seconds since the halt began."""
     state_dir = Path(state_dir)
     started = time.monotonic()
+    began_at = time.time()
     record = set_halt(state_dir, reason)
     configuration = {"chaoscheckout_state_dir": str(state_dir)}
     try:
@@ -68,8 +74,11 @@ def halt(state_dir: Path, reason: str = "", timeout_s: float = 30.0) -> dict[str
 
     results: list[dict[str, Any]] = []
     if leases:
-        with ThreadPoolExecutor(max_workers=min(8, len(leases))) as pool:
+        with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, len(leases))) as pool:
             results = list(pool.map(one, leases, timeout=timeout_s))
+    for result in results:
+        for key, at in (("issued_after_s", result.get("issued_at")), ("gone_after_s", result.get("gone_at"))):
+            result[key] = None if at is None else round(max(0.0, at - began_at), 3)
     return {"halt": record, "reverted": results, "error": error,
             "elapsed_s": round(time.monotonic() - started, 3),
             "all_verified": error is None and all(r.get("verified") for r in results)}

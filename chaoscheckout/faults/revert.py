@@ -65,15 +65,21 @@ def revert_lease(
 
     Raises if the undo itself failed (the lease stays). When the check finds the effect
     still there, the lease stays, marked abandoned (the reaper retries), and the result
-    says ``verified: false``.
+    says ``verified: false``. ``issued_at`` is when the undo was issued (for a kill: the
+    start request, before the service's own start-up), ``gone_at`` when the check saw the
+    effect gone (None when it did not), both unix times.
     """
     fault_kind = kind(lease.kind)
     store = LeaseStore(settings_from(configuration).leases_dir)
     result = fault_kind.function("revert")(lease, configuration)
+    # when the undo was issued: the kind says (a kill's start request, before the service's
+    # own start-up), else when its revert returned (toxic deleted, ballast unlinked)
+    issued_at = result.pop("issued_at", None) or time.time()
     try:
         check = fault_kind.function("verify")(lease, configuration)
     except Exception as exc:  # noqa: BLE001 - could not check: not verified
         check = {"verified": False, "checked": f"verification failed: {exc}"}
+    gone_at = time.time() if check.get("verified") else None  # the effect seen gone from outside
     if check.get("verified"):
         store.remove(lease.fault_id)
         logger.info("reverted %s (%s on %s), verified: %s", lease.fault_id, lease.kind, lease.service,
@@ -85,7 +91,7 @@ def revert_lease(
     return {"fault_id": lease.fault_id, "kind": lease.kind, "service": lease.service,
             "run_id": lease.owner.run_id, **({"reason": reason} if reason else {}), **result,
             "verified": bool(check.get("verified")), "checked": check.get("checked"),
-            "reverted_at": time.time()}
+            "issued_at": issued_at, "gone_at": gone_at, "reverted_at": time.time()}
 
 
 def revert_all(

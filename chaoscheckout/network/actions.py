@@ -21,7 +21,7 @@ from typing import Any
 
 from chaoscheckout import validate
 from chaoscheckout.config import Settings, settings_from
-from chaoscheckout.errors import BackendUnavailable, InvalidFaultArgument
+from chaoscheckout.errors import BackendUnavailable, InvalidFaultArgument, TargetRefused
 from chaoscheckout.faults.inject import Injection, check_can_inject, inject_fault
 from chaoscheckout.faults.leases import Lease, LeaseStore, check_duration
 from chaoscheckout.faults.revert import revert_lease, split_by_owner
@@ -182,23 +182,30 @@ def remove_latency(service: str, configuration: dict[str, Any] | None = None) ->
 def revert_latency_lease(lease: Lease, configuration: dict[str, Any] | None = None) -> dict[str, Any]:
     """Undo one latency lease (proxy toxic and netem qdisc, whichever is present); idempotent.
 
-    Where to act (route, control URL, netns) comes from the registry now, never from the
-    lease. Used by :mod:`chaoscheckout.faults.revert` (rollbacks, safety control, reaper).
+    The lease only names the service: where to act (route, control URL, netns) is resolved
+    by that name through the registry and the runtime at revert time (:func:`_revert_target`),
+    never read from the lease, so a hand-made lease cannot steer a revert anywhere else.
+    Used by :mod:`chaoscheckout.faults.revert` (rollbacks, safety control, reaper).
     """
     settings = settings_from(configuration)
     registry = load_registry(settings.registry_file)
-    entry = registry.services.get(lease.service)
-    return _clear(entry, registry, {"fault_id": lease.fault_id, "scope": lease.params.get("scope")}, settings)
+    entry, why = _revert_target(lease.service, registry, configuration)
+    if entry is None:
+        logger.warning("latency lease %s: %s", lease.fault_id, why)
+        return {"proxy_toxic_removed": False, "netem_removed": [], "effect": None, "untouched": why}
+    return _clear(entry, registry, {"fault_id": lease.fault_id}, settings)
 
 
 def verify_latency_reverted(lease: Lease, configuration: dict[str, Any] | None = None) -> dict[str, Any]:
     """The latency is gone when the proxy has no toxic on the service's route and its
-    network namespace has no netem qdisc."""
+    network namespace has no netem qdisc (both resolved as the revert resolves them)."""
     settings = settings_from(configuration)
     registry = load_registry(settings.registry_file)
-    entry = registry.services.get(lease.service)
+    entry, why = _revert_target(lease.service, registry, configuration)
+    if entry is None:
+        return {"verified": True, "checked": f"nothing to check: {why}"}
     checked, ok = [], True
-    if entry is not None and entry.proxy is not None and registry.proxy_control_url:
+    if entry.proxy is not None and registry.proxy_control_url:
         try:
             toxic = ProxyControl(registry.proxy_control_url, settings.io_timeout_s).latency(entry.proxy.route)
             ok &= toxic is None
@@ -208,14 +215,12 @@ def verify_latency_reverted(lease: Lease, configuration: dict[str, Any] | None =
             if not exc.refused:
                 raise
             checked.append("fault proxy not running (holds no toxic)")
-    if entry is not None and entry.netns:
+    if entry.netns:
         present = netem.show_netem(netem.check_netns_name(entry.netns), settings.io_timeout_s)
         ok &= not present
         state = "netem on " + ", ".join(q.device for q in present) if present else "no netem qdisc"
         checked.append(f"netns {entry.netns}: {state}")
-    if entry is None:
-        checked.append(f"{lease.service} is not in the registry: nothing to check")
-    return {"verified": ok, "checked": "; ".join(checked)}
+    return {"verified": ok, "checked": "; ".join(checked) or f"{entry.name}: no route and no netns"}
 
 
 ###############################################################################
@@ -284,6 +289,24 @@ def _netem_target(entry: ServiceEntry, share: float, settings: Settings) -> dict
 
 def _proxy_target(registry: Registry, entry: ServiceEntry, settings: Settings) -> dict[str, Any]:
     return proxy_target(registry, entry, settings.io_timeout_s)
+
+
+def _revert_target(
+    service: str, registry: Registry, configuration: dict[str, Any] | None
+) -> tuple[ServiceEntry | None, str]:
+    """The entry a latency revert acts on, found by service name only: the runtime's chaos
+    target (docker: the labelled container, its own netns). ``(None, why)`` when the name
+    is not a chaos target of this stack: nothing is touched (no latency can have been
+    injected there, so the lease is only data to drop)."""
+    if service not in registry.services:
+        return None, f"{service!r} is not in the service registry: nothing touched"
+    try:
+        entry = registry.target(service)  # a docker registry: the container's label and netns too
+        if (settings_from(configuration).runtime or registry.runtime) != "local":
+            entry = get_runtime(configuration).target(service)  # as add_latency resolves it
+    except TargetRefused as exc:
+        return None, f"refused, nothing touched: {exc}"
+    return entry, ""
 
 
 def _clear(

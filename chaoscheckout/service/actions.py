@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from chaoslib.types import Configuration
@@ -110,9 +111,11 @@ def revert_kill_lease(lease: Lease, configuration: dict[str, Any] | None = None)
     """Undo a kill lease (used by the reaper and the safety control): start the service."""
     runtime = get_runtime(configuration)
     result = runtime.start(lease.service, timeout_s=START_TIMEOUT_S)
+    # the start was issued before the health wait (healthy_after_s): the rest is start-up
     return {
         "action": "started" if result.started else "already running",
         "healthy_after_s": round(result.healthy_after_s, 3),
+        "issued_at": time.time() - result.healthy_after_s,
     }
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import json
 import logging
 import os
 import subprocess
@@ -187,7 +188,9 @@ def build_info() -> dict[str, Any]:
     ``{"version", "source_sha256", "commit", "dirty"}``: ``source_sha256`` digests the
     service sources (``stack/services/*.py``) actually loaded, so two processes with the
     same digest run the same code even where there is no git checkout (containers);
-    ``commit``/``dirty`` come from git when the sources are in a checkout, else None.
+    ``commit``/``dirty`` come from git when the sources are in a checkout, from the
+    ``build.json`` that ``stack up`` writes into a runtime copy of them (stack/appstage.py),
+    else None.
     """
     digest = hashlib.sha256()
     for path in sorted(SERVICES_DIR.glob("*.py")):
@@ -196,6 +199,15 @@ def build_info() -> dict[str, Any]:
     status = None
     if commit:
         status = _git("status", "--porcelain", "--untracked-files=no", "--", str(SERVICES_DIR))
+    elif (SERVICES_DIR / "build.json").is_file():  # a runtime copy (stack/appstage.py): git's answer then
+        try:
+            staged = json.loads((SERVICES_DIR / "build.json").read_text())
+        except (OSError, ValueError):
+            staged = {}
+        commit = staged.get("commit") if isinstance(staged.get("commit"), str) else None
+        dirty = staged.get("dirty") if isinstance(staged.get("dirty"), bool) else None
+        return {"version": STACK_VERSION, "source_sha256": digest.hexdigest(), "commit": commit,
+                "dirty": dirty if commit else None}
     return {"version": STACK_VERSION, "source_sha256": digest.hexdigest(), "commit": commit,
             "dirty": None if status is None else bool(status)}
 
