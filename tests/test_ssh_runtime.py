@@ -257,6 +257,16 @@ def test_controller_death_reverts_the_remote_fault(hosts: Hosts, how: str):
         proc.wait(10)
 
 
+def test_the_remote_reaper_reverts_when_the_keeper_dies(hosts: Hosts):
+    result = kill_service("web", duration_s=120, configuration=hosts.conf)
+    os.kill(result["parameters"]["keeper_pid"], signal.SIGKILL)  # the remote lease's owner
+    gone_s = _wait(_healthy, 30, "the remote reaper starting the service again")
+    _wait(lambda: not hosts.remote_leases(), 10, "the remote lease removed")
+    print(f"keeper SIGKILL: the remote reaper reverted after {gone_s:.2f} s")
+    undone = start_service("web", configuration=hosts.conf)  # the keeper is gone: over ssh, verified
+    assert undone["reverted_leases"] == [result["fault_id"]] and not hosts.ctl_leases()
+
+
 def test_halt_reverts_a_remote_fault(hosts: Hosts):
     proc = _controller(hosts, 'from chaoscheckout.service.actions import kill_service\n'
                               'result = kill_service("web", duration_s=120, configuration=conf)')
