@@ -21,6 +21,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,10 +129,34 @@ def hosts(tmp_path_factory) -> Iterator[Hosts]:
         LogLevel ERROR
         """))
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation dir
-    sshd = subprocess.Popen([SSHD, "-D", "-e", "-f", str(sshd_dir / "sshd_config")],
-                            stdout=subprocess.DEVNULL, stderr=open(work / "sshd.log", "wb"))
     venv_bin = Path(sys.executable).parent
     (remote / "www").mkdir()
+    (remote / "data").mkdir()  # the service's data dir: a small filesystem of its own (disk faults)
+    with ExitStack() as cleanup:
+        log = cleanup.enter_context(open(work / "sshd.log", "wb"))
+        sshd = subprocess.Popen([SSHD, "-D", "-e", "-f", str(sshd_dir / "sshd_config")],
+                                stdout=subprocess.DEVNULL, stderr=log)
+        cleanup.callback(_stop, sshd)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs", str(remote / "data")],
+                       check=True, timeout=30)
+        cleanup.callback(subprocess.run, ["umount", str(remote / "data")], timeout=30)
+        _write_remote_host(remote)
+        subprocess.run([str(venv_bin / "supervisord"), "-c", str(remote / "supervisord.conf")], check=True,
+                       timeout=30, env={"PATH": f"{venv_bin}:/usr/sbin:/usr/bin:/sbin:/bin"})
+        cleanup.callback(_stop_supervisord, remote / "supervisord.pid")
+        handle = Hosts(work, remote, ctl, {
+            "runtime": "ssh", "ssh_host": "127.0.0.1", "ssh_port": SSH_PORT, "user": "root",
+            "key_file": "secrets/id_ed25519", "known_hosts": "secrets/known_hosts",
+            "python": sys.executable, "state_dir": str(remote), "service": "web",
+            "connect_timeout_s": 3, "call_timeout_s": 20})
+        handle.write_ctl_registry()
+        _wait(lambda: _port_open(SSH_PORT), 15, "sshd listening")
+        _wait(_healthy, 30, "the remote host's service answering")
+        yield handle
+
+
+def _write_remote_host(remote: Path) -> None:
+    """The remote host's supervisord (the service, the reaper) and its own registry."""
     (remote / "supervisord.conf").write_text(textwrap.dedent(f"""\
         [unix_http_server]
         file={remote / "supervisord.sock"}
@@ -153,28 +178,22 @@ def hosts(tmp_path_factory) -> Iterator[Hosts]:
         command={sys.executable} -m chaoscheckout.faults.reaper --state-dir {remote}
         autorestart=true
         """))
+    web = {"host": "127.0.0.1", "port": WEB_PORT, "process": "web", "chaos_target": True,
+           "health_url": f"http://127.0.0.1:{WEB_PORT}/", "data_dir": str(remote / "data")}
     (remote / "services.json").write_text(json.dumps({
         "runtime": "local", "supervisor_url": f"unix://{remote / 'supervisord.sock'}",
-        "services": {"web": {"host": "127.0.0.1", "port": WEB_PORT, "process": "web", "chaos_target": True,
-                             "health_url": f"http://127.0.0.1:{WEB_PORT}/"}}}))
-    subprocess.run([str(venv_bin / "supervisord"), "-c", str(remote / "supervisord.conf")], check=True,
-                   timeout=30, env={"PATH": f"{venv_bin}:/usr/sbin:/usr/bin:/sbin:/bin"})
-    handle = Hosts(work, remote, ctl, {
-        "runtime": "ssh", "ssh_host": "127.0.0.1", "ssh_port": SSH_PORT, "user": "root",
-        "key_file": "secrets/id_ed25519", "known_hosts": "secrets/known_hosts",
-        "python": sys.executable, "state_dir": str(remote), "service": "web",
-        "connect_timeout_s": 3, "call_timeout_s": 20})
-    handle.write_ctl_registry()
-    try:
-        _wait(lambda: _port_open(SSH_PORT), 15, "sshd listening")
-        _wait(_healthy, 30, "the remote host's service answering")
-        yield handle
-    finally:
-        pid = int((remote / "supervisord.pid").read_text())
-        os.kill(pid, signal.SIGTERM)
-        sshd.terminate()
-        sshd.wait(10)
-        _wait(lambda: not Path(f"/proc/{pid}").exists(), 30, "the remote supervisord stopping")
+        "services": {"web": web}}))
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    proc.wait(10)
+
+
+def _stop_supervisord(pidfile: Path) -> None:
+    pid = int(pidfile.read_text())
+    os.kill(pid, signal.SIGTERM)
+    _wait(lambda: not Path(f"/proc/{pid}").exists(), 30, "the remote supervisord stopping")
 
 
 @pytest.fixture(autouse=True)
@@ -239,6 +258,20 @@ def test_fault_through_the_keeper_then_rollback(hosts: Hosts):
     undone = start_service("web", configuration=hosts.conf)
     assert undone["reverted_leases"] == [local.fault_id] and _healthy()
     assert not hosts.ctl_leases() and not hosts.remote_leases()
+
+
+def test_disk_fault_through_the_keeper(hosts: Hosts):
+    from chaoscheckout.disk.actions import fill_disk, release_disk
+
+    data = hosts.remote_state / "data"
+    fault = fill_disk("web", leave_bytes=1 << 20, duration_s=60, configuration=hosts.conf)
+    assert fault["backend"] == "ssh" and fault["parameters"]["remote_parameters"]["ballast_bytes"] > 0
+    assert (data / ".chaoscheckout-ballast").exists() and shutil.disk_usage(data).free <= 2 << 20
+    with pytest.raises(Exception, match="remote"):  # its data dir is not on this machine
+        get_runtime(hosts.conf).data_dir("web")
+    released = release_disk("web", configuration=hosts.conf)
+    assert released["reverted_leases"] == [fault["fault_id"]]
+    assert not (data / ".chaoscheckout-ballast").exists() and not hosts.remote_leases()
 
 
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGSTOP"])

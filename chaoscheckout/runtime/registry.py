@@ -142,6 +142,8 @@ class Registry:
         data = asdict(self)
         for entry in data["services"].values():
             entry.pop("name", None)
+            if entry.get("remote") is None:
+                entry.pop("remote", None)  # a local service's entry reads as it always did
         return data
 
 
