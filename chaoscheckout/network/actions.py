@@ -167,7 +167,9 @@ def remove_latency(service: str, configuration: dict[str, Any] | None = None) ->
         proxy_removed |= bool(result.get("proxy_toxic_removed"))
         netem_removed += result.get("netem_removed", [])
         effect = result.get("effect") or effect
-    leftover = _clear(entry, registry, {}, settings)
+    # a remote service's latency lives on its host (reverted through its keeper above)
+    leftover = _clear(entry, registry, {}, settings) if entry.remote is None else \
+        {"proxy_toxic_removed": False, "netem_removed": []}
     proxy_removed |= leftover["proxy_toxic_removed"]
     netem_removed += leftover["netem_removed"]
     effect = effect or leftover.get("effect")
