@@ -367,3 +367,36 @@ def test_a_hanging_remote_command_times_out(hosts: Hosts):
     started = time.monotonic()
     _refused(hosts, SshCallTimeout, "did not finish within 2 s", python=str(hang), call_timeout_s=2)
     assert time.monotonic() - started < 30
+
+
+def test_a_chaos_run_on_the_remote_service_ends_with_its_fault_reverted(hosts: Hosts, tmp_path):
+    """chaos run: the keeper session lives in chaos's process; the safety control reverts
+    the remote fault at the end through it (no rollback declared)."""
+    experiment = {
+        "title": "kill a remote service", "description": "written by tests/test_ssh_runtime.py",
+        "controls": [{"name": "chaoscheckout-safety",
+                      "provider": {"type": "python", "module": "chaoscheckout.controls.safety"}}],
+        "method": [
+            {"type": "action", "name": "kill-web",
+             "provider": {"type": "python", "module": "chaoscheckout.service.actions", "func": "kill_service",
+                          "arguments": {"service": "web", "duration_s": 60}}},
+            {"type": "probe", "name": "web-down",
+             "provider": {"type": "python", "module": "chaoscheckout.service.probes",
+                          "func": "service_is_healthy", "arguments": {"service": "web"}}},
+        ],
+        "rollbacks": [],
+    }
+    (tmp_path / "experiment.json").write_text(json.dumps(experiment))
+    journal_path = tmp_path / "journal.json"
+    env = {**os.environ, "CHAOSCHECKOUT_STATE_DIR": str(hosts.ctl_state)}
+    proc = subprocess.run([str(Path(sys.executable).parent / "chaos"), "--no-version-check", "run",
+                           "--journal-path", str(journal_path), str(tmp_path / "experiment.json")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    journal = json.loads(journal_path.read_text())
+    assert journal["status"] == "completed", proc.stdout + proc.stderr
+    injected, probed = (run["output"] for run in journal["run"])
+    assert injected["backend"] == "ssh" and probed is False  # the fault was in place on the host
+    reverted = journal["chaoscheckout_safety"]["reverted"]
+    assert [(r["kind"], r["verified"]) for r in reverted] == [("kill", True)], reverted
+    assert reverted[0]["action"] == "reverted by the keeper", reverted
+    assert _healthy() and not hosts.ctl_leases() and not hosts.remote_leases()
