@@ -6,7 +6,8 @@ this machine with its own supervisord running a real service (``python -m http.s
 and the reaper. The controller's registry lists that service with a ``remote`` entry, so
 every runtime call and every fault goes through ssh and the remote agent, exactly as for
 another host (same kernel here). ``CHAOSCHECKOUT_TEST_SSH_PORT`` (default: the test port
-base + 88) is the sshd's port; the service listens on the test port base + 89.
+base + 88) is the sshd's port; the service listens on the test port base + 89, the remote
+host's fault proxy route to it on + 86.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ TEST_BASE = int(os.environ.get("CHAOSCHECKOUT_TEST_PORT_BASE", "28100"))
 SSH_PORT = int(os.environ.get("CHAOSCHECKOUT_TEST_SSH_PORT", str(TEST_BASE + 88)))
 WEB_PORT = TEST_BASE + 89
 DOWN_PORT = TEST_BASE + 87  # nothing listens there: "host down"
+PROXY_PORT = TEST_BASE + 86  # the remote host's fault proxy route to the service
 REVERT_BOUND_S = 5.0  # docs/ssh.md: effect gone <= 2 s median, <= 5 s worst after the controller dies
 
 pytestmark = pytest.mark.skipif(not Path(SSHD).exists(), reason="openssh-server is not installed "
@@ -152,6 +154,7 @@ def hosts(tmp_path_factory) -> Iterator[Hosts]:
         handle.write_ctl_registry()
         _wait(lambda: _port_open(SSH_PORT), 15, "sshd listening")
         _wait(_healthy, 30, "the remote host's service answering")
+        _wait(lambda: _port_open(PROXY_PORT), 30, "the remote host's fault proxy listening")
         yield handle
 
 
@@ -177,12 +180,18 @@ def _write_remote_host(remote: Path) -> None:
         [program:reaper]
         command={sys.executable} -m chaoscheckout.faults.reaper --state-dir {remote}
         autorestart=true
+
+        [program:faultproxy]
+        command={sys.executable} -m chaoscheckout.network.proxy --control unix:{remote / "proxy.sock"}
+            --leases-dir {remote / "leases"} --route web={PROXY_PORT}:127.0.0.1:{WEB_PORT}
+        autorestart=true
         """))
     web = {"host": "127.0.0.1", "port": WEB_PORT, "process": "web", "chaos_target": True,
-           "health_url": f"http://127.0.0.1:{WEB_PORT}/", "data_dir": str(remote / "data")}
+           "health_url": f"http://127.0.0.1:{WEB_PORT}/", "data_dir": str(remote / "data"),
+           "proxy": {"route": "web", "listen_port": PROXY_PORT}}
     (remote / "services.json").write_text(json.dumps({
         "runtime": "local", "supervisor_url": f"unix://{remote / 'supervisord.sock'}",
-        "services": {"web": web}}))
+        "proxy_control_url": f"unix:{remote / 'proxy.sock'}", "services": {"web": web}}))
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -272,6 +281,25 @@ def test_disk_fault_through_the_keeper(hosts: Hosts):
     released = release_disk("web", configuration=hosts.conf)
     assert released["reverted_leases"] == [fault["fault_id"]]
     assert not (data / ".chaoscheckout-ballast").exists() and not hosts.remote_leases()
+
+
+def test_latency_through_the_keeper(hosts: Hosts):
+    from chaoscheckout.network.actions import add_latency, remove_latency
+    from chaoscheckout.network.proxy_client import ProxyControl
+
+    def through_proxy_s() -> float:
+        started = time.monotonic()
+        httpx.get(f"http://127.0.0.1:{PROXY_PORT}/", timeout=10).raise_for_status()
+        return time.monotonic() - started
+
+    control = ProxyControl(f"unix:{hosts.remote_state / 'proxy.sock'}")
+    fault = add_latency("web", delay_ms=400, duration_s=60, backend="proxy", configuration=hosts.conf)
+    assert fault["backend"] == "ssh" and fault["parameters"]["remote_backend"] == "proxy"
+    assert control.latency("web")["fault_id"] == fault["parameters"]["remote_fault_id"]
+    assert through_proxy_s() >= 0.4  # the remote host's proxy delays the service's callers
+    removed = remove_latency("web", configuration=hosts.conf)
+    assert removed["reverted"] == [fault["fault_id"]] and control.latency("web") is None
+    assert not hosts.remote_leases() and not hosts.ctl_leases()
 
 
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGSTOP"])
