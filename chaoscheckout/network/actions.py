@@ -29,6 +29,7 @@ from chaoscheckout.network import netem
 from chaoscheckout.network.proxy.toxic import MAX_DELAY_MS
 from chaoscheckout.network.proxy_client import ProxyControl, ProxyUnreachable
 from chaoscheckout.network.proxy_route import proxy_target
+from chaoscheckout.remote.session import inject_remote
 from chaoscheckout.runtime import get_runtime
 from chaoscheckout.runtime.registry import Registry, ServiceEntry, load_registry
 
@@ -97,8 +98,12 @@ def add_latency(
     duration = check_duration(duration_s, settings.max_fault_duration_s)
     registry = load_registry(settings.registry_file)
     entry = registry.target(service)
-    if (settings.runtime or registry.runtime) != "local":  # e.g. docker checks the container's label
-        get_runtime(configuration).target(service)
+    if (settings.runtime or registry.runtime) != "local" or entry.remote is not None:
+        get_runtime(configuration).target(service)  # e.g. docker checks the container's label
+    if entry.remote is not None:  # held by a keeper on the service's host (docs/ssh.md)
+        arguments = {"delay_ms": delay, "jitter_ms": jitter, "fraction": share, "backend": backend,
+                     "scope": scope}
+        return inject_remote("latency", service, arguments, duration, configuration)
     check_can_inject("latency", service, configuration)
     store = LeaseStore(settings.leases_dir)
     existing = [lease for lease in store.for_service(service, "latency") if not lease.is_expired()]
@@ -163,7 +168,9 @@ def remove_latency(service: str, configuration: dict[str, Any] | None = None) ->
         proxy_removed |= bool(result.get("proxy_toxic_removed"))
         netem_removed += result.get("netem_removed", [])
         effect = result.get("effect") or effect
-    leftover = _clear(entry, registry, {}, settings)
+    # a remote service's latency lives on its host (reverted through its keeper above)
+    leftover = _clear(entry, registry, {}, settings) if entry.remote is None else \
+        {"proxy_toxic_removed": False, "netem_removed": []}
     proxy_removed |= leftover["proxy_toxic_removed"]
     netem_removed += leftover["netem_removed"]
     effect = effect or leftover.get("effect")
