@@ -328,6 +328,27 @@ def test_the_remote_reaper_reverts_when_the_keeper_dies(hosts: Hosts):
     assert undone["reverted_leases"] == [result["fault_id"]] and not hosts.ctl_leases()
 
 
+def test_a_lost_link_reverts_the_remote_fault(hosts: Hosts):
+    """The controller lives but its heartbeats stop reaching the host (its ssh client is
+    frozen: what a dead network looks like to the keeper)."""
+    proc = _controller(hosts, 'from chaoscheckout.service.actions import kill_service\n'
+                              'result = kill_service("web", duration_s=120, configuration=conf)')
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    ssh_clients = [int(c) for c in children if Path(f"/proc/{c}/comm").read_text().strip() == "ssh"]
+    try:
+        assert len(ssh_clients) == 1 and not _healthy()
+        os.kill(ssh_clients[0], signal.SIGSTOP)
+        gone_s = _wait(_healthy, 30, "the remote service back after the link froze")
+        _wait(lambda: not hosts.remote_leases(), 10, "the remote lease removed")
+        print(f"link lost: remote fault reverted after {gone_s:.2f} s")
+        assert gone_s <= REVERT_BOUND_S
+    finally:
+        for pid in ssh_clients:
+            os.kill(pid, signal.SIGCONT)
+        proc.kill()
+        proc.wait(10)
+
+
 def test_halt_reverts_a_remote_fault(hosts: Hosts):
     proc = _controller(hosts, 'from chaoscheckout.service.actions import kill_service\n'
                               'result = kill_service("web", duration_s=120, configuration=conf)')
