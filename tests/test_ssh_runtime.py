@@ -5,9 +5,9 @@ dir, ``ListenAddress 127.0.0.1``, root login by key only) and a "remote host" st
 this machine with its own supervisord running a real service (``python -m http.server``)
 and the reaper. The controller's registry lists that service with a ``remote`` entry, so
 every runtime call and every fault goes through ssh and the remote agent, exactly as for
-another host (same kernel here). ``CHAOSCHECKOUT_TEST_SSH_PORT`` (default: the test port
-base + 88) is the sshd's port; the service listens on the test port base + 89, the remote
-host's fault proxy route to it on + 86.
+another host (same kernel here). Ports: ``CHAOSCHECKOUT_TEST_SSH_PORT`` (default: the test
+port base + 170) is the sshd's; the service listens on the test port base + 171, the remote
+host's fault proxy route to it on + 172; + 173 stays closed ("host down").
 """
 
 from __future__ import annotations
@@ -37,10 +37,10 @@ from chaoscheckout.service.actions import kill_service, start_service
 
 SSHD = "/usr/sbin/sshd"
 TEST_BASE = int(os.environ.get("CHAOSCHECKOUT_TEST_PORT_BASE", "28100"))
-SSH_PORT = int(os.environ.get("CHAOSCHECKOUT_TEST_SSH_PORT", str(TEST_BASE + 88)))
-WEB_PORT = TEST_BASE + 89
-DOWN_PORT = TEST_BASE + 87  # nothing listens there: "host down"
-PROXY_PORT = TEST_BASE + 86  # the remote host's fault proxy route to the service
+SSH_PORT = int(os.environ.get("CHAOSCHECKOUT_TEST_SSH_PORT", str(TEST_BASE + 170)))
+WEB_PORT = TEST_BASE + 171
+PROXY_PORT = TEST_BASE + 172  # the remote host's fault proxy route to the service
+DOWN_PORT = TEST_BASE + 173  # nothing listens there: "host down"
 REVERT_BOUND_S = 5.0  # docs/ssh.md: effect gone <= 2 s median, <= 5 s worst after the controller dies
 
 pytestmark = pytest.mark.skipif(not Path(SSHD).exists(), reason="openssh-server is not installed "
