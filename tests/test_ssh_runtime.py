@@ -5,9 +5,9 @@ dir, ``ListenAddress 127.0.0.1``, root login by key only) and a "remote host" st
 this machine with its own supervisord running a real service (``python -m http.server``)
 and the reaper. The controller's registry lists that service with a ``remote`` entry, so
 every runtime call and every fault goes through ssh and the remote agent, exactly as for
-another host (same kernel here). ``CHAOSCHECKOUT_TEST_SSH_PORT`` (default: the test port
-base + 88) is the sshd's port; the service listens on the test port base + 89, the remote
-host's fault proxy route to it on + 86.
+another host (same kernel here). Ports: ``CHAOSCHECKOUT_TEST_SSH_PORT`` (default: the test
+port base + 170) is the sshd's; the service listens on the test port base + 171, the remote
+host's fault proxy route to it on + 172; + 173 stays closed ("host down").
 """
 
 from __future__ import annotations
@@ -37,10 +37,10 @@ from chaoscheckout.service.actions import kill_service, start_service
 
 SSHD = "/usr/sbin/sshd"
 TEST_BASE = int(os.environ.get("CHAOSCHECKOUT_TEST_PORT_BASE", "28100"))
-SSH_PORT = int(os.environ.get("CHAOSCHECKOUT_TEST_SSH_PORT", str(TEST_BASE + 88)))
-WEB_PORT = TEST_BASE + 89
-DOWN_PORT = TEST_BASE + 87  # nothing listens there: "host down"
-PROXY_PORT = TEST_BASE + 86  # the remote host's fault proxy route to the service
+SSH_PORT = int(os.environ.get("CHAOSCHECKOUT_TEST_SSH_PORT", str(TEST_BASE + 170)))
+WEB_PORT = TEST_BASE + 171
+PROXY_PORT = TEST_BASE + 172  # the remote host's fault proxy route to the service
+DOWN_PORT = TEST_BASE + 173  # nothing listens there: "host down"
 REVERT_BOUND_S = 5.0  # docs/ssh.md: effect gone <= 2 s median, <= 5 s worst after the controller dies
 
 pytestmark = pytest.mark.skipif(not Path(SSHD).exists(), reason="openssh-server is not installed "
@@ -326,6 +326,27 @@ def test_the_remote_reaper_reverts_when_the_keeper_dies(hosts: Hosts):
     print(f"keeper SIGKILL: the remote reaper reverted after {gone_s:.2f} s")
     undone = start_service("web", configuration=hosts.conf)  # the keeper is gone: over ssh, verified
     assert undone["reverted_leases"] == [result["fault_id"]] and not hosts.ctl_leases()
+
+
+def test_a_lost_link_reverts_the_remote_fault(hosts: Hosts):
+    """The controller lives but its heartbeats stop reaching the host (its ssh client is
+    frozen: what a dead network looks like to the keeper)."""
+    proc = _controller(hosts, 'from chaoscheckout.service.actions import kill_service\n'
+                              'result = kill_service("web", duration_s=120, configuration=conf)')
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    ssh_clients = [int(c) for c in children if Path(f"/proc/{c}/comm").read_text().strip() == "ssh"]
+    try:
+        assert len(ssh_clients) == 1 and not _healthy()
+        os.kill(ssh_clients[0], signal.SIGSTOP)
+        gone_s = _wait(_healthy, 30, "the remote service back after the link froze")
+        _wait(lambda: not hosts.remote_leases(), 10, "the remote lease removed")
+        print(f"link lost: remote fault reverted after {gone_s:.2f} s")
+        assert gone_s <= REVERT_BOUND_S
+    finally:
+        for pid in ssh_clients:
+            os.kill(pid, signal.SIGCONT)
+        proc.kill()
+        proc.wait(10)
 
 
 def test_halt_reverts_a_remote_fault(hosts: Hosts):

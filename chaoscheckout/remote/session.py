@@ -78,7 +78,7 @@ def inject_remote(kind: str, service: str, arguments: dict[str, Any], duration_s
 
     def apply(lease: Lease) -> dict[str, Any]:
         session = KeeperSession.start(spec, kind, {**arguments, "service": spec.service,
-                                                   "duration_s": duration_s}, lease)
+                                                   "duration_s": duration_s}, lease, spec.keeper_miss_s)
         answer = session.result
         fault = answer["fault"]
         _SESSIONS[lease.fault_id] = session
