@@ -353,3 +353,29 @@ def test_reaper_process_stops_cleanly_on_sigterm(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=5)
+
+
+def test_safeguard_breach_during_the_rollbacks_neither_hangs_nor_loses_the_journal(stack, tmp_path):
+    """A safeguard that breaches once the method is over (here: while a rollback runs) used to
+    raise SystemExit in the middle of the rollbacks: no journal, and the safeguards' polling
+    threads kept `chaos run` alive until it was killed."""
+    flag = tmp_path / "rollback-started"
+    guard = {"type": "probe", "name": "breaches-once-the-rollback-runs", "tolerance": 0, "frequency": 0.2,
+             "provider": {"type": "process", "path": "test", "arguments": ["!", "-e", str(flag)]}}
+    experiment = {
+        "version": "1.0.0", "title": "a guard breaches during the rollbacks",
+        "description": "written by tests/test_safety.py",
+        "controls": [SAFETY, {"name": "safeguard", "provider": {
+            "type": "python", "module": "chaosaddons.controls.safeguards",
+            "arguments": {"probes": [guard]}}}],
+        "steady-state-hypothesis": {"title": "catalog is up", "probes": [_healthy_probe("catalog-up")]},
+        "method": [{"type": "probe", "name": "catalog-still-up", "tolerance": True,
+                    "provider": _healthy_probe("x")["provider"]}],
+        "rollbacks": [{"type": "action", "name": "slow-rollback", "provider": {
+            "type": "process", "path": "sh", "arguments": ["-c", f"touch {flag}; sleep 3"]}}],
+    }
+    proc, journal = _chaos_run(stack, tmp_path, experiment)  # times out (fails) if the run hangs
+    assert journal["status"] == "completed", proc.stdout + proc.stderr
+    assert journal["rollbacks"] and journal["rollbacks"][0]["status"] == "succeeded"
+    late = journal["chaoscheckout_safety"]["late_interrupts"]
+    assert late and late[0]["phase"] == "the rollbacks", proc.stderr

@@ -37,6 +37,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from typing import Any
@@ -58,7 +59,7 @@ from chaoscheckout.faults.revert import owner_verdict, revert_dead, revert_own
 from chaoscheckout.sli import guards
 
 __all__ = ["validate_control", "before_experiment_control", "before_activity_control",
-           "after_experiment_control"]
+           "before_rollback_control", "after_experiment_control", "cleanup_control"]
 
 logger = logging.getLogger("chaostoolkit")
 
@@ -134,14 +135,23 @@ def before_activity_control(context: Any, configuration: Configuration = None, *
             )
 
 
+def before_rollback_control(context: Any, configuration: Configuration = None, **kwargs: Any) -> None:
+    """Before the rollbacks: from here on a safeguard's interruption is recorded, not obeyed
+    (the run is already undoing its faults; obeyed, it would end the rollbacks half-way and
+    lose the journal)."""
+    _defer_interrupts("the rollbacks")
+
+
 def after_experiment_control(
     context: Experiment, state: Journal, configuration: Configuration = None, **kwargs: Any
 ) -> None:
     """
     After the experiment, whatever its status: revert this run's live faults and record
     `{run_id, status_seen, reverted: [...], at, abort, halt, declared_dead, stale_reverted,
-    left_alone}` in the journal under `chaoscheckout_safety`.
+    left_alone, late_interrupts}` in the journal under `chaoscheckout_safety`. A safeguard's
+    interruption arriving from now on is recorded and ignored: the run has ended.
     """
+    _defer_interrupts("the end of the experiment")
     status = state.get("status") if isinstance(state, dict) else None
     settings = settings_from(configuration)
     _restore_signals()
@@ -170,10 +180,26 @@ def after_experiment_control(
                               "halt": _RUN.get("halt") or halt_record(settings.state_dir),
                               "declared_dead": dead, "stale_reverted": _RUN.get("stale_reverted", []),
                               "left_alone": _RUN.get("left_alone", []),
+                              "late_interrupts": _LATE_INTERRUPTS,
                               "on_signal": {k: v for k, v in on_signal.items() if k != "thread"}
                               if on_signal else None}
     clear_run_id()
     _RUN.clear()
+
+
+def cleanup_control(**kwargs: Any) -> None:
+    """Last of all: stop chaostoolkit-addons' safeguards if they still run. They stop in
+    their own after-experiment hook, which an exception in an earlier control skips; their
+    threads then keep polling and ``chaos run`` never exits (seen: a run hung 900 s with
+    no journal)."""
+    module = sys.modules.get("chaosaddons.controls.safeguards")
+    guardian = getattr(module, "guardian", None)
+    if guardian is None:
+        return
+    try:
+        guardian.terminate()
+    except Exception as exc:  # noqa: BLE001 - best effort at the very end
+        logger.error("safety control: could not stop the safeguards: %s", exc)
 
 
 _RUN: dict[str, Any] = {}  # this process's run; reset by before_experiment_control
@@ -206,6 +232,31 @@ def _revert_on_signals(configuration: Configuration) -> None:
 
         _RUN.setdefault("previous_handlers", {})[signum] = previous
         signal.signal(signum, handler)
+
+
+_LATE_INTERRUPTS: list[dict[str, Any]] = []  # safeguard interruptions that came after the method
+
+
+def _defer_interrupts(phase: str) -> None:
+    """SIGUSR1 (how chaostoolkit-addons' safeguards interrupt a run) no longer interrupts.
+
+    chaoslib turns it into ``SystemExit`` in the main thread wherever that thread is. Inside
+    the method that is the abort; during the rollbacks or the after-experiment controls it
+    escapes ``run_experiment``: no journal is written and, the safeguards' own teardown
+    skipped, their polling threads keep the process alive for good."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGUSR1"):
+        return
+    if getattr(signal.getsignal(signal.SIGUSR1), "chaoscheckout_deferred", False):
+        return
+    _LATE_INTERRUPTS.clear()
+
+    def handler(num: int, frame: Any) -> None:
+        _LATE_INTERRUPTS.append({"signal": "SIGUSR1", "at": time.time(), "phase": phase})
+        logger.warning("safety control: a safeguard asked to interrupt the run during %s: recorded, "
+                       "not obeyed (the run is already undoing its faults)", phase)
+
+    handler.chaoscheckout_deferred = True  # type: ignore[attr-defined]
+    signal.signal(signal.SIGUSR1, handler)
 
 
 def _revert_now(configuration: Configuration, signum: int) -> None:
