@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from chaoscheckout.runtime.supervisor import SupervisorClient, SupervisorError
+from stack import procs
 from stack.settings import StackSettings
 
 __all__ = [
@@ -205,24 +206,11 @@ def stop_supervisord(settings: StackSettings, timeout_s: float = 30) -> list[int
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is not alive
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    return procs.alive(pid)
 
 
 def _is_supervisord(pid: int) -> bool:
-    try:
-        return b"supervisord" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
+    return procs.cmdline_has(pid, b"supervisord")
 
 
 def _children_of(pid: int) -> list[int]:

@@ -4,6 +4,7 @@ the one schema file and the one Postgres tuning file."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from stack import layout, postgres, prometheus_config, topology
@@ -103,3 +104,24 @@ def test_one_schema_and_one_tuning_file(tmp_path):
     conf = postgres.server_conf(settings)
     assert conf.startswith(postgres.TUNING_FILE.read_text())
     assert "port = 20020\n" in conf and "max_connections = 60\n" in conf
+
+
+def test_host_process_checks_shared_by_both_stacks():
+    """stack/procs.py: supervisord's pid checks and the docker stack's host reaper use it."""
+    import subprocess
+    import sys
+
+    from stack import procs
+
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "cc-procs-marker"])
+    try:
+        assert procs.alive(proc.pid) and procs.cmdline_has(proc.pid, b"cc-procs-marker")
+        assert not procs.cmdline_has(proc.pid, b"supervisord")
+    finally:
+        proc.kill()
+    deadline = time.monotonic() + 10
+    while procs.alive(proc.pid) and time.monotonic() < deadline:  # a zombie until reaped: not alive
+        time.sleep(0.05)
+    assert not procs.alive(proc.pid)
+    proc.wait(5)
+    assert not procs.alive(proc.pid) and not procs.cmdline_has(proc.pid, b"cc-procs-marker")

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from stack import procs
 from stack.docker.compose import PROJECT_DIR, DockerStackError
 
 __all__ = ["reaper_pid_file", "reaper_pid", "start_reaper", "stop_reaper", "attach_netns", "detach_netns",
@@ -47,9 +48,9 @@ def stop_reaper(state_dir: Path) -> None:
     if pid is not None:
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and _alive(pid):
+        while time.monotonic() < deadline and procs.alive(pid):
             time.sleep(0.05)
-        if _alive(pid):
+        if procs.alive(pid):
             os.kill(pid, signal.SIGKILL)
     reaper_pid_file(state_dir).unlink(missing_ok=True)
 
@@ -58,10 +59,9 @@ def reaper_pid(pid_file: Path) -> int | None:
     """The reaper's pid if the file names a live reaper process, else None."""
     try:
         pid = int(Path(pid_file).read_text().strip())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except (OSError, ValueError):
         return None
-    return pid if b"chaoscheckout.faults.reaper" in cmdline else None
+    return pid if procs.cmdline_has(pid, b"chaoscheckout.faults.reaper") else None
 
 
 def attach_netns(client: Any, container_name: str, netns: str) -> None:
@@ -85,14 +85,3 @@ def check_state_dir(state_dir: Path) -> None:
         statedir.check(state_dir)
     except statedir.StateDirError as exc:
         raise DockerStackError(str(exc)) from None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie child of ours counts as gone
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False
