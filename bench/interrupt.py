@@ -147,12 +147,14 @@ class Observer:
             return False
         return bool((container.attrs.get("State") or {}).get("Running"))
 
-    def wait_no_recent_errors(self, timeout_s: float = 45) -> None:
-        """Until checkout's last 35 s hold no error and a p95 under 250 ms: the next run's
-        steady state (30 s availability >= 0.99, p95 <= 300 ms) must not see the previous
-        trial's fault."""
-        checks = (('sum(increase(checkout_requests_total{outcome="error"}[35s]))', 0.5),
-                  ("histogram_quantile(0.95, sum(rate(checkout_request_duration_seconds_bucket[35s])) "
+    def wait_no_recent_errors(self, warmup_s: float = 6.0, timeout_s: float = 45) -> None:
+        """Until checkout's recent past holds no error and a p95 under 250 ms: the next run's
+        steady state (30 s availability >= 0.99, p95 <= 300 ms, checked after its k6 warm-up)
+        must not see the previous trial's fault. Its 30 s window starts ``30 - warmup_s`` s
+        before its k6 does, so that much quiet (+ 5 s margin) is enough."""
+        window = f"{max(5, round(35 - warmup_s))}s"
+        checks = ((f'sum(increase(checkout_requests_total{{outcome="error"}}[{window}]))', 0.5),
+                  (f"histogram_quantile(0.95, sum(rate(checkout_request_duration_seconds_bucket[{window}])) "
                    "by (le))", 0.25))
 
         def below(query: str, limit: float) -> bool:
@@ -405,14 +407,14 @@ def main(argv: list[str] | None = None) -> int:
                     if trial.injected:
                         break
                     print(f"{label} not counted: {trial.note}", flush=True)
-                    observer.wait_no_recent_errors()
+                    observer.wait_no_recent_errors(args.warmup_s)
                 print(f"{label} "
                       f"{'gone after ' + str(trial.gone_after_s) + ' s' if trial.injected else trial.note} "
                       f"status {trial.status} k6 left {trial.k6_left} {trial.note if trial.injected else ''}",
                       flush=True)
                 # let the restarted/cleaned service settle before the next steady-state check
                 wait_until(lambda obs=observer: all(not obs.effect_present(e) for e in OBSERVABLE), 30)
-                observer.wait_no_recent_errors()
+                observer.wait_no_recent_errors(args.warmup_s)
         finally:
             if args.keep_logs is None:
                 shutil.rmtree(workdir, ignore_errors=True)
