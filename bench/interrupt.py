@@ -5,7 +5,7 @@
         [--state-dir /var/tmp/cc-bench-interrupt] [--use-running] [--seed N] [--json FILE]
         [--max-median-s 2] [--max-worst-s 5] [--round-robin] [--keep-logs DIR]
         [--runtime local|docker|both] [--docker-port-base 41900] [--docker-state-dir DIR]
-        [--docker-trials-per-ending N] [--warmup-s 6] [--stop-after-s S]
+        [--docker-trials-per-ending N] [--warmup-s 6] [--stop-after-s S] [--no-steady-state-first]
 
 Randomized trials of (shipped experiment x how the run ends x runtime). Each
 trial starts ``chaos run`` of an experiment with short durations (configuration env:
@@ -147,12 +147,14 @@ class Observer:
             return False
         return bool((container.attrs.get("State") or {}).get("Running"))
 
-    def wait_no_recent_errors(self, timeout_s: float = 45) -> None:
-        """Until checkout's last 35 s hold no error and a p95 under 250 ms: the next run's
-        steady state (30 s availability >= 0.99, p95 <= 300 ms) must not see the previous
-        trial's fault."""
-        checks = (('sum(increase(checkout_requests_total{outcome="error"}[35s]))', 0.5),
-                  ("histogram_quantile(0.95, sum(rate(checkout_request_duration_seconds_bucket[35s])) "
+    def wait_no_recent_errors(self, warmup_s: float = 6.0, timeout_s: float = 45) -> None:
+        """Until checkout's recent past holds no error and a p95 under 250 ms: the next run's
+        steady state (30 s availability >= 0.99, p95 <= 300 ms, checked after its k6 warm-up)
+        must not see the previous trial's fault. Its 30 s window starts ``30 - warmup_s`` s
+        before its k6 does, so that much quiet (+ 5 s margin) is enough."""
+        window = f"{max(5, round(35 - warmup_s))}s"
+        checks = ((f'sum(increase(checkout_requests_total{{outcome="error"}}[{window}]))', 0.5),
+                  (f"histogram_quantile(0.95, sum(rate(checkout_request_duration_seconds_bucket[{window}])) "
                    "by (le))", 0.25))
 
         def below(query: str, limit: float) -> bool:
@@ -198,12 +200,12 @@ def session_k6(sid: int) -> list[int]:
 
 
 def run_trial(experiment: str, ending: str, env: dict[str, str], observer: Observer, workdir: Path,
-              rng: random.Random) -> Trial:
+              rng: random.Random, chaos_options: tuple[str, ...] = ()) -> Trial:
     trial = Trial(experiment, ending, observer.runtime)
     journal = workdir / f"{observer.runtime}-{experiment}-{ending}-{time.time_ns()}.json"
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "chaos"), "--no-version-check", "--log-file",
-         str(journal.with_suffix(".log")), "run", "--journal-path", str(journal),
+         str(journal.with_suffix(".log")), "run", *chaos_options, "--journal-path", str(journal),
          str(ROOT / "experiments" / f"{experiment}.json")],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
@@ -329,6 +331,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="write trials and table here")
     parser.add_argument("--warmup-s", type=float, default=float(SHORT_ENV["CHAOSCHECKOUT_LOAD_WARMUP_S"]),
                         help="k6 warm-up before the steady state (more requests: a stray error weighs less)")
+    parser.add_argument("--no-steady-state-first", action="store_true",
+                        help="chaos run --hypothesis-strategy after-method-only: inject even when the "
+                        "steady state would not hold (an overloaded machine); how a fault is reverted "
+                        "does not depend on it")
     parser.add_argument("--stop-after-s", type=float, default=None,
                         help="start no new trial after this many seconds; the table covers what ran")
     parser.add_argument("--max-median-s", type=float, default=2.0)
@@ -400,19 +406,21 @@ def main(argv: list[str] | None = None) -> int:
                 observer = observers[runtime]
                 label = f"[{number}/{len(plan)}] {runtime:<6} {experiment:<16} {ending:<10}"
                 for _attempt in range(ATTEMPTS):  # a run whose steady state was not met injects nothing
-                    trial = run_trial(experiment, ending, envs[runtime], observer, workdir, rng)
+                    trial = run_trial(experiment, ending, envs[runtime], observer, workdir, rng,
+                                      ("--hypothesis-strategy", "after-method-only")
+                                      if args.no_steady_state_first else ())
                     trials.append(trial)
                     if trial.injected:
                         break
                     print(f"{label} not counted: {trial.note}", flush=True)
-                    observer.wait_no_recent_errors()
+                    observer.wait_no_recent_errors(args.warmup_s)
                 print(f"{label} "
                       f"{'gone after ' + str(trial.gone_after_s) + ' s' if trial.injected else trial.note} "
                       f"status {trial.status} k6 left {trial.k6_left} {trial.note if trial.injected else ''}",
                       flush=True)
                 # let the restarted/cleaned service settle before the next steady-state check
                 wait_until(lambda obs=observer: all(not obs.effect_present(e) for e in OBSERVABLE), 30)
-                observer.wait_no_recent_errors()
+                observer.wait_no_recent_errors(args.warmup_s)
         finally:
             if args.keep_logs is None:
                 shutil.rmtree(workdir, ignore_errors=True)
@@ -425,7 +433,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps({"seed": seed, "table": table, "trials": [asdict(t) for t in trials],
                                          "stacks": {r: {"state_dir": str(s), "port_base": b}
-                                                    for r, (s, b) in stacks.items()}}, indent=2))
+                                                    for r, (s, b) in stacks.items()},
+                                         "options": {k: v if isinstance(v, int | float | None) else str(v)
+                                                     for k, v in vars(args).items()}}, indent=2))
     failures = []
     for runtime, rows_ in table.items():
         for ending, row in rows_.items():

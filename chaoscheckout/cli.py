@@ -292,6 +292,9 @@ def halt_cmd(state_dir: Path | None, clear: bool, reason: str, as_json: bool) ->
         return
     if not directory.is_dir():
         raise click.ClickException(f"state dir {directory} does not exist: no stack, nothing to halt")
+    from chaoscheckout.faults.revert import preload_reverters
+
+    preload_reverters()  # every kind's revert imported now, not by the halt's threads under the import lock
     result = halt(directory, reason)
     if as_json:
         click.echo(json.dumps(result, indent=2))
