@@ -6,6 +6,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from chaoscheckout.runtime.registry import ProxyRoute, Registry, ServiceEntry
 from stack import postgres, prometheus_config
@@ -13,7 +14,8 @@ from stack.appuser import AppUser
 from stack.settings import StackSettings
 from stack.supervisord import Program
 
-__all__ = ["Service", "SERVICES", "APP_START_ORDER", "programs", "registry"]
+__all__ = ["Service", "SERVICES", "APP_START_ORDER", "services", "app_start_order", "programs",
+           "registry", "registry_dict"]
 
 # Env prefixes handed through from the caller's environment to each program (settings such
 # as CHECKOUT_RETRIES); the ports/URLs computed here always win.
@@ -33,6 +35,11 @@ class Service:
     chaos_target: bool
     module: str | None = None
     proxy: tuple[str, str] | None = None  # (route, listen port key)
+    program: str | None = None  # the local supervisord program behind it (default: name)
+
+    @property
+    def program_name(self) -> str:
+        return self.program or self.name
 
 
 SERVICES: tuple[Service, ...] = (
@@ -51,8 +58,29 @@ SERVICES: tuple[Service, ...] = (
 )
 
 
+# `--remote-payments vm`: payments runs in the VM (local program `vm`, stack/vm.py); its
+# port here is QEMU's hostfwd, so the proxy route and the health check stay as they are
+REMOTE_PAYMENTS = Service("payments", "payments", "http:/healthz", True, None,
+                          ("payments", "proxy_payments"), program="vm")
+VM = Service("vm", "vm_ssh", "ssh", False, program="vm")
+
+
+def services(settings: StackSettings) -> tuple[Service, ...]:
+    """The stack's services for these settings (payments remote or local)."""
+    if settings.remote_payments != "vm":
+        return SERVICES
+    return tuple(REMOTE_PAYMENTS if s.name == "payments" else s for s in SERVICES) + (VM,)
+
+
+def app_start_order(settings: StackSettings) -> tuple[str, ...]:
+    """The app programs ``stack up`` starts on this machine, in order."""
+    if settings.remote_payments == "vm":
+        return tuple(name for name in APP_START_ORDER if name != "payments")
+    return APP_START_ORDER
+
+
 def programs(settings: StackSettings, pg_bindir: Path, env: Mapping[str, str],
-             app: AppUser | None = None) -> list[Program]:
+             app: AppUser | None = None, extra: tuple[Program, ...] = ()) -> list[Program]:
     """The supervisord programs of the stack, in start order; Prometheus and the app
     programs run as the unprivileged user of ``app`` (stack/appuser.py) when it can."""
     system_user = app.name if app else None
@@ -74,12 +102,13 @@ def programs(settings: StackSettings, pg_bindir: Path, env: Mapping[str, str],
                      "CHECKOUT_DATABASE_URL": settings.app_database_url},
         "remediator": {"REMEDIATOR_PORT": str(p["remediator"]),
                        "REMEDIATOR_SUPERVISOR_URL": settings.supervisor_url,
-                       "REMEDIATOR_WATCH": "catalog,payments,provider,checkout"},
+                       "REMEDIATOR_WATCH": ",".join(n for n in ("catalog", "payments", "provider", "checkout")
+                                                    if n in app_start_order(settings))},
     }
     passthrough = {k: v for k, v in env.items() if k.startswith(PASSTHROUGH_PREFIXES)}
     proxy_cmd = [py, "-m", "chaoscheckout.network.proxy", "--control", settings.proxy_control_url,
                  "--leases-dir", str(settings.state_dir / "leases")]  # no toxic without its lease
-    for svc in SERVICES:
+    for svc in services(settings):
         if svc.proxy:
             route, listen = svc.proxy
             proxy_cmd += ["--route", f"{route}={p[listen]}:127.0.0.1:{p[svc.port_key]}"]
@@ -93,7 +122,8 @@ def programs(settings: StackSettings, pg_bindir: Path, env: Mapping[str, str],
         Program("reaper", [py, "-m", "chaoscheckout.faults.reaper", "--state-dir", str(settings.state_dir)],
                 autorestart=True, environment=common),
     ]
-    for name in APP_START_ORDER:
+    out += extra  # the VM (its payments is a hostfwd port of this machine)
+    for name in app_start_order(settings):
         prefix = name.upper() + "_"
         environment = dict(common)
         environment.update({k: v for k, v in passthrough.items() if k.startswith(prefix)})
@@ -109,8 +139,8 @@ def programs(settings: StackSettings, pg_bindir: Path, env: Mapping[str, str],
 def registry(settings: StackSettings) -> Registry:
     """The service registry written to <state_dir>/services.json."""
     entries: dict[str, ServiceEntry] = {}
-    for svc in SERVICES:
-        if svc.port_key is None:
+    for svc in services(settings):
+        if svc.port_key is None or svc.name == "vm":
             continue  # reaper and fault proxy: found through supervisord and proxy_control_url
         port = settings.port(svc.port_key)
         health_url = f"http://127.0.0.1:{port}{svc.health[5:]}" if svc.health.startswith("http:") else None
@@ -135,3 +165,13 @@ def registry(settings: StackSettings) -> Registry:
             "state_dir": str(settings.state_dir),
         },
     )
+
+
+def registry_dict(settings: StackSettings, remote: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The registry as written: ``remote`` (the contract's object, docs/ssh.md) goes on
+    payments when it runs on another host."""
+    data = registry(settings).to_dict()
+    if remote is not None:
+        data["services"]["payments"]["remote"] = remote
+        data["extra"]["remote_payments"] = settings.remote_payments
+    return data
