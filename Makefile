@@ -9,7 +9,7 @@ APT_NEEDS := /usr/lib/postgresql/*/bin/initdb:postgresql /usr/bin/prometheus:pro
 # base image, VM image), QEMU and a Debian kernel with sch_netem (the netem VM tests).
 TEST_APT_NEEDS := dockerd:docker.io docker-compose:docker-compose debootstrap:debootstrap \
                   qemu-system-x86_64:qemu-system-x86 depmod:kmod mkfs.ext4:e2fsprogs \
-                  /boot/vmlinuz-*:linux-image-amd64
+                  /boot/vmlinuz-*:linux-image-amd64 /usr/sbin/sshd:openssh-server
 # $(call apt_install,PAIRS): apt-get install the packages of PAIRS whose command/path is missing.
 define apt_install
 	@set -euo pipefail; missing=""; \

@@ -160,8 +160,8 @@ def _problems(loaded: Registry) -> list[str]:
     problems = []
     if loaded.runtime not in ("local", "docker"):
         problems.append(f"runtime {loaded.runtime!r} is not one of local, docker")
-    if loaded.runtime == "local" and any(s.chaos_target for s in loaded.services.values()) \
-            and not loaded.supervisor_url:
+    if loaded.runtime == "local" and not loaded.supervisor_url and \
+            any(s.chaos_target and s.remote is None for s in loaded.services.values()):
         problems.append("a local registry with chaos targets needs supervisor_url (kill/start go through "
                         "supervisord): pass --supervisor-url")
     for entry in loaded.services.values():
@@ -178,7 +178,8 @@ def _probe(loaded: Registry) -> dict[str, str]:
             known = {p["name"] for p in client.all_process_info()}
             answers["supervisord"] = "ok"
             for entry in loaded.services.values():
-                if entry.chaos_target and loaded.runtime == "local" and entry.process not in known:
+                if entry.chaos_target and loaded.runtime == "local" and entry.remote is None \
+                        and entry.process not in known:
                     answers[f"{entry.name} process"] = (f"supervisord has no program {entry.process!r} "
                                                         f"(it has: {', '.join(sorted(known)) or 'none'})")
         except (SupervisorError, ChaosCheckoutError, OSError) as exc:

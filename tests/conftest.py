@@ -20,7 +20,8 @@ from chaoscheckout.runtime.registry import Registry, load_registry
 ROOT = Path(__file__).resolve().parent.parent
 # The fast tier (`make check`, `pytest -m fast`): modules that need no root, no stack, no
 # Postgres and no network beyond a subprocess of `chaos`. Everything else is the real tier.
-FAST_MODULES = {"test_discover", "test_experiments", "test_report", "test_ownership", "test_response_loss"}
+FAST_MODULES = {"test_discover", "test_experiments", "test_report", "test_ownership", "test_response_loss",
+                "test_ssh_registry"}
 if str(ROOT) not in sys.path:  # tests import the reference stack (stack/), which is not installed
     sys.path.insert(0, str(ROOT))
 

@@ -16,10 +16,11 @@ from chaoscheckout.disk.ballast import (
     fs_usage,
     write_ballast,
 )
-from chaoscheckout.errors import ChaosCheckoutError
+from chaoscheckout.errors import ChaosCheckoutError, InvalidFaultArgument
 from chaoscheckout.faults.inject import Injection, check_can_inject, inject_fault
 from chaoscheckout.faults.leases import Lease, LeaseStore, check_duration
-from chaoscheckout.faults.revert import split_by_owner
+from chaoscheckout.faults.revert import revert_lease, split_by_owner
+from chaoscheckout.remote.session import inject_remote
 from chaoscheckout.runtime import get_runtime
 
 __all__ = ["fill_disk", "release_disk"]
@@ -54,6 +55,10 @@ def fill_disk(
     duration = check_duration(duration_s, settings.max_fault_duration_s)
     runtime = get_runtime(configuration)
     runtime.target(service)
+    if runtime.is_remote(service):  # held by a keeper on the service's host (docs/ssh.md)
+        if isinstance(leave_bytes, bool) or not isinstance(leave_bytes, int) or leave_bytes < 0:
+            raise InvalidFaultArgument(f"leave_bytes must be an integer >= 0, got {leave_bytes!r}")
+        return inject_remote("disk", service, {"leave_bytes": leave_bytes}, duration, configuration)
     check_can_inject("disk", service, configuration)
     path = ballast_path(runtime.data_dir(service))
     store = LeaseStore(settings.leases_dir)
@@ -88,6 +93,8 @@ def release_disk(service: str, configuration: Configuration = None) -> dict[str,
     runtime = get_runtime(configuration)
     runtime.entry(service)
     store = LeaseStore(settings.leases_dir)
+    if runtime.is_remote(service):  # its keeper deletes the ballast on its host
+        return _release_remote(service, store, settings.state_dir / "owners", configuration)
     path = ballast_path(runtime.data_dir(service))
     mine, dead, others = split_by_owner(store.for_service(service, "disk"), settings.state_dir / "owners")
     if others:
@@ -135,3 +142,15 @@ def verify_disk_reverted(lease: Lease, configuration: dict[str, Any] | None = No
     ok = gone and free >= wanted
     return {"verified": ok, "checked": f"ballast {'absent' if gone else 'still present'} at {path}; "
             f"free {free} bytes (needs >= {wanted})"}
+
+
+def _release_remote(service: str, store: LeaseStore, owners_dir: Any,
+                    configuration: Configuration) -> dict[str, Any]:
+    mine, dead, others = split_by_owner(store.for_service(service, "disk"), owners_dir)
+    if others:
+        return {"service": service, "removed": False, "freed_bytes": 0, "free_bytes_after": None,
+                "reverted_leases": [],
+                "left_alone": [{"fault_id": o.fault_id, "run_id": o.owner.run_id} for o in others]}
+    results = [revert_lease(lease, configuration) for lease in mine + dead]
+    return {"service": service, "removed": bool(results), "freed_bytes": None, "free_bytes_after": None,
+            "reverted_leases": [r["fault_id"] for r in results if r.get("verified")], "left_alone": []}

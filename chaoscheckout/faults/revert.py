@@ -69,9 +69,15 @@ def revert_lease(
     """
     fault_kind = kind(lease.kind)
     store = LeaseStore(settings_from(configuration).leases_dir)
-    result = fault_kind.function("revert")(lease, configuration)
+    if lease.params.get("remote") is True:  # a fault on another host, held by a keeper there
+        from chaoscheckout.remote.session import revert_remote_lease, verify_remote_lease
+
+        undo, verify = revert_remote_lease, verify_remote_lease
+    else:
+        undo, verify = fault_kind.function("revert"), fault_kind.function("verify")
+    result = undo(lease, configuration)
     try:
-        check = fault_kind.function("verify")(lease, configuration)
+        check = verify(lease, configuration)
     except Exception as exc:  # noqa: BLE001 - could not check: not verified
         check = {"verified": False, "checked": f"verification failed: {exc}"}
     if check.get("verified"):

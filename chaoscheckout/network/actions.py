@@ -28,6 +28,7 @@ from chaoscheckout.faults.revert import revert_lease, split_by_owner
 from chaoscheckout.network import netem
 from chaoscheckout.network.proxy.toxic import MAX_DELAY_MS
 from chaoscheckout.network.proxy_client import ProxyControl, ProxyUnreachable
+from chaoscheckout.remote.session import inject_remote
 from chaoscheckout.runtime import get_runtime
 from chaoscheckout.runtime.registry import Registry, ServiceEntry, load_registry
 
@@ -96,8 +97,12 @@ def add_latency(
     duration = check_duration(duration_s, settings.max_fault_duration_s)
     registry = load_registry(settings.registry_file)
     entry = registry.target(service)
-    if (settings.runtime or registry.runtime) != "local":  # e.g. docker checks the container's label
-        get_runtime(configuration).target(service)
+    if (settings.runtime or registry.runtime) != "local" or entry.remote is not None:
+        get_runtime(configuration).target(service)  # e.g. docker checks the container's label
+    if entry.remote is not None:  # held by a keeper on the service's host (docs/ssh.md)
+        arguments = {"delay_ms": delay, "jitter_ms": jitter, "fraction": share, "backend": backend,
+                     "scope": scope}
+        return inject_remote("latency", service, arguments, duration, configuration)
     check_can_inject("latency", service, configuration)
     store = LeaseStore(settings.leases_dir)
     existing = [lease for lease in store.for_service(service, "latency") if not lease.is_expired()]

@@ -2,7 +2,9 @@
 
 ``get_runtime(configuration)`` reads the service registry of the state dir and returns
 the runtime named by ``chaoscheckout_runtime`` / ``CHAOSCHECKOUT_RUNTIME``, else by the
-registry's ``runtime`` field.
+registry's ``runtime`` field. When the registry has services with a ``remote`` entry, it
+returns a :class:`~chaoscheckout.runtime.ssh.RoutingRuntime`: calls for those go over
+SSH, all others to that runtime.
 """
 
 from __future__ import annotations
@@ -37,8 +39,16 @@ def get_runtime(configuration: dict[str, Any] | None = None) -> Runtime:
             "label check (drop chaoscheckout_runtime or set it to docker)"
         )
     module_name, class_name = RUNTIMES[name].split(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise BackendUnavailable(f"runtime {name!r} is not available here: {exc}") from None
-    return getattr(module, class_name)(registry, settings)
+
+    def make() -> Runtime:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise BackendUnavailable(f"runtime {name!r} is not available here: {exc}") from None
+        return getattr(module, class_name)(registry, settings)
+
+    if any(entry.remote is not None for entry in registry.services.values()):
+        from chaoscheckout.runtime.ssh import RoutingRuntime
+
+        return RoutingRuntime(registry, settings, make)
+    return make()

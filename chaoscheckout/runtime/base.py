@@ -57,6 +57,11 @@ class Runtime(ABC):
         """The registry entry of an allowed chaos target (TargetRefused otherwise)."""
         return self.registry.target(service)
 
+    def is_remote(self, service: str) -> bool:
+        """True when the service lives on another host (its registry entry has ``remote``):
+        its faults then go through a remote keeper (:mod:`chaoscheckout.remote.session`)."""
+        return self.entry(service).remote is not None
+
     def data_dir(self, service: str) -> Path:
         """The service's data directory (relative paths are relative to the state dir)."""
         entry = self.entry(service)

@@ -27,6 +27,19 @@ Format (JSON)::
 
 ``health_url`` may be null: then health is "the TCP port accepts a connection".
 
+A service entry may carry a ``remote`` object: the service lives on another host and
+every runtime call for it goes over SSH (:mod:`chaoscheckout.runtime.ssh`, docs/ssh.md)::
+
+    "remote": {"runtime": "ssh", "ssh_host": "10.0.0.5", "ssh_port": 22, "user": "root",
+               "key_file": "secrets/ssh/id_ed25519", "known_hosts": "secrets/ssh/known_hosts",
+               "python": "/opt/cc/bin/python", "state_dir": "/var/lib/chaoscheckout",
+               "service": "payments", "connect_timeout_s": 5, "call_timeout_s": 20}
+
+Relative ``key_file`` / ``known_hosts`` are relative to the registry's state dir and must
+exist; ``ssh_host`` is a host name or an IP address, ``user`` a POSIX user name,
+``python`` and ``state_dir`` absolute paths on the remote host, ``service`` the service's
+name in the remote host's own registry.
+
 Names end up in file names (leases), supervisord calls and ``ip -n``: service, process,
 route and netns names must be 1-64 of ``[A-Za-z0-9_.-]`` starting with a letter or digit
 (so never ``.``, ``..`` or a path); ``port`` an integer port; ``data_dir`` an absolute path
@@ -36,6 +49,7 @@ without ``..``. A registry breaking these rules is refused as a whole, with the 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import tempfile
@@ -45,13 +59,31 @@ from typing import Any
 
 from chaoscheckout.errors import ChaosCheckoutError, TargetRefused, UnknownService
 
-__all__ = ["ProxyRoute", "ServiceEntry", "Registry", "load_registry", "save_registry"]
+__all__ = ["ProxyRoute", "RemoteSpec", "ServiceEntry", "Registry", "load_registry", "save_registry",
+           "parse_remote"]
 
 
 @dataclass(frozen=True)
 class ProxyRoute:
     route: str
     listen_port: int
+
+
+@dataclass(frozen=True)
+class RemoteSpec:
+    """Where a remote service lives and how to reach its host over SSH (see the module doc)."""
+
+    ssh_host: str
+    ssh_port: int
+    user: str
+    key_file: str  # absolute once loaded (relative ones are resolved against the state dir)
+    known_hosts: str
+    python: str
+    state_dir: str
+    service: str
+    connect_timeout_s: float = 5.0
+    call_timeout_s: float = 20.0
+    runtime: str = "ssh"
 
 
 @dataclass(frozen=True)
@@ -65,6 +97,7 @@ class ServiceEntry:
     data_dir: str | None = None
     netns: str | None = None
     proxy: ProxyRoute | None = None
+    remote: RemoteSpec | None = None
 
     @property
     def address(self) -> str:
@@ -99,7 +132,7 @@ class Registry:
                 f"service {name!r} is not a chaos target of this stack "
                 f"(allowed targets: {allowed or 'none'})"
             )
-        if check_container and self.runtime == "docker":
+        if check_container and self.runtime == "docker" and entry.remote is None:
             from chaoscheckout.runtime.docker import check_container_target  # the docker extra
 
             check_container_target(entry)
@@ -122,7 +155,69 @@ def _name(what: str, value: Any) -> Any:
     return value
 
 
-def _entry(name: str, raw: dict[str, Any]) -> ServiceEntry:
+_HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}|[0-9A-Fa-f:]*:[0-9A-Fa-f:.]*")
+_USER = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+_REMOTE_KEYS = {"runtime", "ssh_host", "ssh_port", "user", "key_file", "known_hosts", "python",
+                "state_dir", "service", "connect_timeout_s", "call_timeout_s"}
+
+
+def _abs_path(what: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.startswith("/") or ".." in Path(value).parts or \
+            any(ord(c) < 32 or c == "\x7f" for c in value):
+        raise ValueError(f"{what} {value!r} must be an absolute path without '..' or control characters")
+    return value
+
+
+def _local_file(what: str, value: Any, base_dir: Path) -> str:
+    if not isinstance(value, str) or not value or any(ord(c) < 32 for c in value):
+        raise ValueError(f"{what} {value!r} must be a file name")
+    path = Path(value) if value.startswith("/") else base_dir / value
+    if not path.is_file():
+        raise ValueError(f"{what} {str(path)!r} does not exist (or is not a file)")
+    return str(path)
+
+
+def _seconds(what: str, value: Any, default: float, high: float) -> float:
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
+            or not 0 < value <= high:
+        raise ValueError(f"{what} {value!r} must be a number of seconds in (0, {high:g}]")
+    return float(value)
+
+
+def parse_remote(name: str, raw: Any, base_dir: Path) -> RemoteSpec:
+    """A service's ``remote`` object, strictly; ValueError says what is wrong."""
+    where = f"service {name!r} remote"
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where} must be an object")
+    unknown = set(raw) - _REMOTE_KEYS
+    if unknown:
+        raise ValueError(f"{where} has unknown keys: {', '.join(sorted(unknown))}")
+    if raw.get("runtime", "ssh") != "ssh":
+        raise ValueError(f"{where} runtime {raw.get('runtime')!r} is not supported (only 'ssh')")
+    host = raw.get("ssh_host")
+    if not isinstance(host, str) or not _HOST.fullmatch(host):
+        raise ValueError(f"{where} ssh_host {host!r} is not a host name or IP address")
+    port = raw.get("ssh_port", 22)
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise ValueError(f"{where} ssh_port {port!r} is not a TCP port")
+    user = raw.get("user")
+    if not isinstance(user, str) or not _USER.fullmatch(user):
+        raise ValueError(f"{where} user {user!r} is not a safe user name ([a-z_][a-z0-9_-]{{0,31}})")
+    return RemoteSpec(
+        ssh_host=host, ssh_port=port, user=user,
+        key_file=_local_file(f"{where} key_file", raw.get("key_file"), base_dir),
+        known_hosts=_local_file(f"{where} known_hosts", raw.get("known_hosts"), base_dir),
+        python=_abs_path(f"{where} python", raw.get("python")),
+        state_dir=_abs_path(f"{where} state_dir", raw.get("state_dir")),
+        service=_name(f"{where} service", raw.get("service", name)),
+        connect_timeout_s=_seconds(f"{where} connect_timeout_s", raw.get("connect_timeout_s"), 5.0, 120),
+        call_timeout_s=_seconds(f"{where} call_timeout_s", raw.get("call_timeout_s"), 20.0, 600),
+    )
+
+
+def _entry(name: str, raw: dict[str, Any], base_dir: Path) -> ServiceEntry:
     _name("service name", name)
     if not isinstance(raw, dict):
         raise ValueError(f"service {name!r} is not an object")
@@ -148,6 +243,7 @@ def _entry(name: str, raw: dict[str, Any]) -> ServiceEntry:
         data_dir=raw.get("data_dir"),
         netns=raw.get("netns"),
         proxy=ProxyRoute(proxy["route"], int(proxy["listen_port"])) if proxy else None,
+        remote=parse_remote(name, raw["remote"], base_dir) if raw.get("remote") is not None else None,
     )
 
 
@@ -165,7 +261,8 @@ def load_registry(path: Path) -> Registry:
     try:
         return Registry(
             runtime=raw.get("runtime", "local"),
-            services={name: _entry(name, s) for name, s in raw.get("services", {}).items()},
+            services={name: _entry(name, s, Path(path).parent)
+                      for name, s in raw.get("services", {}).items()},
             supervisor_url=raw.get("supervisor_url"),
             prometheus_url=raw.get("prometheus_url"),
             proxy_control_url=raw.get("proxy_control_url"),

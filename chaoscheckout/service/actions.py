@@ -11,7 +11,8 @@ from chaoscheckout.config import settings_from
 from chaoscheckout.errors import ChaosCheckoutError
 from chaoscheckout.faults.inject import Injection, check_can_inject, inject_fault
 from chaoscheckout.faults.leases import Lease, LeaseStore, check_duration, check_positive
-from chaoscheckout.faults.revert import split_by_owner
+from chaoscheckout.faults.revert import revert_lease, split_by_owner
+from chaoscheckout.remote.session import inject_remote
 from chaoscheckout.runtime import get_runtime
 
 __all__ = ["kill_service", "start_service"]
@@ -48,6 +49,8 @@ def kill_service(
     duration = check_duration(duration_s, settings.max_fault_duration_s)
     runtime = get_runtime(configuration)
     runtime.target(service)
+    if runtime.is_remote(service):  # held by a keeper on the service's host (docs/ssh.md)
+        return inject_remote("kill", service, {}, duration, configuration)
     check_can_inject("kill", service, configuration)
     if runtime.pid(service) is None:
         raise ChaosCheckoutError(f"service {service!r} is not running: nothing to kill")
@@ -83,6 +86,11 @@ def start_service(
     runtime.entry(service)
     store = LeaseStore(settings.leases_dir)
     mine, dead, others = split_by_owner(store.for_service(service, "kill"), settings.state_dir / "owners")
+    remote_reverted = []
+    if runtime.is_remote(service) and not others:  # its keeper reverts (starts) it on its host
+        remote_reverted = [lease.fault_id for lease in mine + dead
+                           if revert_lease(lease, configuration)["verified"]]
+        mine, dead = [], []
     if others:
         logger.warning("start_service: %s carries %s of %s: left alone", service, others[0].fault_id,
                        others[0].owner.describe())
@@ -90,7 +98,7 @@ def start_service(
                 "pid": None, "reverted_leases": [],
                 "left_alone": [{"fault_id": o.fault_id, "run_id": o.owner.run_id} for o in others]}
     result = runtime.start(service, timeout_s=timeout)
-    reverted = [lease.fault_id for lease in mine + dead if store.remove(lease.fault_id)]
+    reverted = remote_reverted + [lease.fault_id for lease in mine + dead if store.remove(lease.fault_id)]
     if result.started:
         logger.info("started %s, healthy after %.2f s", service, result.healthy_after_s)
     else:
