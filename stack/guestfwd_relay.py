@@ -26,27 +26,24 @@ def main() -> int:
         return 1
     upstream.settimeout(None)
     stdin, stdout = sys.stdin.fileno(), sys.stdout.fileno()
-    open_in, open_up = True, True
-    while open_up:
-        watch = ([stdin] if open_in else []) + ([upstream] if open_up else [])
-        ready, _, _ = select.select(watch, [], [], IDLE_TIMEOUT_S)
+    while True:
+        ready, _, _ = select.select([stdin, upstream], [], [], IDLE_TIMEOUT_S)
         if not ready:
             break
         if stdin in ready:
             data = os.read(stdin, CHUNK)
             if data:
                 upstream.sendall(data)
-            else:
-                open_in = False
-                upstream.shutdown(socket.SHUT_WR)
+            else:  # the guest closed: HTTP clients never half-close, so the exchange is over
+                break
         if upstream in ready:
             data = upstream.recv(CHUNK)
             if data:
                 view = memoryview(data)
                 while view:
                     view = view[os.write(stdout, view):]
-            else:
-                open_up = False  # the provider closed: the guest sees the close when we exit
+            else:  # the provider closed: the guest sees the close when we exit
+                break
     upstream.close()
     return 0
 
