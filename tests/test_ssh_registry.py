@@ -66,6 +66,7 @@ def test_a_remote_entry_loads_with_paths_resolved_against_the_state_dir(tmp_path
     ({"runtime": "telnet"}, "only 'ssh'"),
     ({"connect_timeout_s": 0}, "connect_timeout_s"),
     ({"call_timeout_s": float("inf")}, "call_timeout_s"),
+    ({"keeper_miss_s": 61}, "keeper_miss_s"),
     ({"password": "x"}, "unknown keys: password"),
 ])
 def test_bad_remote_values_are_refused_with_the_reason(tmp_path, override, message):

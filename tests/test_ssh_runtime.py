@@ -5,8 +5,9 @@ dir, ``ListenAddress 127.0.0.1``, root login by key only) and a "remote host" st
 this machine with its own supervisord running a real service (``python -m http.server``)
 and the reaper. The controller's registry lists that service with a ``remote`` entry, so
 every runtime call and every fault goes through ssh and the remote agent, exactly as for
-another host (same kernel here). ``CHAOSCHECKOUT_TEST_SSH_PORT`` (default: the test port
-base + 88) is the sshd's port; the service listens on the test port base + 89.
+another host (same kernel here). Ports: ``CHAOSCHECKOUT_TEST_SSH_PORT`` (default: the test
+port base + 170) is the sshd's; the service listens on the test port base + 171, the remote
+host's fault proxy route to it on + 172; + 173 stays closed ("host down").
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,9 +37,10 @@ from chaoscheckout.service.actions import kill_service, start_service
 
 SSHD = "/usr/sbin/sshd"
 TEST_BASE = int(os.environ.get("CHAOSCHECKOUT_TEST_PORT_BASE", "28100"))
-SSH_PORT = int(os.environ.get("CHAOSCHECKOUT_TEST_SSH_PORT", str(TEST_BASE + 88)))
-WEB_PORT = TEST_BASE + 89
-DOWN_PORT = TEST_BASE + 87  # nothing listens there: "host down"
+SSH_PORT = int(os.environ.get("CHAOSCHECKOUT_TEST_SSH_PORT", str(TEST_BASE + 170)))
+WEB_PORT = TEST_BASE + 171
+PROXY_PORT = TEST_BASE + 172  # the remote host's fault proxy route to the service
+DOWN_PORT = TEST_BASE + 173  # nothing listens there: "host down"
 REVERT_BOUND_S = 5.0  # docs/ssh.md: effect gone <= 2 s median, <= 5 s worst after the controller dies
 
 pytestmark = pytest.mark.skipif(not Path(SSHD).exists(), reason="openssh-server is not installed "
@@ -128,10 +131,35 @@ def hosts(tmp_path_factory) -> Iterator[Hosts]:
         LogLevel ERROR
         """))
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation dir
-    sshd = subprocess.Popen([SSHD, "-D", "-e", "-f", str(sshd_dir / "sshd_config")],
-                            stdout=subprocess.DEVNULL, stderr=open(work / "sshd.log", "wb"))
     venv_bin = Path(sys.executable).parent
     (remote / "www").mkdir()
+    (remote / "data").mkdir()  # the service's data dir: a small filesystem of its own (disk faults)
+    with ExitStack() as cleanup:
+        log = cleanup.enter_context(open(work / "sshd.log", "wb"))
+        sshd = subprocess.Popen([SSHD, "-D", "-e", "-f", str(sshd_dir / "sshd_config")],
+                                stdout=subprocess.DEVNULL, stderr=log)
+        cleanup.callback(_stop, sshd)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs", str(remote / "data")],
+                       check=True, timeout=30)
+        cleanup.callback(subprocess.run, ["umount", str(remote / "data")], timeout=30)
+        _write_remote_host(remote)
+        subprocess.run([str(venv_bin / "supervisord"), "-c", str(remote / "supervisord.conf")], check=True,
+                       timeout=30, env={"PATH": f"{venv_bin}:/usr/sbin:/usr/bin:/sbin:/bin"})
+        cleanup.callback(_stop_supervisord, remote / "supervisord.pid")
+        handle = Hosts(work, remote, ctl, {
+            "runtime": "ssh", "ssh_host": "127.0.0.1", "ssh_port": SSH_PORT, "user": "root",
+            "key_file": "secrets/id_ed25519", "known_hosts": "secrets/known_hosts",
+            "python": sys.executable, "state_dir": str(remote), "service": "web",
+            "connect_timeout_s": 3, "call_timeout_s": 20})
+        handle.write_ctl_registry()
+        _wait(lambda: _port_open(SSH_PORT), 15, "sshd listening")
+        _wait(_healthy, 30, "the remote host's service answering")
+        _wait(lambda: _port_open(PROXY_PORT), 30, "the remote host's fault proxy listening")
+        yield handle
+
+
+def _write_remote_host(remote: Path) -> None:
+    """The remote host's supervisord (the service, the reaper) and its own registry."""
     (remote / "supervisord.conf").write_text(textwrap.dedent(f"""\
         [unix_http_server]
         file={remote / "supervisord.sock"}
@@ -152,29 +180,29 @@ def hosts(tmp_path_factory) -> Iterator[Hosts]:
         [program:reaper]
         command={sys.executable} -m chaoscheckout.faults.reaper --state-dir {remote}
         autorestart=true
+
+        [program:faultproxy]
+        command={sys.executable} -m chaoscheckout.network.proxy --control unix:{remote / "proxy.sock"}
+            --leases-dir {remote / "leases"} --route web={PROXY_PORT}:127.0.0.1:{WEB_PORT}
+        autorestart=true
         """))
+    web = {"host": "127.0.0.1", "port": WEB_PORT, "process": "web", "chaos_target": True,
+           "health_url": f"http://127.0.0.1:{WEB_PORT}/", "data_dir": str(remote / "data"),
+           "proxy": {"route": "web", "listen_port": PROXY_PORT}}
     (remote / "services.json").write_text(json.dumps({
         "runtime": "local", "supervisor_url": f"unix://{remote / 'supervisord.sock'}",
-        "services": {"web": {"host": "127.0.0.1", "port": WEB_PORT, "process": "web", "chaos_target": True,
-                             "health_url": f"http://127.0.0.1:{WEB_PORT}/"}}}))
-    subprocess.run([str(venv_bin / "supervisord"), "-c", str(remote / "supervisord.conf")], check=True,
-                   timeout=30, env={"PATH": f"{venv_bin}:/usr/sbin:/usr/bin:/sbin:/bin"})
-    handle = Hosts(work, remote, ctl, {
-        "runtime": "ssh", "ssh_host": "127.0.0.1", "ssh_port": SSH_PORT, "user": "root",
-        "key_file": "secrets/id_ed25519", "known_hosts": "secrets/known_hosts",
-        "python": sys.executable, "state_dir": str(remote), "service": "web",
-        "connect_timeout_s": 3, "call_timeout_s": 20})
-    handle.write_ctl_registry()
-    try:
-        _wait(lambda: _port_open(SSH_PORT), 15, "sshd listening")
-        _wait(_healthy, 30, "the remote host's service answering")
-        yield handle
-    finally:
-        pid = int((remote / "supervisord.pid").read_text())
-        os.kill(pid, signal.SIGTERM)
-        sshd.terminate()
-        sshd.wait(10)
-        _wait(lambda: not Path(f"/proc/{pid}").exists(), 30, "the remote supervisord stopping")
+        "proxy_control_url": f"unix:{remote / 'proxy.sock'}", "services": {"web": web}}))
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    proc.wait(10)
+
+
+def _stop_supervisord(pidfile: Path) -> None:
+    pid = int(pidfile.read_text())
+    os.kill(pid, signal.SIGTERM)
+    _wait(lambda: not Path(f"/proc/{pid}").exists(), 30, "the remote supervisord stopping")
 
 
 @pytest.fixture(autouse=True)
@@ -241,6 +269,39 @@ def test_fault_through_the_keeper_then_rollback(hosts: Hosts):
     assert not hosts.ctl_leases() and not hosts.remote_leases()
 
 
+def test_disk_fault_through_the_keeper(hosts: Hosts):
+    from chaoscheckout.disk.actions import fill_disk, release_disk
+
+    data = hosts.remote_state / "data"
+    fault = fill_disk("web", leave_bytes=1 << 20, duration_s=60, configuration=hosts.conf)
+    assert fault["backend"] == "ssh" and fault["parameters"]["remote_parameters"]["ballast_bytes"] > 0
+    assert (data / ".chaoscheckout-ballast").exists() and shutil.disk_usage(data).free <= 2 << 20
+    with pytest.raises(Exception, match="remote"):  # its data dir is not on this machine
+        get_runtime(hosts.conf).data_dir("web")
+    released = release_disk("web", configuration=hosts.conf)
+    assert released["reverted_leases"] == [fault["fault_id"]]
+    assert not (data / ".chaoscheckout-ballast").exists() and not hosts.remote_leases()
+
+
+def test_latency_through_the_keeper(hosts: Hosts):
+    from chaoscheckout.network.actions import add_latency, remove_latency
+    from chaoscheckout.network.proxy_client import ProxyControl
+
+    def through_proxy_s() -> float:
+        started = time.monotonic()
+        httpx.get(f"http://127.0.0.1:{PROXY_PORT}/", timeout=10).raise_for_status()
+        return time.monotonic() - started
+
+    control = ProxyControl(f"unix:{hosts.remote_state / 'proxy.sock'}")
+    fault = add_latency("web", delay_ms=400, duration_s=60, backend="proxy", configuration=hosts.conf)
+    assert fault["backend"] == "ssh" and fault["parameters"]["remote_backend"] == "proxy"
+    assert control.latency("web")["fault_id"] == fault["parameters"]["remote_fault_id"]
+    assert through_proxy_s() >= 0.4  # the remote host's proxy delays the service's callers
+    removed = remove_latency("web", configuration=hosts.conf)
+    assert removed["reverted"] == [fault["fault_id"]] and control.latency("web") is None
+    assert not hosts.remote_leases() and not hosts.ctl_leases()
+
+
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGSTOP"])
 def test_controller_death_reverts_the_remote_fault(hosts: Hosts, how: str):
     proc = _controller(hosts, 'from chaoscheckout.service.actions import kill_service\n'
@@ -265,6 +326,27 @@ def test_the_remote_reaper_reverts_when_the_keeper_dies(hosts: Hosts):
     print(f"keeper SIGKILL: the remote reaper reverted after {gone_s:.2f} s")
     undone = start_service("web", configuration=hosts.conf)  # the keeper is gone: over ssh, verified
     assert undone["reverted_leases"] == [result["fault_id"]] and not hosts.ctl_leases()
+
+
+def test_a_lost_link_reverts_the_remote_fault(hosts: Hosts):
+    """The controller lives but its heartbeats stop reaching the host (its ssh client is
+    frozen: what a dead network looks like to the keeper)."""
+    proc = _controller(hosts, 'from chaoscheckout.service.actions import kill_service\n'
+                              'result = kill_service("web", duration_s=120, configuration=conf)')
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    ssh_clients = [int(c) for c in children if Path(f"/proc/{c}/comm").read_text().strip() == "ssh"]
+    try:
+        assert len(ssh_clients) == 1 and not _healthy()
+        os.kill(ssh_clients[0], signal.SIGSTOP)
+        gone_s = _wait(_healthy, 30, "the remote service back after the link froze")
+        _wait(lambda: not hosts.remote_leases(), 10, "the remote lease removed")
+        print(f"link lost: remote fault reverted after {gone_s:.2f} s")
+        assert gone_s <= REVERT_BOUND_S
+    finally:
+        for pid in ssh_clients:
+            os.kill(pid, signal.SIGCONT)
+        proc.kill()
+        proc.wait(10)
 
 
 def test_halt_reverts_a_remote_fault(hosts: Hosts):
@@ -334,3 +416,36 @@ def test_a_hanging_remote_command_times_out(hosts: Hosts):
     started = time.monotonic()
     _refused(hosts, SshCallTimeout, "did not finish within 2 s", python=str(hang), call_timeout_s=2)
     assert time.monotonic() - started < 30
+
+
+def test_a_chaos_run_on_the_remote_service_ends_with_its_fault_reverted(hosts: Hosts, tmp_path):
+    """chaos run: the keeper session lives in chaos's process; the safety control reverts
+    the remote fault at the end through it (no rollback declared)."""
+    experiment = {
+        "title": "kill a remote service", "description": "written by tests/test_ssh_runtime.py",
+        "controls": [{"name": "chaoscheckout-safety",
+                      "provider": {"type": "python", "module": "chaoscheckout.controls.safety"}}],
+        "method": [
+            {"type": "action", "name": "kill-web",
+             "provider": {"type": "python", "module": "chaoscheckout.service.actions", "func": "kill_service",
+                          "arguments": {"service": "web", "duration_s": 60}}},
+            {"type": "probe", "name": "web-down",
+             "provider": {"type": "python", "module": "chaoscheckout.service.probes",
+                          "func": "service_is_healthy", "arguments": {"service": "web"}}},
+        ],
+        "rollbacks": [],
+    }
+    (tmp_path / "experiment.json").write_text(json.dumps(experiment))
+    journal_path = tmp_path / "journal.json"
+    env = {**os.environ, "CHAOSCHECKOUT_STATE_DIR": str(hosts.ctl_state)}
+    proc = subprocess.run([str(Path(sys.executable).parent / "chaos"), "--no-version-check", "run",
+                           "--journal-path", str(journal_path), str(tmp_path / "experiment.json")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    journal = json.loads(journal_path.read_text())
+    assert journal["status"] == "completed", proc.stdout + proc.stderr
+    injected, probed = (run["output"] for run in journal["run"])
+    assert injected["backend"] == "ssh" and probed is False  # the fault was in place on the host
+    reverted = journal["chaoscheckout_safety"]["reverted"]
+    assert [(r["kind"], r["verified"]) for r in reverted] == [("kill", True)], reverted
+    assert reverted[0]["action"] == "reverted by the keeper", reverted
+    assert _healthy() and not hosts.ctl_leases() and not hosts.remote_leases()

@@ -87,6 +87,12 @@ def add_latency(
     `parameters` include `scope` and where the delay sits (`route`, `listen`,
     `upstream` for the proxy; `netns`, `devices` for netem).
     Undo with `remove_latency(service)`, which returns the fault's final `effect`.
+
+    A service with a `remote` registry entry lives on another host: the fault is then
+    held there by a keeper over ssh (reverted when this process dies, freezes or loses
+    the network; docs/ssh.md), `backend` is `ssh` and `parameters` add `remote_fault_id`,
+    `remote_backend`, `remote_parameters` and `keeper_pid`.
+    The `backend` argument then chooses between the remote host's own proxy and netem.
     """
     settings = settings_from(configuration)
     delay, jitter, share = _check_latency(delay_ms, jitter_ms, fraction)
@@ -167,7 +173,9 @@ def remove_latency(service: str, configuration: dict[str, Any] | None = None) ->
         proxy_removed |= bool(result.get("proxy_toxic_removed"))
         netem_removed += result.get("netem_removed", [])
         effect = result.get("effect") or effect
-    leftover = _clear(entry, registry, {}, settings)
+    # a remote service's latency lives on its host (reverted through its keeper above)
+    leftover = _clear(entry, registry, {}, settings) if entry.remote is None else \
+        {"proxy_toxic_removed": False, "netem_removed": []}
     proxy_removed |= leftover["proxy_toxic_removed"]
     netem_removed += leftover["netem_removed"]
     effect = effect or leftover.get("effect")

@@ -33,7 +33,7 @@ from typing import IO, Any
 
 from chaoscheckout.config import settings_from
 from chaoscheckout.errors import ChaosCheckoutError, InvalidFaultArgument
-from chaoscheckout.faults.inject import Injection, inject_fault
+from chaoscheckout.faults.inject import Injection, check_can_inject, inject_fault
 from chaoscheckout.faults.leases import Lease, LeaseStore
 from chaoscheckout.remote.keeper import DEFAULT_MISS_S, KEEPABLE_KINDS
 from chaoscheckout.remote.wire import error_from_wire
@@ -68,6 +68,7 @@ def inject_remote(kind: str, service: str, arguments: dict[str, Any], duration_s
                                    f"remote services (only {', '.join(KEEPABLE_KINDS)})")
     settings = settings_from(configuration)
     spec = _spec(service, configuration)
+    check_can_inject(kind, service, configuration)  # a halt or a conflict refuses before any ssh call
     # preflight: the host answers, its key is the pinned one, the login works, the agent runs and
     # knows the service; each failure is one clear error before any lease is written
     call_agent(spec, "describe", {"service": spec.service})
@@ -77,7 +78,7 @@ def inject_remote(kind: str, service: str, arguments: dict[str, Any], duration_s
 
     def apply(lease: Lease) -> dict[str, Any]:
         session = KeeperSession.start(spec, kind, {**arguments, "service": spec.service,
-                                                   "duration_s": duration_s}, lease)
+                                                   "duration_s": duration_s}, lease, spec.keeper_miss_s)
         answer = session.result
         fault = answer["fault"]
         _SESSIONS[lease.fault_id] = session

@@ -33,12 +33,14 @@ every runtime call for it goes over SSH (:mod:`chaoscheckout.runtime.ssh`, docs/
     "remote": {"runtime": "ssh", "ssh_host": "10.0.0.5", "ssh_port": 22, "user": "root",
                "key_file": "secrets/ssh/id_ed25519", "known_hosts": "secrets/ssh/known_hosts",
                "python": "/opt/cc/bin/python", "state_dir": "/var/lib/chaoscheckout",
-               "service": "payments", "connect_timeout_s": 5, "call_timeout_s": 20}
+               "service": "payments", "connect_timeout_s": 5, "call_timeout_s": 20,
+               "keeper_miss_s": 1}
 
 Relative ``key_file`` / ``known_hosts`` are relative to the registry's state dir and must
 exist; ``ssh_host`` is a host name or an IP address, ``user`` a POSIX user name,
 ``python`` and ``state_dir`` absolute paths on the remote host, ``service`` the service's
-name in the remote host's own registry.
+name in the remote host's own registry; ``keeper_miss_s`` (optional, default 1, at most 60)
+how long a remote fault's keeper waits without a heartbeat before it reverts.
 
 Names end up in file names (leases), supervisord calls and ``ip -n``: service, process,
 route and netns names must be 1-64 of ``[A-Za-z0-9_.-]`` starting with a letter or digit
@@ -83,6 +85,7 @@ class RemoteSpec:
     service: str
     connect_timeout_s: float = 5.0
     call_timeout_s: float = 20.0
+    keeper_miss_s: float = 1.0  # the keeper reverts after this long without a heartbeat
     runtime: str = "ssh"
 
 
@@ -142,6 +145,8 @@ class Registry:
         data = asdict(self)
         for entry in data["services"].values():
             entry.pop("name", None)
+            if entry.get("remote") is None:
+                entry.pop("remote", None)  # a local service's entry reads as it always did
         return data
 
 
@@ -158,7 +163,7 @@ def _name(what: str, value: Any) -> Any:
 _HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}|[0-9A-Fa-f:]*:[0-9A-Fa-f:.]*")
 _USER = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 _REMOTE_KEYS = {"runtime", "ssh_host", "ssh_port", "user", "key_file", "known_hosts", "python",
-                "state_dir", "service", "connect_timeout_s", "call_timeout_s"}
+                "state_dir", "service", "connect_timeout_s", "call_timeout_s", "keeper_miss_s"}
 
 
 def _abs_path(what: str, value: Any) -> str:
@@ -214,6 +219,7 @@ def parse_remote(name: str, raw: Any, base_dir: Path) -> RemoteSpec:
         service=_name(f"{where} service", raw.get("service", name)),
         connect_timeout_s=_seconds(f"{where} connect_timeout_s", raw.get("connect_timeout_s"), 5.0, 120),
         call_timeout_s=_seconds(f"{where} call_timeout_s", raw.get("call_timeout_s"), 20.0, 600),
+        keeper_miss_s=_seconds(f"{where} keeper_miss_s", raw.get("keeper_miss_s"), 1.0, 60),
     )
 
 

@@ -44,6 +44,11 @@ def kill_service(
     service that is not a chaos target, a bad duration, or a service that carries
     another live run's fault (FaultConflict, naming the run); FaultsHalted while
     `chaoscheckout halt` is on.
+
+    A service with a `remote` registry entry lives on another host: the fault is then
+    held there by a keeper over ssh (reverted when this process dies, freezes or loses
+    the network; docs/ssh.md), `backend` is `ssh` and `parameters` add `remote_fault_id`,
+    `remote_backend`, `remote_parameters` and `keeper_pid`.
     """
     settings = settings_from(configuration)
     duration = check_duration(duration_s, settings.max_fault_duration_s)
