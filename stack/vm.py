@@ -66,6 +66,9 @@ KEYGEN_TIMEOUT_S = 30
 CONNECT_TIMEOUT_S = int(os.environ.get("CHAOSCHECKOUT_VM_CONNECT_TIMEOUT_S", "20"))
 # remote calls run a fresh Python in the guest; under software emulation that takes seconds
 CALL_TIMEOUT_S = int(os.environ.get("CHAOSCHECKOUT_VM_CALL_TIMEOUT_S", "60"))
+# the keeper in the emulated guest reads heartbeats late when its vCPU is starved: a 1 s miss
+# would revert a live controller's fault
+KEEPER_MISS_S = float(os.environ.get("CHAOSCHECKOUT_VM_KEEPER_MISS_S", "5"))
 GUESTFWD_RELAY = Path(__file__).resolve().parent / "guestfwd_relay.py"
 
 
@@ -188,6 +191,7 @@ def remote_entry(settings: StackSettings) -> dict[str, Any]:
         "state_dir": GUEST_STATE_DIR,
         "service": "payments",
         "connect_timeout_s": CONNECT_TIMEOUT_S, "call_timeout_s": CALL_TIMEOUT_S,
+        "keeper_miss_s": KEEPER_MISS_S,
     }
 
 
