@@ -47,10 +47,13 @@ def stack(ctx: click.Context, project_dir: Path | None) -> None:
 @stack.command()
 @click.option("--runtime", type=click.Choice(["local", "docker"]), default="local", show_default=True,
               help="local: supervisord processes; docker: containers from stack/docker-compose.yml.")
+@click.option("--remote-payments", type=click.Choice(["vm"]), default=None,
+              help="vm: run payments on a QEMU VM reached over SSH (docs/vm-host.md); the rest stays here.")
 @click.pass_obj
-def up(project_dir: Path, runtime: str) -> None:
+def up(project_dir: Path, runtime: str, remote_payments: str | None) -> None:
     """Bring the stack up (idempotent: already up -> exit 0). Needs root (tmpfs mount)."""
-    sys.exit(_manage(project_dir, "up", *_runtime_args(runtime)))
+    remote = ["--remote-payments", remote_payments] if remote_payments else []
+    sys.exit(_manage(project_dir, "up", *_runtime_args(runtime), *remote))
 
 
 @stack.command()
@@ -114,7 +117,7 @@ def _project_dir(option: Path | None) -> Path:
 
 def _manage(project_dir: Path, command: str, *extra: str) -> int:
     timeout = COMMAND_TIMEOUT_S[command]
-    if "docker" in extra:  # the first docker up builds the base image and the stack's images
+    if "docker" in extra or "--remote-payments" in extra:  # the first one builds images (and boots a VM)
         timeout *= 3
     try:
         proc = subprocess.run(

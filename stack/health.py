@@ -10,8 +10,8 @@ import psycopg
 
 from chaoscheckout.network.proxy_client import ProxyControl, ProxyError
 from chaoscheckout.runtime.supervisor import SupervisorError
-from stack import supervisord
-from stack.layout import SERVICES, Service
+from stack import supervisord, vm
+from stack.layout import Service, services
 from stack.settings import StackSettings
 
 __all__ = ["ServiceHealth", "check_all", "check_one"]
@@ -43,8 +43,8 @@ def check_all(settings: StackSettings) -> list[ServiceHealth]:
         unreachable = ""
     with httpx.Client(timeout=PROBE_TIMEOUT_S, trust_env=False) as http:
         return [
-            check_one(settings, svc, infos.get(svc.name), http, unreachable)
-            for svc in SERVICES
+            check_one(settings, svc, infos.get(svc.program_name), http, unreachable)
+            for svc in services(settings)
         ]
 
 
@@ -75,6 +75,9 @@ def check_one(
 def _probe(settings: StackSettings, svc: Service, http: httpx.Client) -> tuple[bool, str]:
     if svc.health == "process":
         return True, "running"
+    if svc.health == "ssh":  # the VM's sshd through QEMU's hostfwd
+        banner = vm.wait_ssh_banner(settings.port(svc.port_key), PROBE_TIMEOUT_S)
+        return (True, f"sshd: {banner}") if banner else (False, "no SSH banner yet")
     if svc.health == "proxy":
         try:
             ProxyControl(settings.proxy_control_url, PROBE_TIMEOUT_S).healthz()

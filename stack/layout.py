@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from chaoscheckout.runtime.registry import Registry
 from stack import postgres, prometheus_config, topology
@@ -14,7 +16,8 @@ from stack.settings import StackSettings
 from stack.supervisord import Program
 from stack.topology import SERVICES, Service
 
-__all__ = ["Service", "SERVICES", "APP_START_ORDER", "programs", "registry"]
+__all__ = ["Service", "SERVICES", "APP_START_ORDER", "services", "app_start_order", "programs",
+           "registry", "registry_dict"]
 
 # Env prefixes handed through from the caller's environment to each program (settings such
 # as CHECKOUT_RETRIES); the ports/URLs computed here always win.
@@ -22,8 +25,29 @@ PASSTHROUGH_PREFIXES = ("CHECKOUT_", "CATALOG_", "PAYMENTS_", "PROVIDER_", "REME
 APP_START_ORDER = ("provider", "catalog", "payments", "checkout", "remediator")
 
 
+# `--remote-payments vm`: payments runs in the VM (local program `vm`, stack/vm.py); its
+# port here is QEMU's hostfwd, so the proxy route and the health check stay as they are
+REMOTE_PAYMENTS = replace(next(s for s in SERVICES if s.name == "payments"), module=None, program="vm")
+VM = Service("vm", "vm_ssh", "ssh", False, runtimes=("local",), program="vm")
+
+
+def services(settings: StackSettings) -> tuple[Service, ...]:
+    """The local stack's services for these settings (payments remote or local)."""
+    local = topology.services("local")
+    if settings.remote_payments != "vm":
+        return local
+    return tuple(REMOTE_PAYMENTS if s.name == "payments" else s for s in local) + (VM,)
+
+
+def app_start_order(settings: StackSettings) -> tuple[str, ...]:
+    """The app programs ``stack up`` starts on this machine, in order."""
+    if settings.remote_payments == "vm":
+        return tuple(name for name in APP_START_ORDER if name != "payments")
+    return APP_START_ORDER
+
+
 def programs(settings: StackSettings, pg_bindir: Path, env: Mapping[str, str],
-             app: AppUser | None = None) -> list[Program]:
+             app: AppUser | None = None, extra: tuple[Program, ...] = ()) -> list[Program]:
     """The supervisord programs of the stack, in start order; Prometheus and the app
     programs run as the unprivileged user of ``app`` (stack/appuser.py) when it can."""
     system_user = app.name if app else None
@@ -45,12 +69,13 @@ def programs(settings: StackSettings, pg_bindir: Path, env: Mapping[str, str],
                      "CHECKOUT_DATABASE_URL": settings.app_database_url},
         "remediator": {"REMEDIATOR_PORT": str(p["remediator"]),
                        "REMEDIATOR_SUPERVISOR_URL": settings.supervisor_url,
-                       "REMEDIATOR_WATCH": "catalog,payments,provider,checkout"},
+                       "REMEDIATOR_WATCH": ",".join(n for n in ("catalog", "payments", "provider", "checkout")
+                                                    if n in app_start_order(settings))},
     }
     passthrough = {k: v for k, v in env.items() if k.startswith(PASSTHROUGH_PREFIXES)}
     proxy_cmd = [py, "-m", "chaoscheckout.network.proxy", "--control", settings.proxy_control_url,
                  "--leases-dir", str(settings.state_dir / "leases")]  # no toxic without its lease
-    for svc in SERVICES:
+    for svc in services(settings):
         if svc.proxy:
             route, listen = svc.proxy
             proxy_cmd += ["--route", f"{route}={p[listen]}:127.0.0.1:{p[svc.port_key]}"]
@@ -64,7 +89,8 @@ def programs(settings: StackSettings, pg_bindir: Path, env: Mapping[str, str],
         Program("reaper", [py, "-m", "chaoscheckout.faults.reaper", "--state-dir", str(settings.state_dir)],
                 autorestart=True, environment=common),
     ]
-    for name in APP_START_ORDER:
+    out += extra  # the VM (its payments is a hostfwd port of this machine)
+    for name in app_start_order(settings):
         prefix = name.upper() + "_"
         environment = dict(common)
         environment.update({k: v for k, v in passthrough.items() if k.startswith(prefix)})
@@ -89,3 +115,13 @@ def registry(settings: StackSettings) -> Registry:
         database_url=settings.database_url, database_admin_url=settings.admin_database_url,
         state_dir=str(settings.state_dir),
     )
+
+
+def registry_dict(settings: StackSettings, remote: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The registry as written: ``remote`` (the contract's object, docs/ssh.md) goes on
+    payments when it runs on another host."""
+    data = registry(settings).to_dict()
+    if remote is not None:
+        data["services"]["payments"]["remote"] = remote
+        data["extra"]["remote_payments"] = settings.remote_payments
+    return data

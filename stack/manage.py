@@ -1,20 +1,24 @@
 """Bring the checkout stack up, down, or report its status.
 
-    python -m stack.manage up|down|status [--json] [--runtime local|docker]
+    python -m stack.manage up|down|status [--json] [--runtime local|docker] [--remote-payments vm]
     python -m stack.manage secrets|attach|detach|wheels [--runtime docker]
 
 Settings come from the environment: CHAOSCHECKOUT_STATE_DIR, CHAOSCHECKOUT_PORT_BASE,
 CHAOSCHECKOUT_PG_DISK_SIZE (default 256m), CHAOSCHECKOUT_PG_BINDIR (optional), and any
 CHECKOUT_*/CATALOG_*/PAYMENTS_*/PROVIDER_*/REMEDIATOR_* settings, handed to that program.
+``--remote-payments vm`` runs payments on a QEMU VM reached over SSH (stack/vm.py,
+docs/vm-host.md); ``CHAOSCHECKOUT_VM_UP_TIMEOUT_S`` bounds the wait for it (default 600).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,7 +26,7 @@ from pathlib import Path
 from chaoscheckout.errors import ChaosCheckoutError
 from chaoscheckout.runtime.registry import load_registry, save_registry
 from chaoscheckout.runtime.supervisor import SupervisorError
-from stack import appuser, health, layout, postgres, preflight, prometheus_config, statedir, supervisord
+from stack import appuser, health, layout, postgres, preflight, prometheus_config, statedir, supervisord, vm
 from stack.settings import StackConfigError, StackSettings, settings_from_env
 
 __all__ = ["main", "up", "down", "status"]
@@ -30,6 +34,7 @@ __all__ = ["main", "up", "down", "status"]
 UP_TIMEOUT_S = float(os.environ.get("CHAOSCHECKOUT_UP_TIMEOUT_S", "120"))
 # docker runtime only: credentials, adopting a `docker compose up` stack, the pinned wheels
 DOCKER_ONLY = ("secrets", "attach", "detach", "wheels")
+VM_UP_TIMEOUT_S = float(os.environ.get("CHAOSCHECKOUT_VM_UP_TIMEOUT_S", "600"))
 
 
 class UpFailed(Exception):
@@ -39,9 +44,25 @@ class UpFailed(Exception):
 def up(settings: StackSettings) -> int:
     if supervisord.supervisord_pid(settings) is not None:
         return _already_up(settings)
+    extra: tuple[supervisord.Program, ...] = ()
+    if settings.remote_payments == "vm":
+        missing = vm.usable()
+        if missing:
+            raise preflight.PreflightError(f"--remote-payments vm: {missing}")
+        busy = preflight.busy_ports(settings)
+        if busy:  # before a build that may take minutes
+            listed = ", ".join(map(str, busy))
+            raise preflight.PreflightError(f"port(s) already in use on 127.0.0.1: {listed}; "
+                                           "pick another CHAOSCHECKOUT_PORT_BASE")
+        try:  # may take minutes when the image's inputs changed; nothing is started yet
+            image = vm.build_image(settings, _say)
+            extra = (vm.program(settings, image, vm.files(settings)),)
+        except vm.VmError as exc:
+            raise preflight.PreflightError(str(exc)) from None
+
     def validate(bindir: Path) -> None:
         try:
-            supervisord.check_programs(layout.programs(settings, bindir, os.environ))
+            supervisord.check_programs(layout.programs(settings, bindir, os.environ, extra=extra))
         except supervisord.SupervisordError as exc:
             raise preflight.PreflightError(str(exc)) from None
 
@@ -49,7 +70,7 @@ def up(settings: StackSettings) -> int:
     staging = time.monotonic()
     app = appuser.resolve(settings.project_dir)
     _say(app_user_line(app, time.monotonic() - staging))
-    programs = layout.programs(settings, pg_bindir, os.environ, app)
+    programs = layout.programs(settings, pg_bindir, os.environ, app, extra=extra)
     started = time.monotonic()
     try:
         _start(settings, pg_bindir, programs, app.uid)
@@ -62,6 +83,9 @@ def up(settings: StackSettings) -> int:
         raise UpFailed(message) from None
     _say(f"stack up in {time.monotonic() - started:.1f}s: checkout http://127.0.0.1:{settings.port('checkout')}"
          f"  prometheus {settings.prometheus_url}  registry {settings.registry_file}")
+    if settings.remote_payments == "vm":
+        _say(f"payments on the VM: ssh -i {vm.files(settings).client_key} -o UserKnownHostsFile="
+             f"{vm.files(settings).known_hosts} -p {settings.port('vm_ssh')} root@127.0.0.1")
     return 0
 
 
@@ -114,6 +138,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="secrets, attach, detach, wheels: docker runtime only (a stack started by "
                         "`docker compose up`, see docs/docker.md)")
     parser.add_argument("--json", action="store_true", help="status: machine-readable output")
+    parser.add_argument("--remote-payments", choices=["vm"], default=None,
+                        help="up: run payments on a QEMU VM reached over SSH (docs/vm-host.md); "
+                        "status/down follow the stack in the state dir")
     parser.add_argument("--runtime", choices=["local", "docker"], default=None,
                         help="local: supervisord processes (default for up); docker: containers "
                         "(stack/docker/). status/down default to the runtime of the stack "
@@ -122,8 +149,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in DOCKER_ONLY and args.runtime == "local":
         parser.error(f"{args.command} is a docker runtime command")
     try:
-        settings = settings_from_env()
+        settings = _with_remote(settings_from_env(), args.remote_payments, args.command)
         if args.command in DOCKER_ONLY or _runtime(args.runtime, args.command, settings) == "docker":
+            if settings.remote_payments:
+                raise StackConfigError("--remote-payments runs with the local runtime only")
             from stack.docker import cli as docker_cli
 
             return docker_cli.main(args.command, settings.state_dir, args.json)
@@ -143,6 +172,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 # ---------------------------------------------------------------------------
 
 
+def _with_remote(settings: StackSettings, asked: str | None, command: str) -> StackSettings:
+    """Where payments runs: as asked for ``up``, else as the state dir's registry says."""
+    if asked is None and command != "up" and settings.registry_file.exists():
+        try:
+            asked = load_registry(settings.registry_file).extra.get("remote_payments")
+        except ChaosCheckoutError:
+            asked = None
+    return dataclasses.replace(settings, remote_payments=asked) if asked else settings
+
+
 def _runtime(asked: str | None, command: str, settings: StackSettings) -> str:
     """The runtime asked for, else (status, down) the one the state dir's registry names."""
     if asked is not None:
@@ -159,6 +198,11 @@ def _start(settings: StackSettings, pg_bindir: Path, programs: list[supervisord.
            app_uid: int) -> None:
     _prepare_dirs(settings, app_uid)
     postgres.write_secrets(settings, app_uid=app_uid)
+    if settings.remote_payments == "vm":
+        vm.prepare(settings, os.environ)  # fresh keys and seed disk for this stack
+        vm.files(settings).console_log.unlink(missing_ok=True)
+        _say(f"VM: payments on a QEMU guest (TCG), ssh 127.0.0.1:{settings.port('vm_ssh')}, "
+             f"payments 127.0.0.1:{settings.port('payments')} (hostfwd)")
     _say(f"mounting {settings.pg_disk_size} tmpfs at {settings.pgdisk}")
     postgres.mount_pgdisk(settings)
     _say("initdb")
@@ -171,16 +215,40 @@ def _start(settings: StackSettings, pg_bindir: Path, programs: list[supervisord.
     postgres.create_database(settings)
     _say("postgres ready, database checkout created")
     rpc = supervisord.client(settings)
-    for name in layout.APP_START_ORDER:
+    for name in layout.app_start_order(settings):
         rpc.start(name, wait=False)
     _wait_healthy(settings)
-    save_registry(layout.registry(settings), settings.registry_file)
+    if settings.remote_payments == "vm":
+        _write_registry(settings, layout.registry_dict(settings, vm.remote_entry(settings)))
+    else:
+        save_registry(layout.registry(settings), settings.registry_file)
+
+
+def _write_registry(settings: StackSettings, data: dict) -> None:
+    """Atomic write of a registry dict (the ``remote`` object is not a ServiceEntry field)."""
+    fd, tmp = tempfile.mkstemp(dir=settings.state_dir, prefix=".services.")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh, indent=2)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, settings.registry_file)
 
 
 def _wait_healthy(settings: StackSettings) -> None:
-    deadline = time.monotonic() + UP_TIMEOUT_S
+    timeout_s = VM_UP_TIMEOUT_S if settings.remote_payments == "vm" else UP_TIMEOUT_S
+    started = time.monotonic()
+    deadline = started + timeout_s
     reported: set[str] = set()
+    console_seen, last_note = 0, started
     while True:
+        if settings.remote_payments == "vm":  # the guest's own progress, from its console
+            lines, console_seen = vm.console_lines(settings, console_seen)
+            for line in lines:
+                _say(f"  [vm +{time.monotonic() - started:5.1f}s] {line[:200]}")
+            if time.monotonic() - last_note > 15:
+                last_note = time.monotonic()
+                waiting = sorted(set(s.name for s in layout.services(settings)) - reported)
+                _say(f"  waiting ({time.monotonic() - started:.0f}s of {timeout_s:.0f}s): "
+                     f"{', '.join(waiting)}")
         results = health.check_all(settings)
         for r in results:
             if r.healthy and r.name not in reported:
@@ -193,11 +261,17 @@ def _wait_healthy(settings: StackSettings) -> None:
         if fatal and fatal[0].state != "BACKOFF":
             r = fatal[0]
             log = settings.logs_dir / f"{r.name}.log"
+            if r.name in ("vm", "payments") and settings.remote_payments == "vm":
+                tail = vm.console_lines(settings, 0)[0][-3:]
+                raise UpFailed(f"the VM exited during start (see {vm.files(settings).console_log}): "
+                               f"{' | '.join(tail) or 'no guest output'}")
             raise UpFailed(f"{r.name} {r.state.lower()} during start: see {log}")
         if time.monotonic() > deadline:
             r = bad[0]
-            raise UpFailed(f"{r.name} not healthy after {UP_TIMEOUT_S:.0f}s ({r.detail}): "
-                           f"see {settings.logs_dir / (r.name + '.log')}")
+            log = settings.logs_dir / (r.name + ".log")
+            if r.name in ("vm", "payments") and settings.remote_payments == "vm":
+                log = vm.files(settings).console_log
+            raise UpFailed(f"{r.name} not healthy after {timeout_s:.0f}s ({r.detail}): see {log}")
         time.sleep(0.5)
 
 

@@ -26,6 +26,7 @@ PORT_OFFSETS: dict[str, int] = {
     "proxy_provider": 13,
     "postgres": 20,
     "prometheus": 30,
+    "vm_ssh": 60,  # `stack up --remote-payments vm`: QEMU's hostfwd to the guest's sshd
 }
 # The control planes are not on TCP: supervisord's XML-RPC and the fault proxy's control
 # API listen on 0600 unix sockets in <state_dir>/ctl/ (root only).
@@ -41,6 +42,8 @@ class StackSettings:
     port_base: int
     pg_disk_size: str
     project_dir: Path
+    # "vm": payments runs on the QEMU VM host (stack/vm.py), reached over SSH; None: local
+    remote_payments: str | None = None
 
     def port(self, what: str) -> int:
         return self.port_base + PORT_OFFSETS[what]

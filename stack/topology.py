@@ -46,6 +46,11 @@ class Service:
     runtimes: tuple[str, ...] = RUNTIMES  # where it runs (docker: as a container)
     control_port_key: str | None = None  # docker only: a TCP control API (with /healthz)
     metrics: bool = False  # scraped by Prometheus
+    program: str | None = None  # the local supervisord program behind it (default: name)
+
+    @property
+    def program_name(self) -> str:
+        return self.program or self.name
 
     def port_key_in(self, runtime: str) -> str | None:
         """The port key the registry publishes for this service in ``runtime``."""

@@ -347,6 +347,8 @@ def test_render_committed_experiment_journals(tmp_path: Path) -> None:
         before = (raw.get("steady_states") or {}).get("before") or {}
         expected = ("aborted" if raw["status"] in ("interrupted", "aborted") else
                     "failed" if before.get("steady_state_met") is False
+                    # a run whose before-check was skipped (--hypothesis-strategy after-method-only)
+                    else "inconclusive" if not before
                     else "broke" if raw["deviated"] else "held")
         assert run.verdict == expected, run.path
         assert [f.fault_id for f in run.faults] == [f["fault_id"] for f in _fault_outputs(raw)]

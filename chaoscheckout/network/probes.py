@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import statistics
+import subprocess
 import time
 from typing import Any
 
@@ -17,7 +19,7 @@ from chaoscheckout.network.actions import netem_effect, proxy_effect
 from chaoscheckout.network.proxy_client import ProxyControl, ProxyUnreachable
 from chaoscheckout.runtime.registry import load_registry
 
-__all__ = ["latency_fault", "latency_fault_effect", "measure_latency_ms"]
+__all__ = ["latency_fault", "latency_fault_effect", "measure_latency_ms", "netem_qdisc_stats"]
 
 logger = logging.getLogger("chaostoolkit")
 
@@ -138,3 +140,57 @@ def measure_latency_ms(
     median = statistics.median(times)
     logger.info("latency of %s via %s: median %.1f ms over %d", service, url, median, samples)
     return round(median, 3)
+
+
+def netem_qdisc_stats(service: str, configuration: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The qdiscs of `service`'s network namespace with the kernel's own `tc -s` counters,
+    read on the host where the service runs (over ssh for a service with a `remote` entry).
+
+    Evidence that a netem latency fault bit: read it before the fault, at the end of the
+    fault window and after the rollback; the netem qdisc's `packets`/`bytes` grow while it
+    delays the service's traffic, and it is gone after the rollback.
+
+    - `service`: a service of the registry.
+
+    Returns `{service, host, netns, netem: bool, qdiscs: [{device, kind, handle, root,
+    bytes, packets, drops, overlimits, requeues, backlog, qlen, options}], reason,
+    measured_at}` (`options` for netem: its delay and jitter). Fails when the counters
+    cannot be read (ssh or tc failure).
+    """
+    from chaoscheckout.network.qdisc_stats import service_qdisc_stats
+
+    settings = settings_from(configuration)
+    entry = load_registry(settings.registry_file).service(service)
+    if entry.remote is None:
+        result = service_qdisc_stats(str(settings.state_dir), service)
+        return {**result, "host": "local"}
+    return {**_remote_qdisc_stats(entry.remote), "service": service,
+            "host": f"{entry.remote.ssh_host}:{entry.remote.ssh_port}"}
+
+
+def _remote_qdisc_stats(spec: Any) -> dict[str, Any]:
+    from chaoscheckout.runtime.ssh import SshCallTimeout, SshError, classify_ssh_failure, ssh_argv
+
+    command = [spec.python, "-m", "chaoscheckout.network.qdisc_stats", "--state-dir", spec.state_dir,
+               "--service", spec.service]
+    where = f"{spec.user}@{spec.ssh_host}:{spec.ssh_port}"
+    try:
+        proc = subprocess.run(ssh_argv(spec, command), capture_output=True, text=True,
+                              timeout=spec.call_timeout_s, stdin=subprocess.DEVNULL, check=False)
+    except subprocess.TimeoutExpired:
+        raise SshCallTimeout(f"ssh to {where}: qdisc_stats did not finish within "
+                             f"{spec.call_timeout_s:g} s (call_timeout_s)") from None
+    failure = classify_ssh_failure(spec, proc.returncode, proc.stderr)
+    if failure is not None:
+        raise failure
+    for line in reversed(proc.stdout.strip().splitlines()):
+        try:
+            answer = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(answer, dict) and isinstance(answer.get("result"), dict):
+            return answer["result"]
+        if isinstance(answer, dict) and "error" in answer:
+            raise ChaosCheckoutError(f"qdisc_stats on {where}: {answer['error']}")
+    raise SshError(f"ssh to {where}: qdisc_stats gave no JSON answer (exit {proc.returncode}): "
+                   f"{(proc.stderr or proc.stdout).strip()[-300:]}")

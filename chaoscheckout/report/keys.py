@@ -73,6 +73,8 @@ OUTPUT_FIRST_KEYS = ("message", "reverted", "reverted_leases", "removed", "start
 PROBE_TYPE = "probe"
 EFFECT_KEY = "effect"
 EFFECT_PROBE_FUNCS = ("latency_fault_effect",)
+# netem evidence read on the service's host: the qdiscs with their own tc -s counters
+QDISC_PROBE_FUNCS = ("netem_qdisc_stats",)
 FINDINGS_FILE = "FINDINGS.md"
 MAX_FINDINGS_BYTES = 256 * 1024
 

@@ -404,7 +404,9 @@ def _steady(block: Any, hypothesis: Any) -> SteadyState | None:
 
 def _activity(entry: dict[str, Any]) -> Activity:
     activity = entry.get("activity") or {}
-    if entry.get("status") == "succeeded":
+    if entry.get("status") == "succeeded" and keys.activity_func(entry) in keys.QDISC_PROBE_FUNCS:
+        output = qdisc_text(entry.get("output"))
+    elif entry.get("status") == "succeeded":
         output = compact(_ordered(entry.get("output")), 140)
     else:
         exc = entry.get("exception") or []
@@ -446,7 +448,7 @@ def _faults(activities: list[dict[str, Any]]) -> list[Fault]:
         faults.append(Fault(
             fault_id=str(output.get("fault_id")),
             kind=str(output.get("kind")),
-            backend=str(output.get("backend", "?")),
+            backend=_backend(output, params if isinstance(params, dict) else {}),
             target=target,
             target_detail=detail,
             parameters=params if isinstance(params, dict) else {},
@@ -455,6 +457,37 @@ def _faults(activities: list[dict[str, Any]]) -> list[Fault]:
             action=str((entry.get("activity") or {}).get("name", "?")),
         ))
     return faults
+
+
+def _backend(output: dict[str, Any], params: dict[str, Any]) -> str:
+    """The backend that did the work: a remote fault's own backend and where it ran."""
+    backend = str(output.get("backend", "?"))
+    if params.get("remote") and params.get("remote_backend"):
+        return (f"{params['remote_backend']} on {params.get('ssh_host')}:{params.get('ssh_port')} "
+                f"(remote, via {backend})")
+    return backend
+
+
+def qdisc_text(output: Any) -> str:
+    """A ``netem_qdisc_stats`` output in one line: each qdisc with its tc -s counters."""
+    if not isinstance(output, dict) or not isinstance(output.get("qdiscs"), list):
+        return compact(output)
+    parts = []
+    for q in output["qdiscs"]:
+        if not isinstance(q, dict):
+            continue
+        options = q.get("options") if isinstance(q.get("options"), dict) else {}
+        delay = options.get("delay") if isinstance(options.get("delay"), dict) else {}
+        shown = ""
+        if q.get("kind") == "netem":
+            shown = (f" delay {delay.get('delay', 0) * 1000:g} ms ± {delay.get('jitter', 0) * 1000:g} ms"
+                     if delay else "")
+        parts.append(f"{q.get('kind')} on {q.get('device')}{shown}: sent {q.get('packets')} pkt / "
+                     f"{q.get('bytes')} B, dropped {q.get('drops')}, overlimits {q.get('overlimits')}, "
+                     f"requeues {q.get('requeues')}, backlog {q.get('backlog')} B")
+    where = f"{output.get('host')} netns {output.get('netns')}"
+    netem = "netem present" if output.get("netem") else "no netem qdisc"
+    return f"{netem} ({where}): " + ("; ".join(parts) or output.get("reason") or "no qdisc")
 
 
 def _target(value: Any) -> tuple[str, str]:

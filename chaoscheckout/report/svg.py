@@ -320,10 +320,19 @@ def _fault_caption(run: Run) -> str:
     """The faults with their parameters in full (scope included), under the legend."""
     if not run.faults:
         return ""
-    text = "; ".join(f"fault: {f.kind} {f.target} {compact(f.parameters, None)}" for f in run.faults)
+    text = "; ".join(f"fault: {f.kind} {f.target} {compact(_shown(f.parameters), None)}" for f in run.faults)
     lines = [text[i:i + 150] for i in range(0, len(text), 150)][:2]
     return "".join(f'<text class="fault-parameters" x="{LEFT}" y="{38 + 13 * n}" font-size="10" '
                    f'fill="{COLOURS["abort"]}">{escape(line)}</text>' for n, line in enumerate(lines))
+
+
+# a remote fault's parameters also carry its host's copy and keeper details: left out of the
+# chart's two lines (the journal and the report's fault table have them)
+REMOTE_DETAIL_KEYS = ("remote_parameters", "remote_lease", "remote_fault_id", "keeper_pid")
+
+
+def _shown(parameters: dict) -> dict:
+    return {k: v for k, v in parameters.items() if k not in REMOTE_DETAIL_KEYS}
 
 
 def _legend(run: Run) -> str:

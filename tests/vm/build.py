@@ -1,7 +1,7 @@
 """Build (or reuse) the QEMU guest image in which tc netem is exercised for real.
 
 This machine's kernel has no ``sch_netem``; Debian's ``linux-image-amd64`` kernel has it.
-The image is a debootstrap rootfs (minbase + python3, iproute2, kmod, procps) with the
+The image is a debootstrap rootfs (minbase + python3, iproute2, kmod, procps, openssh-server) with the
 host-installed Debian kernel's modules copied in, this package and its dependencies
 installed into ``/opt/cc`` (a venv) from wheels built on the host, and the guest harness
 (``tests/vm/guest/``) in ``/opt/ccvm``. It is cached under
@@ -45,9 +45,10 @@ DEFAULT_CACHE_DIR = Path(os.environ.get("CHAOSCHECKOUT_VM_CACHE", "/var/cache/ch
 
 SUITE = "bookworm"
 MIRROR = os.environ.get("CHAOSCHECKOUT_VM_MIRROR", "http://deb.debian.org/debian")
-GUEST_PACKAGES = ["python3", "python3-venv", "iproute2", "kmod", "procps"]
-# kernel modules the guest loads (copied with their dependencies; the initrd has the disk ones)
-GUEST_MODULES = ["sch_netem", "veth"]
+GUEST_PACKAGES = ["python3", "python3-venv", "iproute2", "kmod", "procps", "openssh-server"]
+# kernel modules the guest loads (copied with their dependencies; the initrd has the disk ones);
+# virtio_net: the host mode's network card (QEMU user networking)
+GUEST_MODULES = ["sch_netem", "veth", "virtio_net"]
 # host tool -> Debian package providing it
 HOST_TOOLS = {
     "qemu-system-x86_64": "qemu-system-x86",
@@ -59,7 +60,8 @@ HOST_TOOLS = {
 PACKAGE_FILES = ["setup.cfg", "pyproject.toml"]
 PACKAGE_TREES = ["chaoscheckout"]
 # the stack's services the guest runs for real (payments, provider); run from /opt/ccvm/repo
-STACK_FILES = ["stack/__init__.py"]
+# (settings and supervisord: the host mode renders its supervisord.conf with the stack's code)
+STACK_FILES = ["stack/__init__.py", "stack/settings.py", "stack/supervisord.py"]
 STACK_TREES = ["stack/services"]
 EXTRAS = "stack"  # the package is installed in the guest with this extra
 
@@ -291,6 +293,10 @@ def _base_rootfs(cache_dir: Path, kernel_version: str, force: bool) -> Path:
     _copy_modules(rootfs, kernel_version, GUEST_MODULES)
     _step("depmod", ["depmod", "-b", str(rootfs), kernel_version])
     (rootfs / "etc/hostname").write_text("ccvm\n")
+    # openssh-server's postinst generated host keys: never ship them in a cached image (the
+    # host mode gets a per-stack host key from its seed disk)
+    for key in (rootfs / "etc/ssh").glob("ssh_host_*"):
+        key.unlink()
     (base / "done").write_text(str(time.time()))
     return rootfs
 
