@@ -10,8 +10,8 @@ gone within the bound; and a short `chaos run` of experiments/payments-latency-n
 
 Cost: the image is cached by its inputs (a changed input rebuilds it: ~1-2 min; its base
 layer, when its package list changes, a few more); the VM boots and the stack is healthy
-in ~1.5 min on a busy 2-core machine; the whole module took 6.4 min (384.7 s, an image
-rebuild of ~30 s included) at a load average of ~10 (each SSH call starts a Python in the
+in ~1.5 min on a busy 2-core machine; the whole module took 5.9-6.4 min (351-385 s, an
+image rebuild of ~30 s included) at a load average of ~10 (each SSH call starts a Python in the
 emulated guest: seconds; the short `chaos run` is ~2 min of it). Port base
 ``CHAOSCHECKOUT_TEST_RUNS_PORT_BASE`` + 300; state dir ``<CHAOSCHECKOUT_TEST_STATE_DIR>-vm``.
 Run with ``pytest -s`` to watch the VM's progress.
