@@ -30,7 +30,7 @@ from chaoscheckout.faults.inject import FaultConflict
 from chaoscheckout.faults.kinds import ACTIVITY_MODULES, KINDS
 from chaoscheckout.faults.leases import KINDS as LEASE_KINDS
 from chaoscheckout.faults.leases import Lease, LeaseStore, LeasesUnreadable
-from chaoscheckout.faults.owner import Owner, boot_id, boottime, current_owner, judge_owner
+from chaoscheckout.faults.owner import Owner, boot_id, boottime, current_owner, declared_dead, judge_owner
 from chaoscheckout.faults.reaper import Reaper
 from chaoscheckout.faults.revert import revert_all, revert_dead
 from chaoscheckout.network.actions import add_latency, remove_latency
@@ -256,6 +256,9 @@ def test_failure_at_each_step_leaves_no_fault(conf, rig, monkeypatch, step):
         finally:
             reaper.release_lock()
         assert result["verified"] is True
+        # the owner only gave that fault up: it is not declared dead (it would be interrupted
+        # in its rollbacks and write no journal)
+        assert declared_dead(Path(conf["chaoscheckout_state_dir"]) / "owners") is None
     elif step != "lease":
         assert "was reverted after this failure" in "".join(raised.value.__notes__)
     assert _toxic(rig, "a") is None and _leases(conf) == []

@@ -90,8 +90,9 @@ class Reaper:
                 verdict = owner_verdict(lease, self.owners_dir)
                 if verdict.alive is not False:
                     continue
-                dead_cause = verdict.why
-                reason = f"owner dead: {verdict.why}"
+                # an abandoned lease: its owner gave that fault up and may well be alive
+                dead_cause = None if lease.abandoned else verdict.why
+                reason = verdict.why if lease.abandoned else f"owner dead: {verdict.why}"
             if self.next_try.get(lease.fault_id, 0.0) > time.monotonic():
                 continue  # failed recently: back off (retried, not spammed)
             due.append((lease, reason, dead_cause))
@@ -181,7 +182,8 @@ class Reaper:
                       "error": result.get("error")}
             if self.failures.get(lease.fault_id, 0) <= 1:  # one line per fault, not per retry
                 append_record(self.state_dir, record)
-            declare_dead(self.owners_dir, lease.owner, record)
+            if dead_cause is not None:
+                declare_dead(self.owners_dir, lease.owner, record)
         return result
 
     def _last_seen_at(self, lease: Lease) -> float | None:
