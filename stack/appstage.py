@@ -9,7 +9,7 @@ stages what the app services (catalog, payments, provider, checkout) load into a
   installed requirement of theirs (their RECORD files, copied as listed); ``<hash>``
   digests the Python version and each distribution's RECORD (which holds every file's
   sha256), so it changes exactly when an installed file does;
-- ``src-<hash>/stack/``: ``stack/__init__.py`` and ``stack/services/*.py`` (the digest
+- ``src-<hash>/stack/``: ``stack/__init__.py``, ``stack/schema.sql`` and ``stack/services/*.py`` (the digest
   the services report in ``/version`` is unchanged) plus ``services/build.json`` with the
   checkout's git commit and dirty flag (the copy is not a checkout); ``<hash>`` digests
   those files.
@@ -244,7 +244,8 @@ def _compile(tree: Path) -> None:
 
 def _sources(project_dir: Path) -> list[tuple[str, bytes]]:
     services = sorted((project_dir / "stack" / "services").glob("*.py"))
-    files = [project_dir / "stack" / "__init__.py", *services]
+    # schema.sql: checkout creates the orders table from it when stack up has not
+    files = [project_dir / "stack" / "__init__.py", project_dir / "stack" / "schema.sql", *services]
     return [(str(path.relative_to(project_dir)), path.read_bytes()) for path in files]
 
 
