@@ -284,6 +284,27 @@ def test_kill_keeps_container_down_until_start(dstack):
     _no_fault_left()
 
 
+def test_start_repairs_a_netns_name_left_on_a_dead_namespace(dstack):
+    """A killed container started again by someone else (or by a reverter that died before
+    re-naming its netns) leaves /run/netns/<name> on the dead namespace: the revert must
+    still start-check-repair, not be refused forever."""
+    config = _config()
+    fault = kill_service("catalog", duration_s=60, configuration=config)
+    container = _container(f"cc{PORT_BASE}-catalog")
+    container.start()  # behind the runtime's back: the netns name now points at nothing alive
+    container.reload()
+    netns = load_registry(STATE_DIR / "services.json").services["catalog"].netns
+    own = f"/proc/{container.attrs['State']['Pid']}/ns/net"
+    assert os.stat(f"/run/netns/{netns}").st_ino != os.stat(own).st_ino
+    started = start_service("catalog", timeout_s=30, configuration=config)
+    assert started["reverted_leases"] == [fault["fault_id"]], started
+    assert os.stat(f"/run/netns/{netns}").st_ino == os.stat(own).st_ino  # re-pointed
+    again = kill_service("catalog", duration_s=60, configuration=config)  # the target check passes again
+    start_service("catalog", timeout_s=30, configuration=config)
+    assert again["backend"] == "docker"
+    _no_fault_left()
+
+
 def test_netem_uses_the_container_netns_with_the_kernel_check(dstack):
     """netem targets the container's own namespace; on a kernel without sch_netem it is refused cleanly."""
     from chaoscheckout.errors import BackendUnavailable

@@ -16,6 +16,7 @@ before injection and reverted by ``remove_latency``, the safety control or the r
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -206,7 +207,8 @@ def revert_latency_lease(lease: Lease, configuration: dict[str, Any] | None = No
     if entry is None:
         logger.warning("latency lease %s: %s", lease.fault_id, why)
         return {"proxy_toxic_removed": False, "netem_removed": [], "effect": None, "untouched": why}
-    return _clear(entry, registry, {"fault_id": lease.fault_id}, settings)
+    result = _clear(entry, registry, {"fault_id": lease.fault_id}, settings)
+    return {**result, "note": why} if why else result
 
 
 def verify_latency_reverted(lease: Lease, configuration: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -307,18 +309,23 @@ def _proxy_target(registry: Registry, entry: ServiceEntry, settings: Settings) -
 def _revert_target(
     service: str, registry: Registry, configuration: dict[str, Any] | None
 ) -> tuple[ServiceEntry | None, str]:
-    """The entry a latency revert acts on, found by service name only: the runtime's chaos
-    target (docker: the labelled container, its own netns). ``(None, why)`` when the name
-    is not a chaos target of this stack: nothing is touched (no latency can have been
-    injected there, so the lease is only data to drop)."""
-    if service not in registry.services:
+    """The entry a latency revert acts on, found by service name only. ``(None, why)`` when
+    the name is not a chaos target of the registry: nothing is touched (add_latency refuses
+    such a service, so no latency of ours can be there; the lease is only data to drop).
+    The proxy route is the stack's own proxy; the netns is acted on only when the runtime
+    accepts the target (docker: the labelled container, the netns its own), else it is left
+    out (``why`` says so): netem put in a container's namespace died with that namespace."""
+    entry = registry.services.get(service)
+    if entry is None:
         return None, f"{service!r} is not in the service registry: nothing touched"
+    if not entry.chaos_target:
+        return None, f"{service!r} is not a chaos target of this stack: nothing touched"
     try:
-        entry = registry.target(service)  # a docker registry: the container's label and netns too
+        registry.target(service)  # a docker registry: the container's label and netns too
         if (settings_from(configuration).runtime or registry.runtime) != "local":
-            entry = get_runtime(configuration).target(service)  # as add_latency resolves it
+            get_runtime(configuration).target(service)  # as add_latency resolves it
     except TargetRefused as exc:
-        return None, f"refused, nothing touched: {exc}"
+        return dataclasses.replace(entry, netns=None), f"netns left alone: {exc}"
     return entry, ""
 
 

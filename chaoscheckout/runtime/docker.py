@@ -44,9 +44,11 @@ TARGET_LABEL = "org.chaoscheckout.target"
 DOWN_STATES = ("exited", "dead", "created")
 
 
-def check_container_target(entry: ServiceEntry, timeout_s: float = 5.0, client: Any = None) -> None:
+def check_container_target(entry: ServiceEntry, timeout_s: float = 5.0, client: Any = None,
+                           check_netns: bool = True) -> None:
     """Raise TargetRefused unless ``entry``'s container carries the target label and, when
-    the entry names a netns that is attached, that netns is the container's own."""
+    the entry names a netns that is attached (and ``check_netns``), that netns is the
+    container's own."""
     try:
         client = client or docker.from_env(timeout=max(10, int(timeout_s)))
         container = client.containers.get(entry.process)
@@ -62,7 +64,7 @@ def check_container_target(entry: ServiceEntry, timeout_s: float = 5.0, client: 
             f"{TARGET_LABEL}=true: the docker runtime refuses to touch it"
         )
     pid = (container.attrs.get("State") or {}).get("Pid")
-    if entry.netns and pid:
+    if check_netns and entry.netns and pid:
         try:
             named, own = os.stat(Path("/run/netns", entry.netns)), os.stat(f"/proc/{pid}/ns/net")
         except FileNotFoundError:
@@ -162,7 +164,12 @@ class DockerRuntime(Runtime):
         raise ChaosCheckoutError(f"container {container.name!r} still up {timeout_s:g} s after SIGKILL")
 
     def start(self, service: str, timeout_s: float = 30.0) -> StartResult:
-        entry = self.target(service)  # the revert of a kill: only a labelled container
+        # the revert of a kill: only a labelled container. Its netns name is checked after
+        # the start instead: a container started again by someone else (or by a reverter
+        # that died before re-attaching) leaves the name on the dead namespace, and a
+        # refusal here would fail this revert forever; re-pointing it is this method's job.
+        entry = self.registry.target(service, check_container=False)
+        check_container_target(entry, self.settings.io_timeout_s, self.client, check_netns=False)
         container = self.container(service)
         started = False
         if not self._state(container).get("Running"):
@@ -172,7 +179,7 @@ class DockerRuntime(Runtime):
                 raise ChaosCheckoutError(f"docker start {container.name}: {exc.explanation or exc}") from None
             started = True
         waited = self.wait_healthy(service, timeout_s)
-        if started and entry.netns:
+        if entry.netns and (started or not self._netns_is_own(container, entry.netns)):
             self._attach_netns(container, entry.netns)
         return StartResult(service, started, waited, self.pid(service))
 
@@ -200,6 +207,14 @@ class DockerRuntime(Runtime):
         except docker.errors.NotFound:
             raise ChaosCheckoutError(f"container {container.name!r} was removed") from None
         return container.attrs.get("State", {})
+
+    def _netns_is_own(self, container: Any, netns: str) -> bool:
+        pid = self._state(container).get("Pid")
+        try:
+            named, own = os.stat(Path("/run/netns", netns)), os.stat(f"/proc/{pid}/ns/net")
+        except (FileNotFoundError, TypeError):
+            return not pid  # not running: nothing to point at; running and unnamed: attach
+        return (named.st_dev, named.st_ino) == (own.st_dev, own.st_ino)
 
     def _attach_netns(self, container: Any, netns: str) -> None:
         """Re-point /run/netns/<netns> at the restarted container (netem follows the container)."""
