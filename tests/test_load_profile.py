@@ -62,12 +62,14 @@ def _no_profile_env(monkeypatch):
 # ---------------------------------------------------------------------------
 
 
+@pytest.mark.fast  # no stack: the fast tier (make check)
 def test_baseline_is_the_experiments_own_rate_without_a_ramp(tmp_path):
     profile = resolve_profile("baseline", 10, _config(tmp_path))
     assert (profile.name, profile.rate, profile.start_rate, profile.ramp_s) == ("baseline", 10, 10, 0)
     assert profile.capacity is None and profile.k6_env() == {}
 
 
+@pytest.mark.fast  # no stack: the fast tier (make check)
 def test_peak_is_seventy_percent_of_the_record_with_a_ramp_from_the_baseline(tmp_path):
     path = _record(tmp_path, 31.0)
     profile = resolve_profile("peak", 10, _config(tmp_path))
@@ -82,6 +84,7 @@ def test_peak_is_seventy_percent_of_the_record_with_a_ramp_from_the_baseline(tmp
     assert (custom.rate, custom.ramp_s) == (15, 0)
 
 
+@pytest.mark.fast  # no stack: the fast tier (make check)
 def test_the_record_path_is_explicit(tmp_path, monkeypatch):
     assert capacity_path(_config(tmp_path)) == tmp_path / "capacity.json"
     monkeypatch.setenv("CHAOSCHECKOUT_CAPACITY_FILE", str(tmp_path / "elsewhere.json"))
@@ -90,6 +93,7 @@ def test_the_record_path_is_explicit(tmp_path, monkeypatch):
         capacity_path(_config(tmp_path, chaoscheckout_capacity_file="relative.json"))
 
 
+@pytest.mark.fast  # no stack: the fast tier (make check)
 def test_peak_without_a_measurement_says_how_to_measure(tmp_path):
     with pytest.raises(ProfileError) as caught:
         resolve_profile("peak", 10, _config(tmp_path))
@@ -97,6 +101,7 @@ def test_peak_without_a_measurement_says_how_to_measure(tmp_path):
     assert "chaoscheckout capacity measure" in str(caught.value)
 
 
+@pytest.mark.fast  # no stack: the fast tier (make check)
 @pytest.mark.parametrize("name", ["Peak", "flash", "", None, 3, "nan"])
 def test_unknown_profiles_are_refused(tmp_path, name):
     with pytest.raises(ProfileError, match="unknown load profile"):
@@ -113,6 +118,7 @@ def test_unknown_profiles_are_refused(tmp_path, name):
     ("chaoscheckout_peak_ramp_s", "-1", "finite"),
     ("chaoscheckout_peak_ramp_s", "301", "finite"),
 ])
+@pytest.mark.fast  # no stack: the fast tier (make check)
 def test_bad_peak_settings_are_refused(tmp_path, key, value, why):
     _record(tmp_path)
     with pytest.raises(ProfileError, match=why):
@@ -131,12 +137,14 @@ def test_bad_peak_settings_are_refused(tmp_path, key, value, why):
     ('{"schema": 1, "capacity_per_s": 1, "measured_at": "2026-11-29T19:00:00Z"}', "rounds to 0"),
     ('{"schema": 1, "capacity_per_s": 1000, "measured_at": "2026-11-29T19:00:00Z"}', "limit of 200"),
 ])
+@pytest.mark.fast  # no stack: the fast tier (make check)
 def test_bad_capacity_records_are_refused(tmp_path, text, why):
     (tmp_path / "capacity.json").write_text(text)
     with pytest.raises(ProfileError, match=why):
         resolve_profile("peak", 10, _config(tmp_path))
 
 
+@pytest.mark.fast  # no stack: the fast tier (make check)
 def test_record_round_trip_and_no_invalid_record_is_written(tmp_path):
     path = _record(tmp_path, 42.5)
     record, _ = read_capacity(path)
@@ -147,6 +155,7 @@ def test_record_round_trip_and_no_invalid_record_is_written(tmp_path):
     assert not (tmp_path / "bad.json").exists()
 
 
+@pytest.mark.fast  # no stack: the fast tier (make check)
 def test_load_control_refuses_before_k6_starts(tmp_path):
     with pytest.raises(InvalidActivity, match="profile"):
         control.validate_control({"provider": {"arguments": {"profile": "flash"}}})
@@ -163,6 +172,7 @@ def test_load_control_refuses_before_k6_starts(tmp_path):
         control.cleanup_control()
 
 
+@pytest.mark.fast  # no stack: the fast tier (make check)
 def test_runner_and_cli_refuse_peak_without_a_record_before_anything_runs(tmp_path):
     from chaoscheckout.runner import run_experiments
 
