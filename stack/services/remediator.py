@@ -8,12 +8,15 @@ Run: ``python -m stack.services.remediator`` (from the repo root). Settings (env
   root to reach it) or ``http://host:port/RPC2``.
 - ``REMEDIATOR_WATCH`` (default ``catalog,payments,provider,checkout``): comma list of
   supervisord programs to watch.
-- ``REMEDIATOR_FD_THRESHOLD`` (default 200): open fds above which a program may be sick.
+- ``REMEDIATOR_FD_THRESHOLD`` (default 200): open files above which a program may be sick.
 - ``REMEDIATOR_SAMPLES`` (default 3): how many consecutive samples must each have grown.
 - ``REMEDIATOR_INTERVAL_S`` (default 1): seconds between samples.
 
-Every interval it asks supervisord for the pid of each watched program and counts
-``/proc/<pid>/fd``. The signature of the known fd leak is: the latest count is above
+Every interval it asks supervisord for the pid of each watched program and counts the
+files among ``/proc/<pid>/fd`` (sockets, pipes and anonymous inodes left out: a service's
+connections follow its load, and at a flash sale's rate checkout holds hundreds of them;
+counting them, this remediator restarted a healthy checkout in the middle of a peak-load
+run, journals/FINDINGS.md). The signature of the known fd leak is: the latest count is above
 ``REMEDIATOR_FD_THRESHOLD`` AND each of the last ``REMEDIATOR_SAMPLES`` samples grew over
 the sample before it (so ``REMEDIATOR_SAMPLES + 1`` samples of the same pid are needed).
 Then it restarts that program through supervisord (stop, then start), increments
@@ -50,7 +53,7 @@ from starlette.routing import Route
 from chaoscheckout.runtime.supervisor import SupervisorClient, SupervisorError
 from stack.services.common import (
     ConfigError,
-    count_open_fds,
+    count_open_files,
     default_port,
     env_float,
     env_int,
@@ -207,7 +210,7 @@ class Remediator:
         if pid != program.pid:
             self._forget(program, pid)
         try:
-            fds = count_open_fds(pid)
+            fds = count_open_files(pid)
         except FileNotFoundError:  # exited between the two calls
             self._forget(program, None)
             return
