@@ -7,7 +7,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -15,6 +15,16 @@ import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.05) -> float:
+    """Poll ``condition`` until it holds (seconds waited); fail the test after ``timeout_s``."""
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > timeout_s:
+            pytest.fail(f"{what}: not within {timeout_s} s")
+        time.sleep(interval_s)
+    return time.monotonic() - started
 
 
 def clean_env() -> dict[str, str]:

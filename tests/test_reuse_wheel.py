@@ -14,13 +14,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+from serviceprocs import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 PORT = int(os.environ.get("CHAOSCHECKOUT_TEST_REUSE_PORT", "27150"))
@@ -48,14 +48,6 @@ def _healthy(timeout_s: float = 1) -> bool:
     except httpx.HTTPError:
         return False
 
-
-def _wait(condition, timeout_s: float, what: str) -> float:
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > timeout_s:
-            pytest.fail(f"{what}: not within {timeout_s} s")
-        time.sleep(0.2)
-    return time.monotonic() - started
 
 
 @pytest.fixture(scope="module")
@@ -104,12 +96,13 @@ autorestart=true
     started = handle.run(handle.bin("supervisord"), "-c", str(work / "supervisord.conf"))
     assert started.returncode == 0, started.stderr
     try:
-        _wait(_healthy, 30, "the team's inventory service answering /healthz")
+        wait_until(_healthy, 30, "the team's inventory service answering /healthz", interval_s=0.2)
         yield handle
     finally:
         pid = int((state_dir / "supervisord.pid").read_text())
         os.kill(pid, signal.SIGTERM)
-        _wait(lambda: not Path(f"/proc/{pid}").exists(), 30, "the team's supervisord stopping")
+        wait_until(lambda: not Path(f"/proc/{pid}").exists(), 30, "the team's supervisord stopping",
+                   interval_s=0.2)
 
 
 def test_the_wheel_is_what_runs(team):
@@ -198,10 +191,11 @@ def test_the_reaper_they_run_reverts_a_killed_injectors_fault(team):
     """The injector dies with SIGKILL right after its fault: the team's reaper brings inventory back."""
     if not (team.state_dir / "services.json").exists():
         test_registry_add_then_check(team)
-    _wait(_healthy, 30, "inventory healthy before the fault")
+    wait_until(_healthy, 30, "inventory healthy before the fault", interval_s=0.2)
     injector = team.run(team.bin("python"), "-c", INJECTOR, "3")
     assert injector.returncode == -signal.SIGKILL, injector.stdout + injector.stderr
     assert "kill" in injector.stdout
-    back_in = _wait(_healthy, 45, "inventory back after its injector was SIGKILLed")
+    back_in = wait_until(_healthy, 45, "inventory back after its injector was SIGKILLed", interval_s=0.2)
     print(f"\ninventory back {back_in:.1f} s after the injector's SIGKILL (lease 3 s)")
-    _wait(lambda: list((team.state_dir / "leases").glob("*.json")) == [], 15, "its lease removed")
+    wait_until(lambda: list((team.state_dir / "leases").glob("*.json")) == [], 15, "its lease removed",
+               interval_s=0.2)

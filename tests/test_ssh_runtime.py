@@ -21,13 +21,14 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+from serviceprocs import wait_until
 
 from chaoscheckout.errors import InvalidFaultArgument
 from chaoscheckout.faults.leases import LeaseStore
@@ -77,14 +78,6 @@ def _healthy() -> bool:
     except httpx.HTTPError:
         return False
 
-
-def _wait(condition: Callable[[], bool], timeout_s: float, what: str) -> float:
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > timeout_s:
-            pytest.fail(f"{what}: not within {timeout_s} s")
-        time.sleep(0.05)
-    return time.monotonic() - started
 
 
 def _keygen(path: Path) -> None:
@@ -152,9 +145,9 @@ def hosts(tmp_path_factory) -> Iterator[Hosts]:
             "python": sys.executable, "state_dir": str(remote), "service": "web",
             "connect_timeout_s": 3, "call_timeout_s": 20})
         handle.write_ctl_registry()
-        _wait(lambda: _port_open(SSH_PORT), 15, "sshd listening")
-        _wait(_healthy, 30, "the remote host's service answering")
-        _wait(lambda: _port_open(PROXY_PORT), 30, "the remote host's fault proxy listening")
+        wait_until(lambda: _port_open(SSH_PORT), 15, "sshd listening")
+        wait_until(_healthy, 30, "the remote host's service answering")
+        wait_until(lambda: _port_open(PROXY_PORT), 30, "the remote host's fault proxy listening")
         yield handle
 
 
@@ -202,7 +195,7 @@ def _stop(proc: subprocess.Popen) -> None:
 def _stop_supervisord(pidfile: Path) -> None:
     pid = int(pidfile.read_text())
     os.kill(pid, signal.SIGTERM)
-    _wait(lambda: not Path(f"/proc/{pid}").exists(), 30, "the remote supervisord stopping")
+    wait_until(lambda: not Path(f"/proc/{pid}").exists(), 30, "the remote supervisord stopping")
 
 
 @pytest.fixture(autouse=True)
@@ -212,7 +205,7 @@ def clean_slate(hosts: Hosts) -> Iterator[None]:
     hosts.write_ctl_registry()
     yield
     hosts.write_ctl_registry()
-    _wait(lambda: not hosts.remote_leases(), 30, "no remote lease left")
+    wait_until(lambda: not hosts.remote_leases(), 30, "no remote lease left")
     for lease in hosts.ctl_leases():
         LeaseStore(hosts.ctl_state / "leases").remove(lease.fault_id)
     if not _healthy():
@@ -309,8 +302,8 @@ def test_controller_death_reverts_the_remote_fault(hosts: Hosts, how: str):
     try:
         assert not _healthy() and hosts.remote_leases()
         os.kill(proc.pid, getattr(signal, how))
-        gone_s = _wait(_healthy, 30, f"the remote service back after the controller's {how}")
-        _wait(lambda: not hosts.remote_leases(), 10, "the remote lease removed")
+        gone_s = wait_until(_healthy, 30, f"the remote service back after the controller's {how}")
+        wait_until(lambda: not hosts.remote_leases(), 10, "the remote lease removed")
         print(f"controller {how}: remote fault reverted (service healthy) after {gone_s:.2f} s")
         assert gone_s <= REVERT_BOUND_S, f"reverted after {gone_s:.2f} s (bound {REVERT_BOUND_S} s)"
     finally:
@@ -321,8 +314,8 @@ def test_controller_death_reverts_the_remote_fault(hosts: Hosts, how: str):
 def test_the_remote_reaper_reverts_when_the_keeper_dies(hosts: Hosts):
     result = kill_service("web", duration_s=120, configuration=hosts.conf)
     os.kill(result["parameters"]["keeper_pid"], signal.SIGKILL)  # the remote lease's owner
-    gone_s = _wait(_healthy, 30, "the remote reaper starting the service again")
-    _wait(lambda: not hosts.remote_leases(), 10, "the remote lease removed")
+    gone_s = wait_until(_healthy, 30, "the remote reaper starting the service again")
+    wait_until(lambda: not hosts.remote_leases(), 10, "the remote lease removed")
     print(f"keeper SIGKILL: the remote reaper reverted after {gone_s:.2f} s")
     undone = start_service("web", configuration=hosts.conf)  # the keeper is gone: over ssh, verified
     assert undone["reverted_leases"] == [result["fault_id"]] and not hosts.ctl_leases()
@@ -338,8 +331,8 @@ def test_a_lost_link_reverts_the_remote_fault(hosts: Hosts):
     try:
         assert len(ssh_clients) == 1 and not _healthy()
         os.kill(ssh_clients[0], signal.SIGSTOP)
-        gone_s = _wait(_healthy, 30, "the remote service back after the link froze")
-        _wait(lambda: not hosts.remote_leases(), 10, "the remote lease removed")
+        gone_s = wait_until(_healthy, 30, "the remote service back after the link froze")
+        wait_until(lambda: not hosts.remote_leases(), 10, "the remote lease removed")
         print(f"link lost: remote fault reverted after {gone_s:.2f} s")
         assert gone_s <= REVERT_BOUND_S
     finally:
