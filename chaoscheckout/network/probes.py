@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import statistics
-import subprocess
 import time
 from typing import Any
 
@@ -169,28 +167,12 @@ def netem_qdisc_stats(service: str, configuration: dict[str, Any] | None = None)
 
 
 def _remote_qdisc_stats(spec: Any) -> dict[str, Any]:
-    from chaoscheckout.runtime.ssh import SshCallTimeout, SshError, classify_ssh_failure, ssh_argv
+    from chaoscheckout.runtime.ssh import SshError, run_remote
 
     command = [spec.python, "-m", "chaoscheckout.network.qdisc_stats", "--state-dir", spec.state_dir,
                "--service", spec.service]
-    where = f"{spec.user}@{spec.ssh_host}:{spec.ssh_port}"
-    try:
-        proc = subprocess.run(ssh_argv(spec, command), capture_output=True, text=True,
-                              timeout=spec.call_timeout_s, stdin=subprocess.DEVNULL, check=False)
-    except subprocess.TimeoutExpired:
-        raise SshCallTimeout(f"ssh to {where}: qdisc_stats did not finish within "
-                             f"{spec.call_timeout_s:g} s (call_timeout_s)") from None
-    failure = classify_ssh_failure(spec, proc.returncode, proc.stderr)
-    if failure is not None:
-        raise failure
-    for line in reversed(proc.stdout.strip().splitlines()):
-        try:
-            answer = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(answer, dict) and isinstance(answer.get("result"), dict):
-            return answer["result"]
-        if isinstance(answer, dict) and "error" in answer:
-            raise ChaosCheckoutError(f"qdisc_stats on {where}: {answer['error']}")
-    raise SshError(f"ssh to {where}: qdisc_stats gave no JSON answer (exit {proc.returncode}): "
-                   f"{(proc.stderr or proc.stdout).strip()[-300:]}")
+    result = run_remote(spec, command, "qdisc_stats")
+    if not isinstance(result, dict):
+        raise SshError(f"ssh to {spec.user}@{spec.ssh_host}:{spec.ssh_port}: qdisc_stats answered "
+                       f"{result!r}, not the qdiscs")
+    return result

@@ -40,7 +40,7 @@ from chaoscheckout.remote.wire import error_from_wire
 from chaoscheckout.runtime.base import KillResult, Runtime, StartResult
 from chaoscheckout.runtime.registry import Registry, RemoteSpec
 
-__all__ = ["SshRuntime", "RoutingRuntime", "SshError", "SshHostKeyRefused", "SshLoginRefused",
+__all__ = ["SshRuntime", "RoutingRuntime", "run_remote", "SshError", "SshHostKeyRefused", "SshLoginRefused",
            "SshHostDown", "SshCallTimeout", "ssh_argv", "agent_command", "call_agent"]
 
 SSH = "ssh"
@@ -115,13 +115,21 @@ def classify_ssh_failure(spec: RemoteSpec, returncode: int, stderr: str) -> SshE
 def call_agent(spec: RemoteSpec, verb: str, args: dict[str, Any] | None = None,
                timeout_s: float | None = None, runner: Callable[..., Any] = subprocess.run) -> Any:
     """Run one agent verb on the remote host and return its JSON answer (errors raised)."""
+    return run_remote(spec, agent_command(spec, verb, args), f"`chaoscheckout.remote {verb}`",
+                      timeout_s, runner)
+
+
+def run_remote(spec: RemoteSpec, command: list[str], what: str, timeout_s: float | None = None,
+               runner: Callable[..., Any] = subprocess.run) -> Any:
+    """Run ``command`` on the remote host over ssh; it answers one JSON line ``{"result": ...}``
+    or ``{"error": {type, message}}`` (remote/wire.py). Returns the result, errors raised."""
     timeout = timeout_s or spec.call_timeout_s
-    argv = ssh_argv(spec, agent_command(spec, verb, args))
+    argv = ssh_argv(spec, command)
     where = f"{spec.user}@{spec.ssh_host}:{spec.ssh_port}"
     try:
         proc = runner(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
-        raise SshCallTimeout(f"ssh to {where}: `chaoscheckout.remote {verb}` did not finish within "
+        raise SshCallTimeout(f"ssh to {where}: {what} did not finish within "
                              f"{timeout:g} s (call_timeout_s); the ssh client was killed") from None
     except FileNotFoundError:
         raise BackendUnavailable("the OpenSSH client `ssh` is not installed here "
@@ -131,7 +139,7 @@ def call_agent(spec: RemoteSpec, verb: str, args: dict[str, Any] | None = None,
         raise failure
     answer = _last_json(proc.stdout)
     if answer is None:
-        raise SshError(f"ssh to {where}: `chaoscheckout.remote {verb}` gave no JSON answer (exit "
+        raise SshError(f"ssh to {where}: {what} gave no JSON answer (exit "
                        f"{proc.returncode}): {(proc.stderr or proc.stdout).strip()[-500:]}")
     if isinstance(answer, dict) and "error" in answer:
         raise error_from_wire(answer["error"], where)
