@@ -55,11 +55,17 @@ every setting below its first-version default (the weakened variant, on purpose:
    ``CHECKOUT_PAYMENTS_RETRIES`` more attempts are made with the SAME idempotency key
    (``order_ref``; the provider deduplicates, so a retry never charges twice). All attempts
    share ``CHECKOUT_BUDGET_S``: an attempt's timeout is min(per-attempt, budget left) and
-   no retry starts with less than 50 ms left. A timed-out attempt's connection is closed
-   by httpx, so a retry goes over a new connection. Caution: a slow attempt that checkout
+   no retry starts with less than 50 ms left. A timed-out attempt is abandoned, never
+   cancelled: it ends by httpx's own timeouts, which close its connection, and a retry goes
+   over another connection (:mod:`stack.services.upstream` says why: cancelling a request
+   inside httpcore's pool leaks its slot for good). Caution: a slow attempt that checkout
    gave up on may still reach the provider and charge later. With order-first that charge
    has its (``pending``) order row; with ``CHECKOUT_ORDER_FIRST=0`` it is a charge with no
    order — which is exactly why order-first matters once timeouts are short.
+
+Catalog and payments each have their own connection pool (200 connections), so a slow
+or dead catalog cannot take the slots payments needs; a pool that stops answering (a pool
+timeout) is replaced by a fresh one (``upstream_pools_recycled_total{upstream}``).
 
 Fixed limits (not settings): Postgres connect timeout 3 s, wait for a pooled connection
 2 s, ``statement_timeout`` 5 s, each order ``UPDATE`` bounded by 1 s, health check 1 s; at
@@ -121,13 +127,13 @@ from stack.services.common import (
     env_str,
     env_url,
     healthz_route,
-    http_client,
     json_error,
     metrics_route,
     read_json,
     serve,
     version_route,
 )
+from stack.services.upstream import Upstream
 
 __all__ = ["CheckoutSettings", "build_app", "main", "profile", "CREATE_ORDERS_TABLE"]
 
@@ -242,18 +248,20 @@ class PaymentFailed(CheckoutFailed):
 
 
 class Checkout:
-    """The checkout steps, over one HTTP client and one Postgres pool."""
+    """The checkout steps, over one HTTP pool per upstream and one Postgres pool."""
 
     def __init__(self, settings: CheckoutSettings) -> None:
         self.settings = settings
-        self.client: httpx.AsyncClient | None = None
+        self.catalog: Upstream | None = None
+        self.payments: Upstream | None = None
         self.pool: AsyncConnectionPool | None = None
         self.cache = PriceCache(settings.price_cache_max_age_s)
         self._refresher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         s = self.settings
-        self.client = http_client(max(s.catalog_timeout_s, s.payments_timeout_s, REFRESH_TIMEOUT_S))
+        self.catalog = Upstream("catalog", s.catalog_url)
+        self.payments = Upstream("payments", s.payments_url)
         self.pool = AsyncConnectionPool(
             s.database_url, min_size=s.db_pool_size, max_size=s.db_pool_size,
             timeout=DB_POOL_WAIT_S, open=False, name="checkout",
@@ -280,8 +288,9 @@ class Checkout:
             self._refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._refresher
-        if self.client is not None:
-            await self.client.aclose()
+        for upstream in (self.catalog, self.payments):
+            if upstream is not None:
+                await upstream.aclose()
         if self.pool is not None:
             await self.pool.close(timeout=5)
 
@@ -333,9 +342,8 @@ class Checkout:
                 failures.append(f"budget of {s.budget_s}s spent")
                 break
             try:
-                async with asyncio.timeout(timeout_s):
-                    response = await self._http.post(f"{s.payments_url}/payments", json=body,
-                                                     timeout=timeout_s)
+                response = await self._upstream(self.payments).request("POST", "/payments",
+                                                                       timeout_s, json=body)
             except (TimeoutError, httpx.TimeoutException):
                 PAYMENT_ATTEMPTS.labels("timeout").inc()
                 failures.append(f"payments gave no answer within {timeout_s:.3g}s")
@@ -393,23 +401,19 @@ class Checkout:
 
     async def refresh_prices(self) -> int:
         """GET /products once and remember every price; the number of skus remembered."""
-        async with asyncio.timeout(REFRESH_TIMEOUT_S):
-            response = await self._http.get(f"{self.settings.catalog_url}/products",
-                                            timeout=REFRESH_TIMEOUT_S)
+        response = await self._upstream(self.catalog).request("GET", "/products", REFRESH_TIMEOUT_S)
         response.raise_for_status()
         products = response.json()["products"]
         self._remember((p["sku"], int(p["price_cents"])) for p in products)
         return len(products)
 
     async def _prices_from_catalog(self, skus: list[str]) -> dict[str, int]:
-        url = f"{self.settings.catalog_url}/prices"
         timeout_s = self.settings.catalog_timeout_s
         last = ""
         for _attempt in range(1 + self.settings.retries):
             try:
-                async with asyncio.timeout(timeout_s):
-                    response = await self._http.get(url, params={"skus": ",".join(skus)},
-                                                     timeout=timeout_s)
+                response = await self._upstream(self.catalog).request(
+                    "GET", "/prices", timeout_s, params={"skus": ",".join(skus)})
             except (TimeoutError, httpx.TimeoutException):
                 last = f"catalog gave no answer within {timeout_s}s"
                 continue
@@ -442,11 +446,11 @@ class Checkout:
         self.cache.remember(prices)
         CACHE_SKUS.set(len(self.cache))
 
-    @property
-    def _http(self) -> httpx.AsyncClient:
-        if self.client is None:
+    @staticmethod
+    def _upstream(upstream: Upstream | None) -> Upstream:
+        if upstream is None:
             raise RuntimeError("checkout is not started")
-        return self.client
+        return upstream
 
     @property
     def _pool(self) -> AsyncConnectionPool:

@@ -20,7 +20,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import httpx
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from starlette.requests import Request
@@ -42,7 +41,6 @@ __all__ = [
     "healthz_route",
     "version_route",
     "build_info",
-    "http_client",
     "count_open_fds",
     "count_open_files",
     "serve",
@@ -229,15 +227,6 @@ def version_route(service: str, settings: Any, profile: str | None = None) -> Ro
         return JSONResponse(body)
 
     return Route("/version", version, methods=["GET"])
-
-
-def http_client(timeout_s: float, max_connections: int = 100) -> httpx.AsyncClient:
-    """A pooled AsyncClient; ``timeout_s`` bounds connect, read, write and pool waits."""
-    return httpx.AsyncClient(
-        timeout=httpx.Timeout(timeout_s),
-        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
-        trust_env=False,  # never route loopback traffic through an environment proxy
-    )
 
 
 def count_open_fds(pid: int | str = "self") -> int:

@@ -33,7 +33,6 @@ Endpoints:
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import uuid
@@ -56,13 +55,13 @@ from stack.services.common import (
     env_int,
     env_url,
     healthz_route,
-    http_client,
     json_error,
     metrics_route,
     read_json,
     serve,
     version_route,
 )
+from stack.services.upstream import AttemptTimeout, Upstream
 
 __all__ = ["PaymentsSettings", "build_app", "main"]
 
@@ -112,23 +111,27 @@ class ProviderFailed(Exception):
 
 
 def build_app(settings: PaymentsSettings) -> Starlette:
-    state: dict[str, httpx.AsyncClient] = {}
+    state: dict[str, Upstream] = {}
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        state["client"] = http_client(settings.provider_timeout_s)
+        state["provider"] = Upstream("provider", settings.provider_url)
         try:
             yield
         finally:
-            await state.pop("client").aclose()
+            await state.pop("provider").aclose()
 
     async def post_with_retries(body: dict[str, Any]) -> httpx.Response:
         """POST the charge; an answer lost in transit is retried (same key unless the
         deliberate fresh-key bug is switched on)."""
         attempt_body = body
+        deadline = time.monotonic() + settings.provider_timeout_s
         for attempt in range(1 + settings.provider_retries):
+            left_s = deadline - time.monotonic()
+            if left_s <= 0:
+                raise AttemptTimeout("no time left for a retry")
             try:
-                return await state["client"].post(f"{settings.provider_url}/charges", json=attempt_body)
+                return await state["provider"].request("POST", "/charges", left_s, json=attempt_body)
             except httpx.TimeoutException:
                 raise
             except httpx.TransportError as exc:
@@ -144,8 +147,7 @@ def build_app(settings: PaymentsSettings) -> Starlette:
 
     async def charge(body: dict[str, Any]) -> dict[str, Any]:
         try:
-            async with asyncio.timeout(settings.provider_timeout_s):
-                response = await post_with_retries(body)
+            response = await post_with_retries(body)
         except (TimeoutError, httpx.TimeoutException):
             raise ProviderFailed(
                 "provider_timeout", f"provider gave no answer within {settings.provider_timeout_s}s",
