@@ -322,6 +322,29 @@ def test_budget_retries_a_stuck_attempt_on_a_new_connection_with_the_same_key(po
     print(f"\npayments first attempt stuck: checkout answered in {elapsed * 1000:.0f} ms")
 
 
+def test_spent_retry_budget_stops_retries_and_leaves_the_order_pending(postgres, money):
+    """The retry budget allows none (ratio 0, floor 0): a stuck first attempt is not retried;
+    502 naming the retry budget, the denial counted, the order left pending (the abandoned
+    attempt may still charge)."""
+    db = f"{postgres}/checkout"
+    with (
+        catalog_process(),
+        Upstream(PORT["payments_up"], url("payments")) as upstream,
+        checkout("checkout", db, url("catalog"), url("payments_up"),
+                 CHECKOUT_RETRY_BUDGET_RATIO="0", CHECKOUT_RETRY_BUDGET_MIN_PER_S="0"),
+        httpx.Client(timeout=IO_TIMEOUT_S) as client,
+    ):
+        assert client.post(url("checkout", "/checkout"), json=CART).status_code == 200  # warm
+        upstream.mode, upstream.delay_s = "slow", 1.0
+        upstream.seen.clear()
+        answer = client.post(url("checkout", "/checkout"), json=CART)
+        denied = _metric(client, "checkout", "checkout_payments_retries_denied_total")
+    attempts = [key for path, key, _ in upstream.seen if path == "/payments"]
+    assert answer.status_code == 502 and "retry budget spent" in answer.json()["detail"], answer.text
+    assert len(attempts) == 1 and denied == 1
+    assert _orders(db, attempts[0]) == [(attempts[0], "pending")]
+
+
 def test_slow_payments_budget_bounds_checkout_and_order_first_keeps_money_safe(postgres, money):
     """Every payments call takes 1 s. Budget on: 502 within the budget + margin; the late
     charge still lands — with order-first it has its pending order, without it is money

@@ -25,6 +25,8 @@ every setting below its first-version default (the weakened variant, on purpose:
 | ``CHECKOUT_ORDER_FIRST`` | 1 | 0 |
 | ``CHECKOUT_PAYMENTS_TIMEOUT_S`` | 0.08 (per attempt) | 5 |
 | ``CHECKOUT_PAYMENTS_RETRIES`` | 3 | 0 |
+| ``CHECKOUT_RETRY_BUDGET_RATIO`` | 0.2 | -1 (no limit; unused) |
+| ``CHECKOUT_RETRY_BUDGET_MIN_PER_S`` | 10 | 10 (unused) |
 | ``CHECKOUT_BUDGET_S`` | 0.3 (0 = no budget) | 0 |
 
 1. **Price cache (stale-if-error).** Every price catalog returns is remembered per sku.
@@ -58,7 +60,15 @@ every setting below its first-version default (the weakened variant, on purpose:
    no retry starts with less than 50 ms left. A timed-out attempt is abandoned, never
    cancelled: it ends by httpx's own timeouts, which close its connection, and a retry goes
    over another connection (:mod:`stack.services.upstream` says why: cancelling a request
-   inside httpcore's pool leaks its slot for good). Caution: a slow attempt that checkout
+   inside httpcore's pool leaks its slot for good).
+4. **Retry budget for payments.** Retries of all requests together may be at most
+   ``CHECKOUT_RETRY_BUDGET_RATIO`` of the first attempts of the last 10 s, plus
+   ``CHECKOUT_RETRY_BUDGET_MIN_PER_S`` a second (ratio -1 = no limit). A few slowed
+   requests are all retried; a payments slow for everyone is not sent up to four times the
+   work, which keeps it slow at a flash sale's rate. A request whose retry is denied fails
+   like one whose budget is spent (``checkout_payments_retries_denied_total``).
+
+   Caution (3 and 4): a slow attempt that checkout
    gave up on may still reach the provider and charge later. With order-first that charge
    has its (``pending``) order row; with ``CHECKOUT_ORDER_FIRST=0`` it is a charge with no
    order — which is exactly why order-first matters once timeouts are short.
@@ -90,6 +100,7 @@ A malformed body → 400. Every failure answers with a JSON ``{"error", "detail"
 histogram ``checkout_request_duration_seconds{outcome}`` (``ok`` and ``error`` are the
 availability SLI's outcomes, ``client_error`` (400/422) does not count against it),
 ``checkout_price_cache_served_total``, ``checkout_price_cache_skus``,
+``checkout_payments_retries_denied_total``,
 ``checkout_payments_attempts_total{result="ok|refused|timeout|unreachable"}`` and
 ``checkout_orders_left_pending_total``.
 """
@@ -117,7 +128,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from stack.services.checkout_resilience import Budget, PriceCache
+from stack.services.checkout_resilience import Budget, PriceCache, RetryBudget
 from stack.services.common import (
     ConfigError,
     default_port,
@@ -164,6 +175,8 @@ CACHE_SERVED = Counter("checkout_price_cache_served_total",
 CACHE_SKUS = Gauge("checkout_price_cache_skus", "Skus held in the price cache")
 PAYMENT_ATTEMPTS = Counter("checkout_payments_attempts_total", "Payments attempts by result",
                            ["result"])
+RETRIES_DENIED = Counter("checkout_payments_retries_denied_total",
+                         "Payments retries not made: the retry budget was spent")
 LEFT_PENDING = Counter("checkout_orders_left_pending_total",
                        "Charged orders whose UPDATE to paid failed (row stays pending)")
 for _outcome in ("ok", "error", "client_error"):
@@ -189,6 +202,8 @@ class CheckoutSettings:
     order_first: bool = False
     payments_retries: int = 0
     budget_s: float = 0.0
+    retry_budget_ratio: float = -1.0
+    retry_budget_min_per_s: float = 10.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> CheckoutSettings:
@@ -216,6 +231,10 @@ class CheckoutSettings:
             payments_retries=env_int(environ, "CHECKOUT_PAYMENTS_RETRIES", 3 if resilient else 0,
                                      0, 10),
             budget_s=env_float(environ, "CHECKOUT_BUDGET_S", 0.3 if resilient else 0.0, 0, 300),
+            retry_budget_ratio=env_float(environ, "CHECKOUT_RETRY_BUDGET_RATIO",
+                                         0.2 if resilient else -1.0, -1, 10),
+            retry_budget_min_per_s=env_float(environ, "CHECKOUT_RETRY_BUDGET_MIN_PER_S", 10.0,
+                                             0, 10000),
         )
 
 
@@ -256,6 +275,7 @@ class Checkout:
         self.payments: Upstream | None = None
         self.pool: AsyncConnectionPool | None = None
         self.cache = PriceCache(settings.price_cache_max_age_s)
+        self.retry_budget = RetryBudget(settings.retry_budget_ratio, settings.retry_budget_min_per_s)
         self._refresher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -336,10 +356,15 @@ class Checkout:
         body = {"idempotency_key": order_ref, "order_ref": order_ref, "amount_cents": amount_cents}
         budget = Budget(s.budget_s, MIN_ATTEMPT_S)
         failures: list[str] = []
-        for _attempt in range(1 + s.payments_retries):
+        self.retry_budget.first_attempt()
+        for attempt in range(1 + s.payments_retries):
             timeout_s = budget.next_timeout(s.payments_timeout_s)
             if timeout_s is None:
                 failures.append(f"budget of {s.budget_s}s spent")
+                break
+            if attempt > 0 and not self.retry_budget.try_retry():
+                RETRIES_DENIED.inc()
+                failures.append(f"retry budget spent ({s.retry_budget_ratio:g} of first attempts)")
                 break
             try:
                 response = await self._upstream(self.payments).request("POST", "/payments",
@@ -507,7 +532,8 @@ def build_app(settings: CheckoutSettings) -> Starlette:
 
 
 RESILIENCE_FIELDS = ("price_cache", "price_cache_max_age_s", "price_refresh_s", "catalog_timeout_s",
-                     "order_first", "payments_timeout_s", "payments_retries", "budget_s")
+                     "order_first", "payments_timeout_s", "payments_retries", "budget_s",
+                     "retry_budget_ratio", "retry_budget_min_per_s")
 
 
 def profile(settings: CheckoutSettings) -> str:
@@ -541,6 +567,8 @@ def _describe(s: CheckoutSettings) -> str:
     cache = (f"price cache on (max age {s.price_cache_max_age_s:g}s, refresh "
              f"{s.price_refresh_s:g}s)" if s.price_cache else "price cache off")
     budget = f"budget {s.budget_s:g}s" if s.budget_s > 0 else "no budget"
+    if s.retry_budget_ratio >= 0:
+        budget += f", retries up to {s.retry_budget_ratio:g} of first attempts"
     return (f"{cache}, catalog timeout {s.catalog_timeout_s:g}s, "
             f"order {'before' if s.order_first else 'after'} charge, payments "
             f"{s.payments_timeout_s:g}s x {1 + s.payments_retries} attempts, {budget}")
