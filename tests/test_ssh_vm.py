@@ -5,8 +5,10 @@ One stack per module: the cached guest image boots under QEMU (TCG) as the payme
 everything else runs here, and every runtime call for payments goes over SSH
 (chaoscheckout.runtime.ssh). Checks: the registry's remote entry and pinned host key;
 kill/start and health over SSH; tc netem on the guest (qdisc present during, gone after,
-added latency against the configured delay); the controller SIGKILLed -> the remote netem
-gone within the bound; and a short `chaos run` of experiments/payments-latency-netem.json.
+added latency against the configured delay); latency ``auto`` picking netem for payments in its
+own namespace (issue 12 point 5: the guest's local-runtime stack; ~41 s of the module); the
+controller SIGKILLed -> the remote netem gone within the bound; and a short `chaos run` of
+experiments/payments-latency-netem.json.
 
 Cost: the image is cached by its inputs (a changed input rebuilds it: ~1-2 min; its base
 layer, when its package list changes, a few more); the VM boots and the stack is healthy
