@@ -1,14 +1,15 @@
 """Chaos targets in their own network namespaces (local runtime; ``CHAOSCHECKOUT_TARGET_NETNS``).
 
-With ``on`` (or ``auto`` on a kernel with sch_netem, as root) ``stack up`` runs catalog and
-payments each in a namespace of its own, ``cc<port base>-<service>``, joined to this
-machine by a veth pair on a link-local /30 (``169.254.0.0/16``, derived from the port
-base so concurrent stacks never share one). The service listens on its namespace address;
-a relay in the root namespace keeps its usual ``127.0.0.1:<port>`` (the fault proxy's
-route, health checks and Prometheus go through it unchanged), and payments reaches the
-provider path through a relay on the root side of its veth. The registry names each
-namespace (``netns``), so the latency backend ``auto`` picks tc netem there: netem on the
-namespace's veth delays everything the service sends, and nothing of the other services.
+With ``on`` (or ``auto`` on a kernel with sch_netem, as root) ``stack up`` runs catalog
+and payments each in a namespace of its own, ``cc<port base>-local-<service>`` (the docker
+stack's are ``cc<port base>-<service>``), joined to this machine by a veth pair on a
+link-local /30 (``169.254.0.0/16``, derived from the port base so concurrent stacks never
+share one). The service listens on its namespace address; a relay in the root namespace
+keeps its usual ``127.0.0.1:<port>`` (the fault proxy's route, health checks and
+Prometheus go through it unchanged), and payments reaches the provider path through a
+relay on the root side of its veth. The registry names each namespace (``netns``), so the
+latency backend ``auto`` picks tc netem there: netem on the namespace's veth delays
+everything the service sends, and nothing of the other services.
 ``off`` (and ``auto`` without sch_netem or root) is the plain stack: every service on
 127.0.0.1 in the root namespace.
 """
@@ -79,7 +80,7 @@ def all_links(settings: StackSettings) -> dict[str, VethLink]:
         first = int(LINK_NET.network_address) + slot * 4 * len(SERVICES) + index * 4
         tag = f"cc{settings.port_base}{name[:3]}"
         out[name] = VethLink(
-            netns=f"cc{settings.port_base}-{name}", host_if=f"{tag}h", ns_if=f"{tag}n",
+            netns=f"cc{settings.port_base}-local-{name}", host_if=f"{tag}h", ns_if=f"{tag}n",
             host_addr=str(ipaddress.ip_address(first + 1)), ns_addr=str(ipaddress.ip_address(first + 2)),
             prefix=30)
     return out

@@ -200,7 +200,7 @@ def test_target_netns_on_places_payments_and_catalog_behind_relays():
     app = AppUser("chaoscheckout", 999, 998, True, python="/usr/bin/python3", pythonpath="/s", cwd="/s")
     progs = {p.name: p for p in layout.programs(settings, Path("/pg"), {}, app)}
     pay = progs["payments"]
-    assert pay.command[:4] == ["ip", "netns", "exec", "cc20000-payments"] and pay.user is None
+    assert pay.command[:4] == ["ip", "netns", "exec", "cc20000-local-payments"] and pay.user is None
     assert pay.command[4:9] == ["setpriv", "--reuid=999", "--regid=998", "--init-groups", "--"]
     assert pay.environment["CHAOSCHECKOUT_BIND_HOST"] == links["payments"].ns_addr
     assert pay.environment["PAYMENTS_PROVIDER_URL"] == f"http://{links['payments'].host_addr}:20013"
@@ -212,7 +212,7 @@ def test_target_netns_on_places_payments_and_catalog_behind_relays():
     assert progs["checkout"].user == "chaoscheckout"
     entries = layout.registry(settings).services
     assert {n: e.netns for n, e in entries.items() if e.netns} == {
-        "catalog": "cc20000-catalog", "payments": "cc20000-payments"}
+        "catalog": "cc20000-local-catalog", "payments": "cc20000-local-payments"}
     assert entries["payments"].host == "127.0.0.1" and entries["payments"].port == 20002  # the relay
     remote = dataclasses.replace(settings, remote_payments="vm")
     assert targetns.local_targets(remote) == ("catalog",)

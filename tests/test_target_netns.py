@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PORT_BASE = int(os.environ.get("CHAOSCHECKOUT_TEST_PORT_BASE", "28100")) + 300
 STATE_DIR = Path(os.environ.get("CHAOSCHECKOUT_TEST_STATE_DIR", f"/var/tmp/chaoscheckout-test-{PORT_BASE}")
                  + "-netns")
-NAMESPACES = (f"cc{PORT_BASE}-catalog", f"cc{PORT_BASE}-payments")
+NAMESPACES = (f"cc{PORT_BASE}-local-catalog", f"cc{PORT_BASE}-local-payments")
 VETHS = (f"cc{PORT_BASE}cath", f"cc{PORT_BASE}payh")
 
 
