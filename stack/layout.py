@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from chaoscheckout.runtime.registry import Registry
-from stack import postgres, prometheus_config, topology
+from stack import postgres, prometheus_config, targetns, topology
 from stack.appuser import AppUser
 from stack.settings import StackSettings
 from stack.supervisord import Program
@@ -90,6 +90,18 @@ def programs(settings: StackSettings, pg_bindir: Path, env: Mapping[str, str],
                 autorestart=True, environment=common),
     ]
     out += extra  # the VM (its payments is a hostfwd port of this machine)
+    placed = {p.service: p.link for p in targetns.placements(settings)}
+    relay = [py, "-m", "stack.relay"]
+    for name, link in placed.items():  # its usual 127.0.0.1 port, relayed into its namespace
+        out.append(Program(f"relay-{name}", [*relay, "127.0.0.1", str(p[name]), link.ns_addr, str(p[name])],
+                           autorestart=True, environment=common))
+        own[name]["CHAOSCHECKOUT_BIND_HOST"] = link.ns_addr
+    if "payments" in placed:  # payments -> the provider's proxy route, from its namespace
+        host_side = placed["payments"].host_addr
+        out.append(Program("relay-payments-provider", [*relay, host_side, str(p["proxy_provider"]),
+                                                       "127.0.0.1", str(p["proxy_provider"])],
+                           autorestart=True, environment=common))
+        own["payments"]["PAYMENTS_PROVIDER_URL"] = f"http://{host_side}:{p['proxy_provider']}"
     for name in app_start_order(settings):
         prefix = name.upper() + "_"
         environment = dict(common)
@@ -102,8 +114,13 @@ def programs(settings: StackSettings, pg_bindir: Path, env: Mapping[str, str],
             # the runtime copy the user can read (stack/appstage.py), with an interpreter it can run
             command, directory = [app.python, "-s", "-m", f"stack.services.{name}"], app.cwd
             environment["PYTHONPATH"] = app.pythonpath
+        user = None if name == "remediator" else python_user
+        if name in placed:  # entered as root (setns), then the app user's ids (setpriv)
+            drop = (["setpriv", f"--reuid={app.uid}", f"--regid={app.gid}", "--init-groups", "--"]
+                    if user else [])
+            command, user = ["ip", "netns", "exec", placed[name].netns, *drop, *command], None
         out.append(Program(name, command, autorestart=False, autostart=False, environment=environment,
-                           user=None if name == "remediator" else python_user, directory=directory))
+                           user=user, directory=directory))
     return out
 
 
@@ -114,6 +131,7 @@ def registry(settings: StackSettings) -> Registry:
         supervisor_url=settings.supervisor_url, proxy_control_url=settings.proxy_control_url,
         database_url=settings.database_url, database_admin_url=settings.admin_database_url,
         state_dir=str(settings.state_dir),
+        netns={p.service: p.netns for p in targetns.placements(settings)}.get,
     )
 
 

@@ -4,7 +4,9 @@
     python -m stack.manage secrets|attach|detach|wheels [--runtime docker]
 
 Settings come from the environment: CHAOSCHECKOUT_STATE_DIR, CHAOSCHECKOUT_PORT_BASE,
-CHAOSCHECKOUT_PG_DISK_SIZE (default 256m), CHAOSCHECKOUT_PG_BINDIR (optional), and any
+CHAOSCHECKOUT_PG_DISK_SIZE (default 256m), CHAOSCHECKOUT_PG_BINDIR (optional),
+CHAOSCHECKOUT_TARGET_NETNS (auto|on|off: chaos targets in their own network namespaces,
+stack/targetns.py), and any
 CHECKOUT_*/CATALOG_*/PAYMENTS_*/PROVIDER_*/REMEDIATOR_* settings, handed to that program.
 ``--remote-payments vm`` runs payments on a QEMU VM reached over SSH (stack/vm.py,
 docs/vm-host.md); ``CHAOSCHECKOUT_VM_UP_TIMEOUT_S`` bounds the wait for it (default 600).
@@ -26,7 +28,19 @@ from pathlib import Path
 from chaoscheckout.errors import ChaosCheckoutError
 from chaoscheckout.runtime.registry import load_registry, save_registry
 from chaoscheckout.runtime.supervisor import SupervisorError
-from stack import appuser, health, layout, postgres, preflight, prometheus_config, statedir, supervisord, vm
+from stack import (
+    appuser,
+    health,
+    layout,
+    netns,
+    postgres,
+    preflight,
+    prometheus_config,
+    statedir,
+    supervisord,
+    targetns,
+    vm,
+)
 from stack.settings import StackConfigError, StackSettings, settings_from_env
 
 __all__ = ["main", "up", "down", "status"]
@@ -59,6 +73,13 @@ def up(settings: StackSettings) -> int:
             extra = (vm.program(settings, image, vm.files(settings)),)
         except vm.VmError as exc:
             raise preflight.PreflightError(str(exc)) from None
+    use_netns, why = targetns.resolve(settings)
+    if use_netns:
+        settings = dataclasses.replace(settings, netns_services=targetns.local_targets(settings))
+        _say(f"chaos targets in their own network namespaces: "
+             f"{', '.join(p.netns for p in targetns.placements(settings))} ({why})")
+    elif settings.target_netns != "off":
+        _say(f"chaos targets in this network namespace ({why})")
 
     def validate(bindir: Path) -> None:
         try:
@@ -101,7 +122,8 @@ def app_user_line(app: appuser.AppUser, took_s: float = 0.0) -> str:
 def down(settings: StackSettings) -> int:
     pid = supervisord.supervisord_pid(settings)
     mounted = postgres.is_mounted(settings.pgdisk)
-    if pid is None and not mounted and not settings.registry_file.exists():
+    links = any(netns.present(link) for link in targetns.all_links(settings).values())
+    if pid is None and not mounted and not settings.registry_file.exists() and not links:
         _say(f"stack is not up in {settings.state_dir}: nothing to do")
         return 0
     _teardown(settings, quiet=False)
@@ -203,6 +225,10 @@ def _start(settings: StackSettings, pg_bindir: Path, programs: list[supervisord.
         vm.files(settings).console_log.unlink(missing_ok=True)
         _say(f"VM: payments on a QEMU guest (TCG), ssh 127.0.0.1:{settings.port('vm_ssh')}, "
              f"payments 127.0.0.1:{settings.port('payments')} (hostfwd)")
+    for placed in targetns.placements(settings):
+        netns.create(placed.link)
+        _say(f"netns {placed.netns}: {placed.service} on {placed.link.ns_addr}, veth "
+             f"{placed.link.host_if} {placed.link.host_addr}/{placed.link.prefix}")
     _say(f"mounting {settings.pg_disk_size} tmpfs at {settings.pgdisk}")
     postgres.mount_pgdisk(settings)
     _say("initdb")
@@ -288,6 +314,12 @@ def _teardown(settings: StackSettings, quiet: bool) -> None:
         _say(f"had to SIGKILL {len(killed)} process(es): {killed}")
     if postgres.unmount_pgdisk(settings) and not quiet:
         _say(f"unmounted {settings.pgdisk}")
+    for link in targetns.all_links(settings).values():  # whatever `up` created, whatever mode
+        try:
+            if netns.delete(link) and not quiet:
+                _say(f"removed netns {link.netns} and veth {link.host_if}")
+        except netns.NetnsError as exc:
+            _say(f"warning: {exc}")
     settings.registry_file.unlink(missing_ok=True)
     shutil.rmtree(settings.state_dir / "leases", ignore_errors=True)
     shutil.rmtree(settings.state_dir / "secrets", ignore_errors=True)  # passwords of a gone cluster

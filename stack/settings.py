@@ -13,6 +13,7 @@ __all__ = ["StackSettings", "PORT_OFFSETS", "StackConfigError", "settings_from_e
 DEFAULT_STATE_DIR = "/var/lib/chaoscheckout"
 DEFAULT_PORT_BASE = 18100
 DEFAULT_PG_DISK_SIZE = "256m"
+TARGET_NETNS_MODES = ("auto", "on", "off")
 
 # Every port is base + offset on 127.0.0.1 (docs/architecture.md).
 PORT_OFFSETS: dict[str, int] = {
@@ -44,6 +45,10 @@ class StackSettings:
     project_dir: Path
     # "vm": payments runs on the QEMU VM host (stack/vm.py), reached over SSH; None: local
     remote_payments: str | None = None
+    # CHAOSCHECKOUT_TARGET_NETNS: auto|on|off (stack/targetns.py); ``netns_services`` is what
+    # `stack up` resolved it to: the chaos targets that run in a namespace of their own
+    target_netns: str = "auto"
+    netns_services: tuple[str, ...] = ()
 
     def port(self, what: str) -> int:
         return self.port_base + PORT_OFFSETS[what]
@@ -140,7 +145,8 @@ def _parse_size(raw: str) -> str:
 
 
 def settings_from_env(env: Mapping[str, str] | None = None, project_dir: Path | None = None) -> StackSettings:
-    """Read CHAOSCHECKOUT_STATE_DIR, CHAOSCHECKOUT_PORT_BASE, CHAOSCHECKOUT_PG_DISK_SIZE."""
+    """Read CHAOSCHECKOUT_STATE_DIR, CHAOSCHECKOUT_PORT_BASE, CHAOSCHECKOUT_PG_DISK_SIZE,
+    CHAOSCHECKOUT_TARGET_NETNS."""
     env = os.environ if env is None else env
     state_dir = Path(env.get("CHAOSCHECKOUT_STATE_DIR") or DEFAULT_STATE_DIR)
     if not state_dir.is_absolute():
@@ -156,5 +162,9 @@ def settings_from_env(env: Mapping[str, str] | None = None, project_dir: Path | 
             f"(1024..{65535 - max(PORT_OFFSETS.values())})"
         )
     size = _parse_size(env.get("CHAOSCHECKOUT_PG_DISK_SIZE") or DEFAULT_PG_DISK_SIZE)
+    target_netns = (env.get("CHAOSCHECKOUT_TARGET_NETNS") or "auto").strip().lower()
+    if target_netns not in TARGET_NETNS_MODES:
+        raise StackConfigError(f"CHAOSCHECKOUT_TARGET_NETNS={target_netns!r}: use auto, on or off")
     root = project_dir or Path(__file__).resolve().parent.parent
-    return StackSettings(state_dir=state_dir, port_base=port_base, pg_disk_size=size, project_dir=root)
+    return StackSettings(state_dir=state_dir, port_base=port_base, pg_disk_size=size, project_dir=root,
+                         target_netns=target_netns)

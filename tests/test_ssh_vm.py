@@ -5,8 +5,10 @@ One stack per module: the cached guest image boots under QEMU (TCG) as the payme
 everything else runs here, and every runtime call for payments goes over SSH
 (chaoscheckout.runtime.ssh). Checks: the registry's remote entry and pinned host key;
 kill/start and health over SSH; tc netem on the guest (qdisc present during, gone after,
-added latency against the configured delay); the controller SIGKILLed -> the remote netem
-gone within the bound; and a short `chaos run` of experiments/payments-latency-netem.json.
+added latency against the configured delay); latency ``auto`` picking netem for payments in its
+own namespace (issue 12 point 5: the guest's local-runtime stack; ~41 s of the module); the
+controller SIGKILLed -> the remote netem gone within the bound; and a short `chaos run` of
+experiments/payments-latency-netem.json.
 
 Cost: the image is cached by its inputs (a changed input rebuilds it: ~1-2 min; its base
 layer, when its package list changes, a few more); the VM boots and the stack is healthy
@@ -189,6 +191,33 @@ def test_netem_on_the_payments_host_adds_the_configured_delay_and_leaves_nothing
     # netem delays payments' side once per round trip: connect + request/response
     assert added >= 0.8 * 2 * DELAY_MS, f"only +{added:.1f} ms"
     assert added <= 4 * 2 * DELAY_MS, f"+{added:.1f} ms: far more than configured"
+
+
+def test_auto_picks_netem_for_payments_in_its_own_namespace(vm_stack):
+    """Issue 12 point 5 on a kernel with sch_netem: the guest's local-runtime stack runs payments
+    in its own namespace (built by stack/netns.py, as `stack up` does with
+    CHAOSCHECKOUT_TARGET_NETNS), so the backend ``auto`` picks netem there, the qdisc's counters
+    grow under traffic, and the revert leaves no qdisc."""
+    from chaoscheckout.network.actions import add_latency, remove_latency
+    from chaoscheckout.network.probes import netem_qdisc_stats
+
+    started = time.monotonic()
+    fault = add_latency(service="payments", delay_ms=DELAY_MS, duration_s=120, backend="auto")
+    try:
+        params = fault["parameters"]
+        assert params["remote_backend"] == "netem", fault
+        assert params["remote_parameters"]["requested_backend"] == "auto", fault
+        assert params["remote_parameters"]["netns"] == "payments", fault
+        _round_trip_ms(samples=3)
+        stats = netem_qdisc_stats("payments")
+        netem = [q for q in stats["qdiscs"] if q["kind"] == "netem"]
+        assert [q["device"] for q in netem] == ["veth-pay"] and netem[0]["packets"] > 0, stats
+    finally:
+        reverted = remove_latency(service="payments")
+    assert reverted["reverted"] == [fault["fault_id"]], reverted
+    assert _netem_devices() == []
+    print(f"[vm] auto -> netem in payments' namespace: {netem[0]['packets']} packets through the "
+          f"qdisc; test took {time.monotonic() - started:.1f} s")
 
 
 CONTROLLER = """

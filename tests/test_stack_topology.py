@@ -125,3 +125,94 @@ def test_host_process_checks_shared_by_both_stacks():
     assert not procs.alive(proc.pid)
     proc.wait(5)
     assert not procs.alive(proc.pid) and not procs.cmdline_has(proc.pid, b"cc-procs-marker")
+
+
+# --- chaos targets in their own network namespaces (CHAOSCHECKOUT_TARGET_NETNS) ---------------
+
+
+def no_netem_kernel_for_tests() -> tuple[bool, str]:
+    """Stands in for a kernel without sch_netem (chaoscheckout.network.netem.kernel_has_netem)."""
+    return False, "the kernel has no sch_netem (stand-in for tests)"
+
+
+def _netns_settings(mode: str, base: str = "20000"):
+    return settings_from_env({"CHAOSCHECKOUT_STATE_DIR": "/var/lib/x", "CHAOSCHECKOUT_PORT_BASE": base,
+                              "CHAOSCHECKOUT_TARGET_NETNS": mode})
+
+
+def test_target_netns_auto_is_off_without_netem_and_the_stack_is_today_s():
+    from stack import targetns
+    from stack.appuser import AppUser
+
+    settings = _netns_settings("auto")
+    assert settings.target_netns == "auto" and settings.netns_services == ()
+    used, why = targetns.resolve(settings, no_netem_kernel_for_tests)
+    assert not used and why.startswith("auto:"), why
+    assert not targetns.resolve(_netns_settings("off"), no_netem_kernel_for_tests)[0]
+    # this machine's own kernel, probed for real (no sch_netem here: see docs/netem.md)
+    from chaoscheckout.network.netem import kernel_has_netem
+
+    if not kernel_has_netem()[0]:
+        assert not targetns.resolve(settings)[0]
+    # not resolved to namespaces: programs and registry are those of `off`
+    app = AppUser("chaoscheckout", 999, 999, True, python="/usr/bin/python3", pythonpath="/s", cwd="/s")
+    off = _netns_settings("off")
+    assert layout.programs(settings, Path("/pg"), {}, app) == layout.programs(off, Path("/pg"), {}, app)
+    assert layout.registry(settings).to_dict() == layout.registry(off).to_dict()
+    assert all(e.netns is None for e in layout.registry(settings).services.values())
+
+
+def test_target_netns_setting_is_checked():
+    import pytest
+
+    from stack.settings import StackConfigError
+
+    with pytest.raises(StackConfigError, match="CHAOSCHECKOUT_TARGET_NETNS"):
+        _netns_settings("yes")
+    assert _netns_settings(" ON ").target_netns == "on"
+
+
+def test_target_netns_links_are_per_stack_and_fit_the_kernel_s_limits():
+    import ipaddress
+
+    from stack import targetns
+
+    seen: dict[str, int] = {}
+    for base in range(1024, 65475, 61):
+        for link in targetns.all_links(_netns_settings("on", str(base))).values():
+            assert len(link.host_if) <= 15 and len(link.ns_if) <= 15
+            net = ipaddress.ip_network(f"{link.host_addr}/{link.prefix}", strict=False)
+            assert ipaddress.ip_address(link.ns_addr) in net and net.subnet_of(targetns.LINK_NET)
+            assert ipaddress.ip_address("169.254.169.254") not in net  # cloud metadata address
+            for addr in (link.host_addr, link.ns_addr):
+                assert seen.setdefault(addr, base) == base, f"{addr}: bases {seen[addr]} and {base}"
+
+
+def test_target_netns_on_places_payments_and_catalog_behind_relays():
+    import dataclasses
+
+    from stack import targetns
+    from stack.appuser import AppUser
+
+    settings = _netns_settings("on")
+    settings = dataclasses.replace(settings, netns_services=targetns.local_targets(settings))
+    links = targetns.all_links(settings)
+    app = AppUser("chaoscheckout", 999, 998, True, python="/usr/bin/python3", pythonpath="/s", cwd="/s")
+    progs = {p.name: p for p in layout.programs(settings, Path("/pg"), {}, app)}
+    pay = progs["payments"]
+    assert pay.command[:4] == ["ip", "netns", "exec", "cc20000-local-payments"] and pay.user is None
+    assert pay.command[4:9] == ["setpriv", "--reuid=999", "--regid=998", "--init-groups", "--"]
+    assert pay.environment["CHAOSCHECKOUT_BIND_HOST"] == links["payments"].ns_addr
+    assert pay.environment["PAYMENTS_PROVIDER_URL"] == f"http://{links['payments'].host_addr}:20013"
+    assert progs["relay-payments"].command[-4:] == ["127.0.0.1", "20002", links["payments"].ns_addr, "20002"]
+    assert progs["relay-payments-provider"].command[-4:] == [links["payments"].host_addr, "20013",
+                                                              "127.0.0.1", "20013"]
+    assert progs["relay-catalog"].command[-4:] == ["127.0.0.1", "20001", links["catalog"].ns_addr, "20001"]
+    assert progs["checkout"].command[:2] == ["/usr/bin/python3", "-s"]
+    assert progs["checkout"].user == "chaoscheckout"
+    entries = layout.registry(settings).services
+    assert {n: e.netns for n, e in entries.items() if e.netns} == {
+        "catalog": "cc20000-local-catalog", "payments": "cc20000-local-payments"}
+    assert entries["payments"].host == "127.0.0.1" and entries["payments"].port == 20002  # the relay
+    remote = dataclasses.replace(settings, remote_payments="vm")
+    assert targetns.local_targets(remote) == ("catalog",)

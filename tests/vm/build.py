@@ -61,7 +61,8 @@ PACKAGE_FILES = ["setup.cfg", "pyproject.toml"]
 PACKAGE_TREES = ["chaoscheckout"]
 # the stack's services the guest runs for real (payments, provider); run from /opt/ccvm/repo
 # (settings and supervisord: the host mode renders its supervisord.conf with the stack's code)
-STACK_FILES = ["stack/__init__.py", "stack/settings.py", "stack/supervisord.py", "stack/procs.py"]
+STACK_FILES = ["stack/__init__.py", "stack/settings.py", "stack/supervisord.py", "stack/procs.py",
+               "stack/netns.py", "stack/relay.py"]  # the namespace builder and relay guest.py uses
 STACK_TREES = ["stack/services"]
 EXTRAS = "stack"  # the package is installed in the guest with this extra
 

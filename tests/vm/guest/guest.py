@@ -51,10 +51,15 @@ PAY_ADDR = ("10.77.0.2", 18102)
 PROVIDER_PORT = 18103
 PROVIDER_RELAY = ("10.77.0.1", 18113)
 REPO = "/opt/ccvm/repo"
+RELAY = f"{REPO}/stack/relay.py"
 CATALOG_ADDR = ("10.77.0.1", 18101)
 RESULTS_DEV = "/dev/vdb"
 CMD_TIMEOUT_S = 30
 EXPERIMENTS_DIR = Path("/opt/ccvm/experiments")
+
+sys.path.insert(0, REPO)  # the stack's code, as copied into the image (tests/vm/build.py)
+from stack import netns  # noqa: E402
+from stack.netns import VethLink  # noqa: E402
 
 T0 = time.monotonic()
 result: dict[str, Any] = {"errors": [], "steps": {}}
@@ -108,20 +113,13 @@ def lease_files() -> list[str]:
 # --------------------------------------------------------------------------- setup
 
 def setup_network() -> None:
+    """The payments namespace and its veth pair, built by the stack's own stack/netns.py."""
     result["modprobe"] = {}
     for module in ("sch_netem", "veth"):
         run(["modprobe", module])
         result["modprobe"][module] = "ok"
     run(["ip", "link", "set", "lo", "up"])
-    run(["ip", "netns", "add", NETNS])
-    run(["ip", "link", "add", "veth-host", "type", "veth", "peer", "name", "veth-pay"])
-    run(["ip", "link", "set", "veth-pay", "netns", NETNS])
-    run(["ip", "addr", "add", "10.77.0.1/24", "dev", "veth-host"])
-    run(["ip", "link", "set", "veth-host", "up"])
-    ns = ["ip", "netns", "exec", NETNS]
-    run([*ns, "ip", "addr", "add", "10.77.0.2/24", "dev", "veth-pay"])
-    run([*ns, "ip", "link", "set", "veth-pay", "up"])
-    run([*ns, "ip", "link", "set", "lo", "up"])
+    netns.create(VethLink(NETNS, "veth-host", "veth-pay", "10.77.0.1", "10.77.0.2", 24), modules=())
 
 
 def start_services() -> list[subprocess.Popen]:
@@ -142,12 +140,12 @@ def start_services() -> list[subprocess.Popen]:
     procs = [
         spawn("provider", [PY, "-m", "stack.services.provider"],
               {"PROVIDER_PORT": str(PROVIDER_PORT), "PROVIDER_STORE": "/run/cc/provider/charges.db"}),
-        spawn("relay-provider", [PY, "/opt/ccvm/relay.py", *map(str, PROVIDER_RELAY), "127.0.0.1",
+        spawn("relay-provider", [PY, RELAY, *map(str, PROVIDER_RELAY), "127.0.0.1",
                                  str(PROVIDER_PORT)]),
         spawn("payments", [*ns, PY, "-m", "stack.services.payments"],
               {"PAYMENTS_PORT": str(PAY_ADDR[1]), "PAYMENTS_PROVIDER_TIMEOUT_S": "10",
                "PAYMENTS_PROVIDER_URL": f"http://{PROVIDER_RELAY[0]}:{PROVIDER_RELAY[1]}"}),
-        spawn("relay-payments", [*ns, PY, "/opt/ccvm/relay.py", *map(str, PAY_ADDR), "127.0.0.1",
+        spawn("relay-payments", [*ns, PY, RELAY, *map(str, PAY_ADDR), "127.0.0.1",
                                  str(PAY_ADDR[1])]),
         spawn("catalog", [PY, "/opt/ccvm/standin.py", "--name", "catalog",
                           "--host", CATALOG_ADDR[0], "--port", str(CATALOG_ADDR[1])]),

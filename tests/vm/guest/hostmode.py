@@ -50,6 +50,10 @@ CMD_TIMEOUT_S = 60
 SEED_FILES = ("ssh_host_ed25519_key", "authorized_keys", "seed.json")
 PASSTHROUGH_PREFIX = "PAYMENTS_"
 
+sys.path.insert(0, REPO)  # the stack's code, as copied into the image (tests/vm/build.py)
+from stack import netns  # noqa: E402
+from stack.netns import VethLink  # noqa: E402
+
 T0 = time.monotonic()
 
 
@@ -96,21 +100,14 @@ def network_card(timeout_s: float = 60) -> str:
 
 
 def setup_network() -> None:
-    for module in ("virtio_net", "sch_netem", "veth"):
-        run(["modprobe", module])
+    run(["modprobe", "virtio_net"])
     run(["ip", "link", "set", "lo", "up"])
     nic = network_card()
     run(["ip", "addr", "add", f"{GUEST_ADDR}/24", "dev", nic])
     run(["ip", "link", "set", nic, "up"])
-    run(["ip", "netns", "add", NETNS])
-    run(["ip", "link", "add", "veth-host", "type", "veth", "peer", "name", "veth-pay"])
-    run(["ip", "link", "set", "veth-pay", "netns", NETNS])
-    run(["ip", "addr", "add", f"{HOST_SIDE_ADDR}/24", "dev", "veth-host"])
-    run(["ip", "link", "set", "veth-host", "up"])
-    ns = ["ip", "netns", "exec", NETNS]
-    run([*ns, "ip", "addr", "add", f"{PAY_ADDR}/24", "dev", "veth-pay"])
-    run([*ns, "ip", "link", "set", "veth-pay", "up"])
-    run([*ns, "ip", "link", "set", "lo", "up"])
+    # the stack's own namespace builder (stack/netns.py), as `stack up` uses it
+    netns.create(VethLink(NETNS, "veth-host", "veth-pay", HOST_SIDE_ADDR, PAY_ADDR, 24),
+                 modules=("sch_netem", "veth"))
 
 
 def write_sshd_config() -> Path:
@@ -163,7 +160,6 @@ def write_registry() -> None:
 
 def render_supervisord(seed: dict, sshd_conf: Path) -> Path:
     """supervisord.conf through the stack's own renderer (stack/supervisord.py)."""
-    sys.path.insert(0, REPO)
     from stack.settings import StackSettings
     from stack.supervisord import Program, render_conf
 
@@ -177,7 +173,7 @@ def render_supervisord(seed: dict, sshd_conf: Path) -> Path:
     payments_env = dict(common, **settings_env,
                         PAYMENTS_PORT=str(PAYMENTS_GUEST_PORT), CHAOSCHECKOUT_BIND_HOST=PAY_ADDR,
                         PAYMENTS_PROVIDER_URL=f"http://{HOST_SIDE_ADDR}:{PROVIDER_RELAY_PORT}")
-    relay = [PY, "/opt/ccvm/relay.py"]
+    relay = [PY, f"{REPO}/stack/relay.py"]
     programs = [
         Program("sshd", ["/usr/sbin/sshd", "-D", "-e", "-f", str(sshd_conf)], autorestart=True),
         Program("relay-payments", [*relay, GUEST_ADDR, str(PAYMENTS_GUEST_PORT), PAY_ADDR,

@@ -1,10 +1,10 @@
-"""A TCP relay (stdlib asyncio) for the netem VM: LISTEN_HOST LISTEN_PORT TARGET_HOST TARGET_PORT.
+"""A TCP relay (stdlib asyncio): LISTEN_HOST LISTEN_PORT TARGET_HOST TARGET_PORT.
 
-The stack's services listen on 127.0.0.1 only, and each network namespace has its own
-loopback. In the VM, one relay inside the payments namespace exposes payments on the
-namespace's veth address, and one in the root namespace exposes the provider on the
-root side of the veth, so traffic between caller, payments and provider crosses the veth
-that netem delays.
+Joins a service in its own network namespace to the root namespace's addresses, so the
+traffic between the service and its callers or upstreams crosses the veth that netem
+delays: ``stack up`` with chaos targets in namespaces (stack/targetns.py) and the VM guest
+(tests/vm/guest/) run it. Stdlib only (the guest runs it as a script from its copy of the
+repository: ``python stack/relay.py ...``).
 """
 
 from __future__ import annotations
