@@ -115,6 +115,10 @@ def test_host_process_checks_shared_by_both_stacks():
 
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "cc-procs-marker"])
     try:
+        # until the child has exec'd, its cmdline is this process's: wait for the exec
+        deadline = time.monotonic() + 10
+        while not procs.cmdline_has(proc.pid, b"cc-procs-marker") and time.monotonic() < deadline:
+            time.sleep(0.02)
         assert procs.alive(proc.pid) and procs.cmdline_has(proc.pid, b"cc-procs-marker")
         assert not procs.cmdline_has(proc.pid, b"supervisord")
     finally:
