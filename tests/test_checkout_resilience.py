@@ -113,6 +113,11 @@ class Upstream:
                         media_type=answer.headers.get("content-type"))
 
 
+# Payments settings for tests about something else than payments' timeouts: attempts a busy
+# machine still answers within (the default 0.08 s is measured by the experiments instead).
+PAYMENTS_AT_ANY_LOAD = {"CHECKOUT_PAYMENTS_TIMEOUT_S": "2", "CHECKOUT_BUDGET_S": "4"}
+
+
 # --- processes ----------------------------------------------------------------------
 
 
@@ -165,10 +170,11 @@ def test_price_cache_serves_a_dead_catalog_and_off_or_stale_fails(postgres, mone
     with contextlib.ExitStack() as catalog, httpx.Client(timeout=IO_TIMEOUT_S) as client:
         catalog.enter_context(catalog_process())
         with (
-            checkout("checkout", db, url("catalog"), url("payments")),
-            checkout("checkout2", db, url("catalog"), url("payments"), CHECKOUT_PRICE_CACHE="0"),
+            checkout("checkout", db, url("catalog"), url("payments"), **PAYMENTS_AT_ANY_LOAD),
+            checkout("checkout2", db, url("catalog"), url("payments"), CHECKOUT_PRICE_CACHE="0",
+                     **PAYMENTS_AT_ANY_LOAD),
             checkout("checkout3", db, url("catalog"), url("payments"),
-                     CHECKOUT_PRICE_CACHE_MAX_AGE_S="1"),
+                     CHECKOUT_PRICE_CACHE_MAX_AGE_S="1", **PAYMENTS_AT_ANY_LOAD),
         ):
             prices = client.get(url("catalog", "/prices"),
                                 params={"skus": "sku-004,sku-017"}).json()["prices"]
@@ -263,9 +269,7 @@ def test_order_first_failed_update_answers_pending_with_the_order_recorded(postg
     with (
         catalog_process(),
         Upstream(PORT["payments_up"], url("payments")) as upstream,
-        # what is tested is the order's status, not the timeouts: a budget a busy machine meets
-        checkout("checkout", db, url("catalog"), url("payments_up"),
-                 CHECKOUT_PAYMENTS_TIMEOUT_S="2", CHECKOUT_BUDGET_S="4"),
+        checkout("checkout", db, url("catalog"), url("payments_up"), **PAYMENTS_AT_ANY_LOAD),
         httpx.Client(timeout=IO_TIMEOUT_S) as client,
     ):
         since = time.time()
@@ -290,14 +294,16 @@ def test_order_first_failed_update_answers_pending_with_the_order_recorded(postg
 
 
 def test_budget_retries_a_stuck_attempt_on_a_new_connection_with_the_same_key(postgres, money):
-    """The first payments attempt hangs 1 s: checkout gives up on it after 0.08 s, retries
-    over a new connection with the same idempotency key, answers 200 well within 1 s; the
-    provider holds one charge even after the stuck attempt arrives late."""
+    """The first payments attempt hangs 1 s: checkout gives up on it after its per-attempt
+    timeout (0.3 s here, so that a busy machine's retry still fits; the default is 0.08 s),
+    retries over a new connection with the same idempotency key, answers 200 before the
+    stuck attempt could have; the provider holds one charge even after it arrives late."""
     db = f"{postgres}/checkout"
     with (
         catalog_process(),
         Upstream(PORT["payments_up"], url("payments")) as upstream,
-        checkout("checkout", db, url("catalog"), url("payments_up")),
+        checkout("checkout", db, url("catalog"), url("payments_up"),
+                 CHECKOUT_PAYMENTS_TIMEOUT_S="0.3", CHECKOUT_BUDGET_S="2"),
         httpx.Client(timeout=IO_TIMEOUT_S) as client,
     ):
         assert client.post(url("checkout", "/checkout"), json=CART).status_code == 200  # warm
@@ -313,7 +319,7 @@ def test_budget_retries_a_stuck_attempt_on_a_new_connection_with_the_same_key(po
         timeouts = _metric(client, "checkout", 'checkout_payments_attempts_total{result="timeout"}')
     attempts = [(key, port) for path, key, port in upstream.seen if path == "/payments"]
     assert answer.status_code == 200 and answer.json()["status"] == "paid", answer.text
-    assert elapsed < 0.3 + 0.3, elapsed
+    assert elapsed < 1.0, elapsed  # the stuck attempt answers after 1 s
     assert [key for key, _ in attempts] == [ref, ref]
     assert attempts[0][1] != attempts[1][1]  # the retry used a new connection
     assert len(charges) == 1
@@ -331,7 +337,8 @@ def test_spent_retry_budget_stops_retries_and_leaves_the_order_pending(postgres,
         catalog_process(),
         Upstream(PORT["payments_up"], url("payments")) as upstream,
         checkout("checkout", db, url("catalog"), url("payments_up"),
-                 CHECKOUT_RETRY_BUDGET_RATIO="0", CHECKOUT_RETRY_BUDGET_MIN_PER_S="0"),
+                 CHECKOUT_RETRY_BUDGET_RATIO="0", CHECKOUT_RETRY_BUDGET_MIN_PER_S="0",
+                 CHECKOUT_PAYMENTS_TIMEOUT_S="0.3", CHECKOUT_BUDGET_S="2"),
         httpx.Client(timeout=IO_TIMEOUT_S) as client,
     ):
         assert client.post(url("checkout", "/checkout"), json=CART).status_code == 200  # warm
