@@ -16,6 +16,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# checkout settings for tests about something else than payments' timeouts (the experiments
+# measure those): payments attempts a busy machine still answers within (default 0.08 s)
+PAYMENTS_AT_ANY_LOAD = {"CHECKOUT_PAYMENTS_TIMEOUT_S": "2", "CHECKOUT_BUDGET_S": "4"}
+
 
 def wait_until(condition: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.05) -> float:
     """Poll ``condition`` until it holds (seconds waited); fail the test after ``timeout_s``."""

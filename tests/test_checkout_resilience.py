@@ -26,7 +26,7 @@ import httpx
 import psycopg
 import pytest
 import uvicorn
-from serviceprocs import service_process, throwaway_postgres
+from serviceprocs import PAYMENTS_AT_ANY_LOAD, service_process, throwaway_postgres
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -112,10 +112,6 @@ class Upstream:
         return Response(answer.content, answer.status_code,
                         media_type=answer.headers.get("content-type"))
 
-
-# Payments settings for tests about something else than payments' timeouts: attempts a busy
-# machine still answers within (the default 0.08 s is measured by the experiments instead).
-PAYMENTS_AT_ANY_LOAD = {"CHECKOUT_PAYMENTS_TIMEOUT_S": "2", "CHECKOUT_BUDGET_S": "4"}
 
 
 # --- processes ----------------------------------------------------------------------

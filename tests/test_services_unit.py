@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
-from serviceprocs import clean_env, service_process, throwaway_postgres
+from serviceprocs import PAYMENTS_AT_ANY_LOAD, clean_env, service_process, throwaway_postgres
 
 from chaoscheckout.runtime.supervisor import SupervisorClient
 from stack.services.remediator import shows_fd_leak
@@ -72,6 +72,7 @@ def postgres() -> Iterator[str]:
         yield dsn
 
 
+
 @pytest.fixture(scope="module")
 def chain(postgres: str) -> Iterator[dict[str, str]]:
     """catalog, provider, payments and checkout wired directly (no fault proxy)."""
@@ -81,6 +82,7 @@ def chain(postgres: str) -> Iterator[dict[str, str]]:
     checkout_env = {
         "CHECKOUT_PORT": str(PORT["checkout"]), "CHECKOUT_CATALOG_URL": url("catalog"),
         "CHECKOUT_PAYMENTS_URL": url("payments"), "CHECKOUT_DATABASE_URL": f"{postgres}/checkout",
+        **PAYMENTS_AT_ANY_LOAD,
     }
     with (
         service("catalog", {"CATALOG_PORT": str(PORT["catalog"])}, PORT["catalog"]),
@@ -267,7 +269,7 @@ def test_checkout_charges_before_recording_so_a_db_failure_leaves_a_charge(chain
     broken = f"{postgres}/checkout_broken"
     env = {"CHECKOUT_PORT": str(PORT["checkout2"]), "CHECKOUT_CATALOG_URL": url("catalog"),
            "CHECKOUT_PAYMENTS_URL": url("payments"), "CHECKOUT_DATABASE_URL": broken,
-           "CHECKOUT_ORDER_FIRST": "0"}  # the first version; order-first: test_checkout_resilience
+           "CHECKOUT_ORDER_FIRST": "0", **PAYMENTS_AT_ANY_LOAD}  # order-first: test_checkout_resilience
     with service("checkout", env, PORT["checkout2"]):
         with psycopg.connect(broken, connect_timeout=5, autocommit=True) as conn:
             conn.execute("CREATE OR REPLACE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS"
