@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import random
 import time
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -59,51 +60,48 @@ async def _churn_then_ask(upstream: Upstream) -> tuple[int, list[str]]:
     return answered, errors
 
 
+@contextlib.asynccontextmanager
+async def _upstream_served_by(handler, **kwargs) -> AsyncIterator[Upstream]:
+    """An Upstream to a real HTTP server on 127.0.0.1 run by ``handler``; on the way out,
+    every attempt it abandoned must have ended by its own timeouts."""
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    upstream = Upstream("test-upstream", f"http://127.0.0.1:{port}", **kwargs)
+    try:
+        yield upstream
+        deadline = time.monotonic() + 5
+        while upstream._attempts and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert not upstream._attempts, "an abandoned attempt did not end by its own timeouts"
+    finally:
+        await upstream.aclose()
+        server.close()
+        await server.wait_closed()
+
+
 def test_pool_keeps_answering_after_attempts_abandoned_under_contention() -> None:
     async def scenario() -> None:
-        server = await asyncio.start_server(_answer_after_a_moment, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        upstream = Upstream("test-upstream", f"http://127.0.0.1:{port}", max_connections=POOL)
-        try:
+        async with _upstream_served_by(_answer_after_a_moment, max_connections=POOL) as upstream:
             answered, errors = await _churn_then_ask(upstream)
             assert (answered, errors) == (10, [])
             assert upstream.recycled == 0, "the pool had to be replaced: it leaked its slots"
-            # every abandoned attempt has ended by its own timeouts
-            deadline = time.monotonic() + 5
-            while upstream._attempts and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
-            assert not upstream._attempts
-        finally:
-            await upstream.aclose()
-            server.close()
-            await server.wait_closed()
 
     asyncio.run(scenario())
 
 
-def test_attempt_is_bounded_by_its_timeout_even_when_the_upstream_never_answers() -> None:
-    async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError, asyncio.CancelledError):
-            while await reader.read(4096):  # read until the client gives up and closes
-                pass
-        writer.close()
+async def _never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(ConnectionError, asyncio.CancelledError):
+        while await reader.read(4096):  # read until the client gives up and closes
+            pass
+    writer.close()
 
+
+def test_attempt_is_bounded_by_its_timeout_even_when_the_upstream_never_answers() -> None:
     async def scenario() -> None:
-        server = await asyncio.start_server(never_answer, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        upstream = Upstream("test-upstream", f"http://127.0.0.1:{port}")
-        try:
+        async with _upstream_served_by(_never_answer) as upstream:
             started = time.monotonic()
             with pytest.raises(AttemptTimeout, match="no answer within 0.2s"):
                 await upstream.request("GET", "/", 0.2)
             assert time.monotonic() - started < 2.0  # the bound, far above 0.2 s for a busy host
-            deadline = time.monotonic() + 5  # and the abandoned attempt ends by its read timeout
-            while upstream._attempts and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
-            assert not upstream._attempts
-        finally:
-            await upstream.aclose()
-            server.close()
-            await server.wait_closed()
 
     asyncio.run(scenario())
