@@ -6,6 +6,7 @@ fault window, which action reverted which fault, consistency) is :mod:`analysis`
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import re
@@ -262,7 +263,22 @@ def _loads(text: bytes) -> Any:
 
 
 def load_journal(path: Path) -> Run | Skipped:
-    """Read one journal file; never raises for bad content (returns Skipped with a reason)."""
+    """Read one journal file; never raises for bad content (returns Skipped with a reason).
+
+    The cyclic garbage collector is paused meanwhile: a long run's timeline parses into
+    millions of small lists, and each few hundred of them would otherwise start a collection
+    that walks every object allocated so far (measured: it made the parse of a 56 MB journal
+    1.5 to 4 times slower). Parsing creates no reference cycles worth collecting early."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _load_journal(path)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _load_journal(path: Path) -> Run | Skipped:
     try:
         size = path.stat().st_size
         if size == 0:
