@@ -646,7 +646,8 @@ def test_timeline_fast_path_reads_samples_as_the_general_loop_does():
     for raw in (mixed, floats[::-1], floats + [[1_700_000_000.0, float("nan")]],
                 floats + [[later, 0.5, 0.7]], floats + [{"t": later, "v": 0.5}], floats + [[later, 1]],
                 floats + [[later, True]], floats + [[floats[-1][0], 0.1]], floats + ["ab"], floats + [None],
-                floats + [[1e308, 1.0], [1.7e308, 1.0]]):  # a sum that overflows: the general loop
+                floats + [[float("inf"), 0.5]], [[float("nan"), 0.5]] + floats, [[0.0, 0.5]] + floats,
+                floats + [[1e308, 1.0], [1.7e308, 1.0]]):
         assert model._points(raw) == model._points_general(raw)
     times, values = model._columns(floats)
     assert list(zip(times, values, strict=True)) == model._points_general(floats)

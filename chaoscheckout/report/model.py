@@ -303,6 +303,7 @@ def _load_journal(path: Path) -> Run | Skipped:
         journal = _loads(text)
     except ValueError as exc:
         return Skipped(str(path), f"not valid JSON (truncated or not a journal): {exc}")
+    del text  # a long run's journal is tens of MB: not kept while the model is built
     if not isinstance(journal, dict) or not all(k in journal for k in CHAOSTOOLKIT_KEYS):
         return Skipped(str(path), "not a chaostoolkit journal (no experiment/status/start)")
     if not isinstance(journal.get("experiment"), dict):
@@ -546,15 +547,16 @@ def _columns(raw: list[Any]) -> tuple[Sequence[float], Sequence[float]]:
     """``[[t, v], ...]`` as (times, values) sorted by time; a null or unparsable value is a gap.
     A long run's timeline holds hundreds of thousands of samples: the common case (every
     sample a pair of finite floats, a positive time, times strictly increasing: what the
-    timeline writes) is checked and split by C-level passes (map, set, min, sum), no Python
+    timeline writes) is checked and split by C-level passes (map, set, sum), no Python
     loop per sample; anything else takes the general loop, which gives the same answer for
     that common case."""
     try:
         if raw and set(map(len, raw)) == {2}:  # TypeError: an item without a length
             times, values = list(map(itemgetter(0), raw)), list(map(itemgetter(1), raw))  # KeyError: a dict
+            # strictly increasing (NaN compares false) from a positive first to a finite last time
             if (set(map(type, times)) == {float} and set(map(type, values)) == {float}
-                    and min(times) > 0 and math.isfinite(sum(times)) and math.isfinite(sum(values))
-                    and all(map(lt, times, islice(times, 1, None)))):
+                    and all(map(lt, times, islice(times, 1, None)))
+                    and times[0] > 0 and math.isfinite(times[-1]) and math.isfinite(sum(values))):
                 return times, values
     except (TypeError, ValueError, KeyError):
         pass
