@@ -303,7 +303,7 @@ def _load_journal(path: Path) -> Run | Skipped:
         journal = _loads(text)
     except ValueError as exc:
         return Skipped(str(path), f"not valid JSON (truncated or not a journal): {exc}")
-    del text  # a long run's journal is tens of MB: not kept while the model is built
+    del text  # tens of MB not kept while the model is built (the peak is the parse's own: bytes + objects)
     if not isinstance(journal, dict) or not all(k in journal for k in CHAOSTOOLKIT_KEYS):
         return Skipped(str(path), "not a chaostoolkit journal (no experiment/status/start)")
     if not isinstance(journal.get("experiment"), dict):
