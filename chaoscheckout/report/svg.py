@@ -291,13 +291,15 @@ def _breach_marks(series: Series, points: list[tuple[float, float]], sx, sy, fac
 
 def _gaps(times: Sequence[float]) -> list[float]:
     """Start times of the gaps in the raw series (no sample for over 2.5 times its usual step);
-    one C-level pass (map, compress) over the steps, however long the series."""
+    C-level passes (map, max, compress) over the steps, however long the series."""
     if len(times) < 3:
         return []
     stride = max(1, (len(times) - 1) // 10_000)  # the usual step: a median of <= 10k steps
     sample = sorted(times[i + 1] - times[i] for i in range(0, len(times) - 1, stride))
     limit = 2.5 * sample[len(sample) // 2]
     if not limit > 0:
+        return []
+    if max(map(sub, islice(times, 1, None), times)) <= limit:  # the common case: no gap at all
         return []
     return list(compress(times, map(limit.__lt__, map(sub, islice(times, 1, None), times))))
 
