@@ -642,8 +642,15 @@ def test_timeline_fast_path_reads_samples_as_the_general_loop_does():
     mixed = [[1_700_000_003.0, 1], [1_700_000_001.0, None], [1_700_000_002.0, "0.75"],
              ["2023-11-14T22:13:24Z", 0.5], [1_700_000_004.0, True], [1_700_000_005.0],
              "x", [1_700_000_006.0, float("inf")], [-1.0, 0.5], [1_700_000_000.5, 0.25]]
-    for raw in (mixed, floats[::-1], floats + [[1_700_000_000.0, float("nan")]]):
+    later = 1_700_000_000.0 + 2000
+    for raw in (mixed, floats[::-1], floats + [[1_700_000_000.0, float("nan")]],
+                floats + [[later, 0.5, 0.7]], floats + [{"t": later, "v": 0.5}], floats + [[later, 1]],
+                floats + [[later, True]], floats + [[floats[-1][0], 0.1]], floats + ["ab"], floats + [None],
+                floats + [[float("inf"), 0.5]], [[float("nan"), 0.5]] + floats, [[0.0, 0.5]] + floats,
+                floats + [[1e308, 1.0], [1.7e308, 1.0]]):
         assert model._points(raw) == model._points_general(raw)
+    times, values = model._columns(floats)
+    assert list(zip(times, values, strict=True)) == model._points_general(floats)
     assert [t for t, _ in model._points(mixed)] == sorted(t for t, _ in model._points(mixed))
     # gaps: a step over 2.5 times the usual one, at any series length
     times = [float(i) for i in range(50_000)]

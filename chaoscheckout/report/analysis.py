@@ -13,8 +13,10 @@ import heapq
 import math
 import re
 from bisect import bisect_left, bisect_right
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import islice
 from typing import Any
 
 from chaoscheckout.report import keys
@@ -310,7 +312,7 @@ def _phases(run: Run, series: Series, window: tuple[float, float] | None) -> dic
     if window is not None:
         start, end = window
         lo = max(start, series.fresh_from) if series.fresh_from is not None else start
-        values = [v for _, v in _between(series.points, lo, end)]
+        values = list(series.values[slice(*_between(series.times, lo, end))])
         if series.unit == "%":
             values += [s.value for s in run.guard_samples
                        if s.guard == keys.AVAILABILITY_GUARD and s.value is not None and start <= s.at <= end]
@@ -344,11 +346,12 @@ def _detect_recover(run: Run, window: tuple[float, float] | None) -> tuple[float
     if window is None:
         return None, None
     start, _ = window
-    series = [s for s in (run.availability, run.latency) if s is not None and s.points]
+    series = [s for s in (run.availability, run.latency) if s is not None and s.times]
     firsts = []
     for s in series:
         lo = max(start, s.fresh_from) if s.fresh_from is not None else start
-        first = next((t for t, v in _between(s.points, lo, math.inf) if not s.good(v)), None)
+        first = next((s.times[i] for i in range(*_between(s.times, lo, math.inf)) if not s.good(s.values[i])),
+                     None)
         if first is not None:
             firsts.append(first)
     if not firsts:
@@ -358,22 +361,22 @@ def _detect_recover(run: Run, window: tuple[float, float] | None) -> tuple[float
     if not reverted:
         return detect, None
     revert = max(reverted)
-    after = heapq.merge(*[(t for t, _ in _between(s.points, revert, math.inf)) for s in series])
+    after = heapq.merge(*[islice(s.times, *_between(s.times, revert, math.inf)) for s in series])
     for t in after:  # lazily, oldest first: usually only a few samples are looked at
         if all(_good_at(s, t) for s in series):
             return detect, t - revert
     return detect, None
 
 
-def _between(points: list[tuple[float, float]], lo: float, hi: float) -> list[tuple[float, float]]:
-    """The samples with lo <= t <= hi (points are sorted by time)."""
-    return points[bisect_left(points, (lo, -math.inf)):bisect_right(points, (hi, math.inf))]
+def _between(times: Sequence[float], lo: float, hi: float) -> tuple[int, int]:
+    """The index range [start, stop) of the samples with lo <= t <= hi (times are sorted)."""
+    return bisect_left(times, lo), bisect_right(times, hi)
 
 
 def _good_at(series: Series, t: float) -> bool:
     """Whether the latest sample of series at or before t is within its SLO."""
-    index = bisect_right(series.points, (t, math.inf))
-    return index == 0 or series.good(series.points[index - 1][1])
+    index = bisect_right(series.times, t)
+    return index == 0 or series.good(series.values[index - 1])
 
 
 # --- which action reverted which fault, and how much traffic a latency fault slowed ---------

@@ -272,8 +272,13 @@ def _atomic_write(target: Path, text: str) -> None:
 def _plain(value: Any) -> Any:
     """A dataclass as JSON-ready data, without the raw journal values kept for analysis."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)
-                if f.metadata.get("json", True)}
+        out = {}
+        for f in dataclasses.fields(value):
+            shown = f.metadata.get("json", True)  # False: left out; a name: that attribute instead
+            if shown:
+                name = shown if isinstance(shown, str) else f.name
+                out[name] = _plain(getattr(value, name))
+        return out
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
     if isinstance(value, dict):

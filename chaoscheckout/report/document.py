@@ -399,7 +399,7 @@ def _timing_rows(run: Run) -> list[tuple[str, str]]:
         detect = (f"{run.time_to_detect_s:.3f} s (first SLI sample of this run outside its SLO after "
                   "injection)"
                   if run.time_to_detect_s is not None else "no SLI sample of this run outside its SLO")
-        last_sample = max((s.points[-1][0] for s in (run.availability, run.latency) if s and s.points),
+        last_sample = max((s.times[-1] for s in (run.availability, run.latency) if s and s.times),
                           default=None)
         if run.time_to_recover_s is not None:
             recover = f"{run.time_to_recover_s:.3f} s (revert → first sample with every SLI within SLO)"

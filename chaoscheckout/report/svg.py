@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from html import escape
-from itertools import islice
+from itertools import compress, islice
+from operator import sub
 
 from chaoscheckout.report import keys
 from chaoscheckout.report.analysis import fault_window, threshold_number
@@ -39,7 +41,7 @@ COLOURS = {"line": "#1f5fa8", "slo": "#d9822b", "fault": "#e5484d", "abort": "#b
 
 def sli_chart(run: Run) -> str:
     """An inline <svg> (class "sli-chart") of the run's SLI panels (see the module docstring)."""
-    panels = [s for s in (run.availability, run.latency) if s is not None and s.points]
+    panels = [s for s in (run.availability, run.latency) if s is not None and s.times]
     money = _money_series(run)
     if money is not None:
         panels.append(money)
@@ -78,27 +80,25 @@ def sli_chart(run: Run) -> str:
     return "".join(out)
 
 
-def downsample(points: list[tuple[float, float]], t0: float, t1: float, columns: int,
-               times: list[float] | None = None) -> list[tuple[float, float]]:
-    """At most 4 samples per column of ``columns`` over [t0, t1]: each column's first, lowest,
-    highest and last sample in time order (short series are returned as they are). ``times``:
-    the points' times, when the caller has them already."""
-    if len(points) <= 4 * columns or t1 <= t0:
-        return points
-    times = times if times is not None else [t for t, _ in points]
-    values = [v for _, v in points]
+def downsample(times: Sequence[float], values: Sequence[float], t0: float, t1: float,
+               columns: int) -> list[tuple[float, float]]:
+    """The samples (sorted ``times`` and their ``values``) as (t, v) pairs, at most 4 per column
+    of ``columns`` over [t0, t1]: each column's first, lowest, highest and last sample in time
+    order (short series are returned whole)."""
+    if len(times) <= 4 * columns or t1 <= t0:
+        return list(zip(times, values, strict=True))
     out: list[tuple[float, float]] = []
     width = (t1 - t0) / columns
     lo = bisect_left(times, t0)
     for column in range(columns + 1):
         hi = bisect_left(times, t0 + (column + 1) * width, lo) if column < columns else len(times)
         if hi - lo <= 4:
-            out.extend(points[lo:hi])
+            out.extend(zip(times[lo:hi], values[lo:hi], strict=True))
         elif hi > lo:
             chunk = values[lo:hi]
             low = lo + chunk.index(min(chunk))
             high = lo + chunk.index(max(chunk))
-            out.extend(points[i] for i in sorted({lo, low, high, hi - 1}))
+            out.extend((times[i], values[i]) for i in sorted({lo, low, high, hi - 1}))
         lo = hi
     return out
 
@@ -114,12 +114,13 @@ def _money_series(run: Run) -> Series | None:
     if not samples:
         return None
     return Series(name="money_guard", label="charges without an order (money guard)", unit="charges",
-                  points=[(s.at, float(s.value or 0.0)) for s in samples], objective=0.0, direction="max")
+                  times=[s.at for s in samples], values=[float(s.value or 0.0) for s in samples],
+                  objective=0.0, direction="max")
 
 
 def _time_range(run: Run, panels: list[Series]) -> tuple[float, float]:
-    t0 = min([s.points[0][0] for s in panels] + ([run.start] if run.start else []))
-    ends = [s.points[-1][0] for s in panels] + [x for x in (run.end, run.aborted_at) if x]
+    t0 = min([s.times[0] for s in panels] + ([run.start] if run.start else []))
+    ends = [s.times[-1] for s in panels] + [x for x in (run.end, run.aborted_at) if x]
     window = fault_window(run)
     if window:
         ends.append(window[1])
@@ -173,8 +174,7 @@ def _panel(run: Run, series: Series, top: float, t0: float, t1: float) -> str:
     x0, x1 = LEFT, WIDTH - RIGHT
     y0, y1 = top + PANEL_H, top  # bottom, top
     factor = 100.0 if series.unit == "%" else 1.0
-    times = [t for t, _ in series.points]
-    points = downsample(series.points, t0, t1, int(x1 - x0), times)
+    points = downsample(series.times, series.values, t0, t1, int(x1 - x0))
     values = [v * factor for _, v in points]
     objective = series.objective * factor
     abort = _abort_line(run, series)
@@ -244,7 +244,7 @@ def _panel(run: Run, series: Series, top: float, t0: float, t1: float) -> str:
     elif abort is not None:
         parts.append(f'<text x="{x1 - 4}" y="{y1 + 12}" font-size="11" text-anchor="end" '
                      f'fill="{COLOURS["abort"]}">{escape(abort[1])} (off scale)</text>')
-    for segment in _segments(points, _gaps(times)):
+    for segment in _segments(points, _gaps(series.times)):
         coords = " ".join(f"{sx(t):.1f},{sy(v * factor):.1f}" for t, v in segment)
         parts.append(f'<polyline class="sli" points="{coords}" fill="none" stroke="{COLOURS["line"]}" '
                      'stroke-width="1.6" stroke-linejoin="round"/>')
@@ -289,8 +289,9 @@ def _breach_marks(series: Series, points: list[tuple[float, float]], sx, sy, fac
     return out
 
 
-def _gaps(times: list[float]) -> list[float]:
-    """Start times of the gaps in the raw series (no sample for over 2.5 times its usual step)."""
+def _gaps(times: Sequence[float]) -> list[float]:
+    """Start times of the gaps in the raw series (no sample for over 2.5 times its usual step);
+    C-level passes (map, max, compress) over the steps, however long the series."""
     if len(times) < 3:
         return []
     stride = max(1, (len(times) - 1) // 10_000)  # the usual step: a median of <= 10k steps
@@ -298,7 +299,9 @@ def _gaps(times: list[float]) -> list[float]:
     limit = 2.5 * sample[len(sample) // 2]
     if not limit > 0:
         return []
-    return [a for a, b in zip(times, islice(times, 1, None), strict=False) if b - a > limit]
+    if max(map(sub, islice(times, 1, None), times)) <= limit:  # the common case: no gap at all
+        return []
+    return list(compress(times, map(limit.__lt__, map(sub, islice(times, 1, None), times))))
 
 
 def _segments(points: list[tuple[float, float]], gaps: list[float]) -> list[list[tuple[float, float]]]:
