@@ -204,8 +204,60 @@ def test_signal_interrupted_run_stops_k6_and_records_it(workdir: Path, target: s
     journal = json.loads((workdir / "journal.json").read_text())
     assert journal["status"] == "interrupted", out
     load = journal["chaoscheckout_load"]
-    assert load["stopped_by"] == "sigint" and load["exit_code"] == 105
+    assert load["stopped_by"] == "sigint" and load["exit_code"] == 105, load
     assert load["summary"]["requests"] >= 10
+    assert _k6_pids(workdir) == []
+
+
+# A control listed before the load control: its after-experiment hook (called before the
+# load control's, as the safety control's is) holds the run, like the safety control
+# waiting for a revert, and records whether k6 was still running when it let go.
+SLOW_TEARDOWN = """
+import time
+
+from chaoscheckout.load import control as load_control
+
+
+def after_experiment_control(context, state, **kwargs):
+    k6 = load_control._STATE.get("k6")
+    deadline = time.monotonic() + 20
+    while k6 is not None and k6.running() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    state["slow_teardown"] = {"k6_still_running": k6 is not None and k6.running()}
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_stops_k6_at_once_not_after_earlier_teardown(workdir: Path, target: str, sig: int) -> None:
+    """The load stops at the signal, not when the after-experiment controls listed before
+    the load control are done (the safety control's revert of a killed container ran under
+    full load before: 3-11 s on docker instead of the reaper's 1-2 s)."""
+    (workdir / "slow_teardown.py").write_text(SLOW_TEARDOWN)
+    exp_path = _experiment(workdir, target, pause_s=60)
+    exp = json.loads(exp_path.read_text())
+    exp["controls"].insert(0, {"name": "slow-teardown",
+                               "provider": {"type": "python", "module": "slow_teardown"}})
+    exp_path.write_text(json.dumps(exp))
+    env = {**_chaos_env(workdir), "PYTHONPATH": str(workdir)}
+    proc = subprocess.Popen(
+        [CHAOS, "--no-log-file", "run", "--journal-path", str(workdir / "journal.json"), str(exp_path)],
+        cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        _wait_for(lambda: _k6_pids(workdir) and _Target.hits >= 10, 30, "k6 traffic")
+        time.sleep(2)  # into the method's 60 s pause
+        proc.send_signal(sig)
+        out = proc.communicate(timeout=60)[0].decode()
+    finally:
+        proc.kill()
+    journal = json.loads((workdir / "journal.json").read_text())
+    assert journal["status"] == "interrupted", out
+    # k6 was gone while the earlier teardown still waited (it waits up to 20 s for that)
+    assert journal["slow_teardown"] == {"k6_still_running": False}, out
+    load = journal["chaoscheckout_load"]
+    assert load["stop_requested"]["why"] == f"chaos run received {signal.Signals(sig).name}"
+    assert load["stopped_by"] == "sigint" and load["exit_code"] == 105
     assert _k6_pids(workdir) == []
 
 

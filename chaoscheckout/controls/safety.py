@@ -157,6 +157,8 @@ def after_experiment_control(
     _restore_signals()
     on_signal = _RUN.get("on_signal")
     if on_signal is not None:
+        logger.debug("safety control: after-experiment joins the signal revert (monotonic %.3f)",
+                     time.monotonic())
         on_signal["thread"].join(timeout=60)  # never two reverts of one fault at once
     try:
         reverted = revert_own(configuration)
@@ -218,6 +220,8 @@ def _revert_on_signals(configuration: Configuration) -> None:
             continue  # ignored (e.g. SIGINT of a background job): keep it ignored
 
         def handler(num: int, frame: Any, previous: Any = previous) -> Any:
+            logger.debug("safety control: %s received (monotonic %.3f)", signal.Signals(num).name,
+                         time.monotonic())
             if "on_signal" not in _RUN:
                 thread = threading.Thread(target=_revert_now, args=(configuration, num),
                                           name="chaoscheckout-signal-revert", daemon=True)
@@ -260,6 +264,7 @@ def _defer_interrupts(phase: str) -> None:
 
 
 def _revert_now(configuration: Configuration, signum: int) -> None:
+    logger.debug("safety control: signal revert thread starts (monotonic %.3f)", time.monotonic())
     results = revert_own(configuration)
     _RUN["on_signal"].update(reverted=results, reverted_at=time.time())
     logger.warning("safety control: %s: reverted %d fault(s) of this run at once",

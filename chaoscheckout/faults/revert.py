@@ -77,7 +77,9 @@ def revert_lease(
         undo, verify = revert_remote_lease, verify_remote_lease
     else:
         undo, verify = fault_kind.function("revert"), fault_kind.function("verify")
+    logger.debug("revert %s: undo begins (monotonic %.3f)", lease.fault_id, time.monotonic())
     result = undo(lease, configuration)
+    logger.debug("revert %s: undo returned (monotonic %.3f)", lease.fault_id, time.monotonic())
     # when the undo was issued: the kind says (a kill's start request, before the service's
     # own start-up), else when its revert returned (toxic deleted, ballast unlinked)
     issued_at = result.pop("issued_at", None) or time.time()

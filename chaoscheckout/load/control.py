@@ -54,11 +54,22 @@ run is interrupted (``InterruptExecution``) before the hypothesis, with k6's log
 the message and in ``chaoscheckout_load.error``. k6 is stopped with SIGINT (then
 SIGKILL) in ``after_experiment_control`` and again, as a safety net, in
 ``cleanup_control``; it also dies with ``chaos run`` if that process is killed.
+
+A ``chaos run`` ended by SIGINT (Ctrl-C) or SIGTERM sends k6 its SIGINT at the signal
+(``chaoscheckout_load.stop_requested``: when and why), not at the end of the run: the
+run is over, and its load must not compete with the revert of its faults. (Before, the
+load went on until this control's ``after_experiment_control``, which chaoslib calls
+after the safety control's, which waits for the revert: on the docker runtime a killed
+catalog started up again under the run's full load, which the reaper's path never has:
+k6 dies with a SIGKILLed run.)
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -133,6 +144,7 @@ def before_experiment_control(context: dict[str, Any], script: str = "load/basel
         k6 = K6Process(K6Options(script_path, chosen.rate, int(duration_s), str(url), run_dir, k6_env))
         _STATE["k6"] = k6
         k6.start()
+        _stop_load_on_signals(k6)
         first = k6.wait_for_traffic(float(warmup_s) + FIRST_REQUEST_TIMEOUT_S)
         logger.info(f"k6 traffic flowing ({first - (k6.started_at or first):.1f}s after start); "
                     f"profile {chosen.name} at {chosen.rate}/s; ramp {chosen.ramp_s:g}s, then warming up "
@@ -148,6 +160,7 @@ def before_experiment_control(context: dict[str, Any], script: str = "load/basel
 def after_experiment_control(context: dict[str, Any], state: dict[str, Any], timeline: bool = True,
                              configuration: dict[str, Any] | None = None, **kwargs: Any) -> None:
     """Stop k6 and record its result (and the SLI timeline) in the journal."""
+    _restore_signals()
     k6: K6Process | None = _STATE.get("k6")
     record: dict[str, Any] = {"error": _STATE.get("error"), "profile": _STATE.get("profile")}
     if k6 is not None:
@@ -159,6 +172,8 @@ def after_experiment_control(context: dict[str, Any], state: dict[str, Any], tim
         record["traffic_seen_at"] = _STATE.get("traffic_seen_at")
         logger.info(f"k6 stopped ({record['stopped_by']}), exit {record['exit_code']}: "
                     f"{record['exit_meaning']}")
+        if k6.stop_requested is not None:
+            logger.info(f"k6 was sent SIGINT at once: {k6.stop_requested['why']}")
     if isinstance(state, dict):
         state["chaoscheckout_load"] = record
         state["chaoscheckout_guards"] = {"samples": guards.samples()}
@@ -179,8 +194,42 @@ _STATE: dict[str, Any] = {}
 
 
 def _reset() -> None:
+    _restore_signals()
     _stop_quietly()
     _STATE.clear()
+
+
+def _stop_load_on_signals(k6: K6Process) -> None:
+    """SIGINT / SIGTERM of ``chaos run``: SIGINT k6 at once (no wait), then let the previous
+    handler act (the safety control's revert, chaoslib's interruption)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        previous = signal.getsignal(signum)
+        if previous in (signal.SIG_IGN, None):
+            continue  # ignored (e.g. SIGINT of a background job): keep it ignored
+
+        def handler(num: int, frame: Any, previous: Any = previous) -> Any:
+            k6.request_stop(f"chaos run received {signal.Signals(num).name}")
+            if callable(previous):
+                return previous(num, frame)
+            signal.signal(num, signal.SIG_DFL)  # default disposition: act as it would have
+            os.kill(os.getpid(), num)
+            return None
+
+        handler.chaoscheckout_load = True  # type: ignore[attr-defined]
+        _STATE.setdefault("previous_handlers", {})[signum] = previous
+        signal.signal(signum, handler)
+
+
+def _restore_signals() -> None:
+    """Put back the handlers found at start, unless a later control replaced ours since
+    (then it restores its own previous handler, ours included, and ours just goes unused)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum, previous in _STATE.pop("previous_handlers", {}).items():
+        if getattr(signal.getsignal(signum), "chaoscheckout_load", False):
+            signal.signal(signum, previous)
 
 
 def _stop_quietly() -> None:

@@ -12,7 +12,9 @@ k6 is never left running:
   grace`` in case the script ignores it;
 - k6 runs with ``PR_SET_PDEATHSIG`` = SIGKILL, so it dies with the thread that started it
   (the main thread of ``chaos run``; a SIGKILLed ``chaos run`` takes k6 with it);
-- :meth:`K6Process.stop` sends SIGINT (k6 then writes its summary), waits, then SIGKILLs.
+- :meth:`K6Process.stop` sends SIGINT (k6 then writes its summary), waits, then SIGKILLs;
+  :meth:`K6Process.request_stop` only sends that SIGINT (safe in a signal handler: an
+  interrupted run stops loading the system at once, see :mod:`chaoscheckout.load.control`).
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ class K6Process:
         self.started_at: float | None = None
         self.stopped_at: float | None = None
         self.stopped_by: str | None = None
+        self.stop_requested: dict[str, Any] | None = None  # {"at", "why"}: request_stop's SIGINT
         self._watchdog: threading.Timer | None = None
         self._lock = threading.Lock()
 
@@ -146,6 +149,17 @@ class K6Process:
                 raise K6Error(f"k6 exited with code {self.exit_code()} during warm-up: {self.log_tail()}")
             time.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
 
+    def request_stop(self, why: str) -> bool:
+        """SIGINT k6 now and return at once (no lock, no wait: callable from a signal
+        handler); :meth:`stop` later waits for it to exit. False when k6 is not running."""
+        proc = self.proc
+        if proc is None or self.stop_requested is not None or self.stopped_at is not None \
+                or proc.poll() is not None:
+            return False
+        self.stop_requested = {"at": time.time(), "why": why}
+        _signal(proc, signal.SIGINT)
+        return True
+
     def stop(self, timeout_s: float = 15.0, reason: str = "sigint") -> None:
         """Stop k6: SIGINT, wait up to ``timeout_s``, then SIGKILL. Idempotent.
 
@@ -156,9 +170,10 @@ class K6Process:
                 self._watchdog.cancel()
             if self.proc is None or self.stopped_at is not None:
                 return
-            if self.proc.poll() is None:
+            if self.proc.poll() is None or self.stop_requested is not None:
                 self.stopped_by = reason
-                _signal(self.proc, signal.SIGINT)
+                if self.stop_requested is None:  # a second SIGINT makes k6 abort: no summary
+                    _signal(self.proc, signal.SIGINT)
                 try:
                     self.proc.wait(timeout=timeout_s)
                 except subprocess.TimeoutExpired:
@@ -198,6 +213,7 @@ class K6Process:
             "started_at": self.started_at,
             "stopped_at": self.stopped_at,
             "stopped_by": self.stopped_by,
+            "stop_requested": self.stop_requested,
             "exit_code": code,
             "exit_meaning": EXIT_MEANINGS.get(code, "k6 error") if code is not None else "not exited",
             "summary": summary,

@@ -168,17 +168,22 @@ class DockerRuntime(Runtime):
         # the start instead: a container started again by someone else (or by a reverter
         # that died before re-attaching) leaves the name on the dead namespace, and a
         # refusal here would fail this revert forever; re-pointing it is this method's job.
+        logger.debug("docker start %s: begins (monotonic %.3f)", service, time.monotonic())
         entry = self.registry.target(service, check_container=False)
         check_container_target(entry, self.settings.io_timeout_s, self.client, check_netns=False)
         container = self.container(service)
         started = False
         if not self._state(container).get("Running"):
+            logger.debug("docker start %s: start request (monotonic %.3f)", service, time.monotonic())
             try:
                 container.start()
             except docker.errors.APIError as exc:
                 raise ChaosCheckoutError(f"docker start {container.name}: {exc.explanation or exc}") from None
             started = True
+            logger.debug("docker start %s: start returned (monotonic %.3f)", service, time.monotonic())
         waited = self.wait_healthy(service, timeout_s)
+        logger.debug("docker start %s: healthy after %.3f s (monotonic %.3f)", service, waited,
+                     time.monotonic())
         if entry.netns and (started or not self._netns_is_own(container, entry.netns)):
             self._attach_netns(container, entry.netns)
         return StartResult(service, started, waited, self.pid(service))
