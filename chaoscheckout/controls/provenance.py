@@ -59,8 +59,7 @@ from typing import Any
 import httpx
 
 import chaoscheckout
-from chaoscheckout.config import settings_from
-from chaoscheckout.runtime.registry import load_registry
+from chaoscheckout.context import ActivityContext, activity_context
 
 __all__ = ["configure_control", "before_experiment_control", "after_experiment_control",
            "cleanup_control", "collect_provenance", "system_build"]
@@ -98,7 +97,8 @@ def after_experiment_control(context: dict[str, Any], state: dict[str, Any],
     before = record.get("services")
     if isinstance(before, dict):
         try:
-            now = _services(configuration, _timeout(configuration))
+            ctx = activity_context(configuration)
+            now = _services(ctx, _timeout(ctx))
             record["services_at_end"] = {name: now.get(name) for name in sorted(set(before) | set(now))
                                          if _identity(now.get(name)) != _identity(before.get(name))}
         except Exception as exc:
@@ -115,9 +115,10 @@ def cleanup_control(**kwargs: Any) -> None:
 
 def collect_provenance(experiment: dict[str, Any], configuration: dict[str, Any] | None) -> dict[str, Any]:
     """The provenance record for an experiment about to run (see the module docstring)."""
-    timeout = _timeout(configuration)
+    ctx = activity_context(configuration)
+    timeout = _timeout(ctx)
     static = _static_configuration(experiment, configuration)
-    services = _services(configuration, timeout)
+    services = _services(ctx, timeout)
     record: dict[str, Any] = {
         "collected_at": time.time(),
         "experiment_digest": _digest({"experiment": _definition(experiment), "configuration": static}),
@@ -126,9 +127,9 @@ def collect_provenance(experiment: dict[str, Any], configuration: dict[str, Any]
         "tool": _tool(timeout),
         "host": {"name": socket.gethostname(), "platform": platform.platform(), "cpus": os.cpu_count(),
                  "loadavg": _loadavg()},
-        "runtime": _runtime(configuration),
+        "runtime": _runtime(ctx),
         "k6": _k6_version(timeout),
-        "prometheus": _prometheus_version(configuration, timeout),
+        "prometheus": _prometheus_version(ctx, timeout),
         "load": _load(experiment, configuration),
         "services": services,
     }
@@ -140,7 +141,8 @@ def collect_provenance(experiment: dict[str, Any], configuration: dict[str, Any]
 def system_build(configuration: dict[str, Any] | None = None) -> dict[str, Any]:
     """``{system_build, system_label}`` of the running stack, as a journal's provenance records
     them (the capacity record carries it: which build a capacity was measured on)."""
-    services = _services(configuration, _timeout(configuration))
+    ctx = activity_context(configuration)
+    services = _services(ctx, _timeout(ctx))
     return {"system_build": _digest({name: _identity(entry) for name, entry in services.items()})[:12],
             "system_label": _label(services)}
 
@@ -159,11 +161,8 @@ def _loadavg() -> list[float] | None:
         return None
 
 
-def _timeout(configuration: dict[str, Any] | None) -> float:
-    try:
-        return min(MAX_TIMEOUT_S, settings_from(configuration).io_timeout_s)
-    except (TypeError, ValueError):
-        return MAX_TIMEOUT_S
+def _timeout(ctx: ActivityContext) -> float:
+    return min(MAX_TIMEOUT_S, ctx.settings.io_timeout_s)
 
 
 def _digest(value: Any) -> str:
@@ -214,10 +213,10 @@ def _tool(timeout: float) -> dict[str, Any]:
             "python": sys.version.split()[0], **versions}
 
 
-def _runtime(configuration: dict[str, Any] | None) -> dict[str, Any]:
-    settings = settings_from(configuration)
+def _runtime(ctx: ActivityContext) -> dict[str, Any]:
+    settings = ctx.settings
     try:
-        registry = load_registry(settings.registry_file)
+        registry = ctx.registry
     except Exception as exc:
         return {"state_dir": str(settings.state_dir), "error": str(exc)}
     return {"name": settings.runtime or registry.runtime, "state_dir": str(settings.state_dir)}
@@ -235,10 +234,10 @@ def _k6_version(timeout: float) -> str:
     return line[0] if done.returncode == 0 and line else f"{UNKNOWN} (k6 version exited {done.returncode})"
 
 
-def _prometheus_version(configuration: dict[str, Any] | None, timeout: float) -> dict[str, Any]:
-    url = (configuration or {}).get("prometheus_url")
+def _prometheus_version(ctx: ActivityContext, timeout: float) -> dict[str, Any]:
+    url = (ctx.configuration or {}).get("prometheus_url")
     try:
-        url = url or load_registry(settings_from(configuration).registry_file).prometheus_url
+        url = url or ctx.registry.prometheus_url
         if not url:
             return {"status": UNKNOWN, "reason": "no prometheus_url in the configuration or registry"}
         resp = httpx.get(f"{str(url).rstrip('/')}/api/v1/status/buildinfo", timeout=timeout, trust_env=False)
@@ -269,8 +268,8 @@ def _resolve(value: Any, configuration: dict[str, Any] | None) -> Any:
     return value
 
 
-def _services(configuration: dict[str, Any] | None, timeout: float) -> dict[str, Any]:
-    registry = load_registry(settings_from(configuration).registry_file)
+def _services(ctx: ActivityContext, timeout: float) -> dict[str, Any]:
+    registry = ctx.registry
     out: dict[str, Any] = {}
     with httpx.Client(timeout=timeout, trust_env=False) as client:
         for name, entry in sorted(registry.services.items()):

@@ -45,7 +45,7 @@ from typing import Any
 from chaoslib.exceptions import InterruptExecution, InvalidControl
 from chaoslib.types import Configuration, Control, Experiment, Journal
 
-from chaoscheckout.config import settings_from
+from chaoscheckout.context import activity_context
 from chaoscheckout.faults.halt import halt_record
 from chaoscheckout.faults.leases import LeaseStore
 from chaoscheckout.faults.owner import (
@@ -87,7 +87,8 @@ def before_experiment_control(
     _RUN.clear()
     if on_stale not in ON_STALE:
         raise InterruptExecution(f"safety control: on_stale must be one of {ON_STALE}, got {on_stale!r}")
-    settings = settings_from(configuration)
+    ctx = activity_context(configuration)
+    settings = ctx.settings
     run_id = set_run_id()
     _RUN["run_id"] = run_id
     ensure_heartbeat(settings.state_dir / "owners")
@@ -114,14 +115,14 @@ def before_experiment_control(
             "(or wait for the reaper) before starting another experiment"
         )
     logger.warning("safety control: reverting faults whose owner is dead: %s", names)
-    _RUN["stale_reverted"] = revert_dead(configuration)
+    _RUN["stale_reverted"] = revert_dead(ctx)
     for result in _RUN["stale_reverted"]:
         logger.info("safety control: stale fault reverted: %s", result)
 
 
 def before_activity_control(context: Any, configuration: Configuration = None, **kwargs: Any) -> None:
     """Before each activity: interrupt the run when halted or declared dead."""
-    settings = settings_from(configuration)
+    settings = activity_context(configuration).settings
     halt = halt_record(settings.state_dir)
     if halt is not None:
         _RUN.setdefault("halt", halt)
@@ -153,7 +154,8 @@ def after_experiment_control(
     """
     _defer_interrupts("the end of the experiment")
     status = state.get("status") if isinstance(state, dict) else None
-    settings = settings_from(configuration)
+    ctx = activity_context(configuration)
+    settings = ctx.settings
     _restore_signals()
     on_signal = _RUN.get("on_signal")
     if on_signal is not None:
@@ -161,7 +163,7 @@ def after_experiment_control(
                      time.monotonic())
         on_signal["thread"].join(timeout=60)  # never two reverts of one fault at once
     try:
-        reverted = revert_own(configuration)
+        reverted = revert_own(ctx)
     except Exception as exc:  # noqa: BLE001 - chaoslib would swallow it at debug level
         logger.error("safety control: could not revert live faults: %s (the reaper reverts them when "
                      "this run ends)", exc)

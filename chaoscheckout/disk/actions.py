@@ -8,7 +8,7 @@ from typing import Any
 
 from chaoslib.types import Configuration
 
-from chaoscheckout.config import settings_from
+from chaoscheckout.context import ActivityContext, ConfigOrContext, activity_context
 from chaoscheckout.disk.ballast import (
     ballast_path,
     check_leave_bytes,
@@ -21,7 +21,6 @@ from chaoscheckout.faults.inject import Injection, check_can_inject, inject_faul
 from chaoscheckout.faults.leases import Lease, LeaseStore, check_duration
 from chaoscheckout.faults.revert import revert_lease, split_by_owner
 from chaoscheckout.remote.session import inject_remote
-from chaoscheckout.runtime import get_runtime
 
 __all__ = ["fill_disk", "release_disk"]
 
@@ -56,15 +55,15 @@ def fill_disk(
     the network; docs/ssh.md), `backend` is `ssh` and `parameters` add `remote_fault_id`,
     `remote_backend`, `remote_parameters` and `keeper_pid`.
     """
-    settings = settings_from(configuration)
+    ctx = activity_context(configuration)
+    settings, runtime = ctx.settings, ctx.runtime
     duration = check_duration(duration_s, settings.max_fault_duration_s)
-    runtime = get_runtime(configuration)
     runtime.target(service)
     if runtime.is_remote(service):  # held by a keeper on the service's host (docs/ssh.md)
         if isinstance(leave_bytes, bool) or not isinstance(leave_bytes, int) or leave_bytes < 0:
             raise InvalidFaultArgument(f"leave_bytes must be an integer >= 0, got {leave_bytes!r}")
-        return inject_remote("disk", service, {"leave_bytes": leave_bytes}, duration, configuration)
-    check_can_inject("disk", service, configuration)
+        return inject_remote("disk", service, {"leave_bytes": leave_bytes}, duration, ctx)
+    check_can_inject("disk", service, ctx)
     path = ballast_path(runtime.data_dir(service))
     store = LeaseStore(settings.leases_dir)
     if path.exists() or store.for_service(service, "disk"):
@@ -82,7 +81,7 @@ def fill_disk(
 
     parameters = {"leave_bytes": leave, "duration_s": duration, "ballast_path": str(path),
                   "free_bytes_before": before.free_bytes}
-    return inject_fault(Injection("disk", service, runtime.name, duration, parameters, apply), configuration)
+    return inject_fault(Injection("disk", service, runtime.name, duration, parameters, apply), ctx)
 
 
 def release_disk(service: str, configuration: Configuration = None) -> dict[str, Any]:
@@ -94,12 +93,12 @@ def release_disk(service: str, configuration: Configuration = None) -> dict[str,
     each other.
     Returns `{service, removed, freed_bytes, free_bytes_after, reverted_leases, left_alone}`.
     """
-    settings = settings_from(configuration)
-    runtime = get_runtime(configuration)
+    ctx = activity_context(configuration)
+    settings, runtime = ctx.settings, ctx.runtime
     runtime.entry(service)
     store = LeaseStore(settings.leases_dir)
     if runtime.is_remote(service):  # its keeper deletes the ballast on its host
-        return _release_remote(service, store, settings.state_dir / "owners", configuration)
+        return _release_remote(service, store, ctx)
     path = ballast_path(runtime.data_dir(service))
     mine, dead, others = split_by_owner(store.for_service(service, "disk"), settings.state_dir / "owners")
     if others:
@@ -125,20 +124,20 @@ def release_disk(service: str, configuration: Configuration = None) -> dict[str,
     }
 
 
-def revert_disk_lease(lease: Lease, configuration: dict[str, Any] | None = None) -> dict[str, Any]:
+def revert_disk_lease(lease: Lease, configuration: ConfigOrContext = None) -> dict[str, Any]:
     """Undo a disk lease (reaper, safety control): delete the service's ballast.
 
     The path is resolved from the registry and the runtime now, never taken from the lease.
     """
-    path = ballast_path(get_runtime(configuration).data_dir(lease.service))
+    path = ballast_path(activity_context(configuration).runtime.data_dir(lease.service))
     freed = delete_ballast(path)
     return {"action": "deleted ballast" if freed else "no ballast (nothing to do)", "freed_bytes": freed}
 
 
-def verify_disk_reverted(lease: Lease, configuration: dict[str, Any] | None = None) -> dict[str, Any]:
+def verify_disk_reverted(lease: Lease, configuration: ConfigOrContext = None) -> dict[str, Any]:
     """The fill is gone when the ballast file is gone and free space is back (more than
     halfway from what the fault left to what was free before it)."""
-    path = ballast_path(get_runtime(configuration).data_dir(lease.service))
+    path = ballast_path(activity_context(configuration).runtime.data_dir(lease.service))
     free = fs_usage(path.parent).free_bytes
     leave = int(lease.params.get("leave_bytes", 0) or 0)
     before = lease.params.get("free_bytes_before")
@@ -149,13 +148,12 @@ def verify_disk_reverted(lease: Lease, configuration: dict[str, Any] | None = No
             f"free {free} bytes (needs >= {wanted})"}
 
 
-def _release_remote(service: str, store: LeaseStore, owners_dir: Any,
-                    configuration: Configuration) -> dict[str, Any]:
-    mine, dead, others = split_by_owner(store.for_service(service, "disk"), owners_dir)
+def _release_remote(service: str, store: LeaseStore, ctx: ActivityContext) -> dict[str, Any]:
+    mine, dead, others = split_by_owner(store.for_service(service, "disk"), ctx.settings.state_dir / "owners")
     if others:
         return {"service": service, "removed": False, "freed_bytes": 0, "free_bytes_after": None,
                 "reverted_leases": [],
                 "left_alone": [{"fault_id": o.fault_id, "run_id": o.owner.run_id} for o in others]}
-    results = [revert_lease(lease, configuration) for lease in mine + dead]
+    results = [revert_lease(lease, ctx) for lease in mine + dead]
     return {"service": service, "removed": bool(results), "freed_bytes": None, "free_bytes_after": None,
             "reverted_leases": [r["fault_id"] for r in results if r.get("verified")], "left_alone": []}

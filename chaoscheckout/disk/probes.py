@@ -7,8 +7,8 @@ from typing import Any
 
 from chaoslib.types import Configuration
 
+from chaoscheckout.context import activity_context
 from chaoscheckout.disk.ballast import BALLAST_NAME, fs_usage
-from chaoscheckout.runtime import get_runtime
 
 __all__ = ["disk_free_bytes", "disk_usage"]
 
@@ -21,7 +21,7 @@ def disk_free_bytes(service: str, configuration: Configuration = None) -> int:
     `data_dir`. Use a range tolerance, e.g. `[1048576, 1e15]` for "at least 1 MiB
     free". Changes nothing.
     """
-    return fs_usage(get_runtime(configuration).data_dir(service)).free_bytes
+    return fs_usage(activity_context(configuration).runtime.data_dir(service)).free_bytes
 
 
 def disk_usage(service: str, configuration: Configuration = None) -> dict[str, Any]:
@@ -30,7 +30,7 @@ def disk_usage(service: str, configuration: Configuration = None) -> dict[str, A
     `data_dir` (`ballast_bytes` is 0 when no fill_disk ballast is present). Changes
     nothing.
     """
-    data_dir = get_runtime(configuration).data_dir(service)
+    data_dir = activity_context(configuration).runtime.data_dir(service)
     usage = fs_usage(data_dir)
     ballast = data_dir / BALLAST_NAME
     size = ballast.lstat().st_size if ballast.is_file() and not ballast.is_symlink() else 0

@@ -18,7 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from chaoscheckout.config import Settings, settings_from
+from chaoscheckout.config import Settings
+from chaoscheckout.context import ActivityContext, ConfigOrContext, activity_context
 from chaoscheckout.errors import ChaosCheckoutError, InvalidFaultArgument
 from chaoscheckout.faults.halt import check_not_halted
 from chaoscheckout.faults.leases import Lease, LeaseStore
@@ -51,26 +52,28 @@ class Injection:
     lease_params: dict[str, Any] = field(default_factory=dict)  # stored in the lease only
 
 
-def check_can_inject(kind: str, service: str, configuration: dict[str, Any] | None = None) -> None:
+def check_can_inject(kind: str, service: str, configuration: ConfigOrContext = None) -> None:
     """Raise (nothing changed) when a ``kind`` fault on ``service`` would be refused now:
     halted, this process declared dead, or the service carries another live run's fault.
     Fault actions call it first, so the refusal says why before any other check."""
-    settings = settings_from(configuration)
+    ctx = activity_context(configuration)
+    settings = ctx.settings
     check_not_halted(settings.state_dir)
     owner = current_owner()
     _check_not_declared_dead(settings, owner)
-    _check_service_free(LeaseStore(settings.leases_dir), kind, service, owner, settings, configuration)
+    _check_service_free(LeaseStore(settings.leases_dir), kind, service, owner, ctx)
 
 
-def inject_fault(injection: Injection, configuration: dict[str, Any] | None = None) -> dict[str, Any]:
+def inject_fault(injection: Injection, configuration: ConfigOrContext = None) -> dict[str, Any]:
     """Inject ``injection`` under a lease owned by this process's run; see the module doc."""
-    settings = settings_from(configuration)
+    ctx = activity_context(configuration)
+    settings = ctx.settings
     owners_dir = settings.state_dir / "owners"
     check_not_halted(settings.state_dir)
     owner = current_owner()
     _check_not_declared_dead(settings, owner)
     store = LeaseStore(settings.leases_dir)
-    _check_service_free(store, injection.kind, injection.service, owner, settings, configuration)
+    _check_service_free(store, injection.kind, injection.service, owner, ctx)
     ensure_heartbeat(owners_dir)  # the owner's first heartbeat is on disk before its lease
     lease = store.create(injection.kind, injection.service, injection.backend,
                          {**injection.parameters, **injection.lease_params}, injection.duration_s, owner)
@@ -84,7 +87,7 @@ def inject_fault(injection: Injection, configuration: dict[str, Any] | None = No
         result = lease.fault_result({**injection.parameters, **measured})
         _announce(lease, result)
     except BaseException as exc:
-        _undo_after_failure(lease, configuration, exc)
+        _undo_after_failure(lease, ctx, exc)
         raise
     return result
 
@@ -101,12 +104,12 @@ def _check_not_declared_dead(settings: Settings, owner: Owner) -> None:
         )
 
 
-def _check_service_free(store: LeaseStore, kind: str, service: str, owner: Owner, settings: Settings,
-                        configuration: dict[str, Any] | None) -> None:
-    owners_dir = settings.state_dir / "owners"
+def _check_service_free(store: LeaseStore, kind: str, service: str, owner: Owner,
+                        ctx: ActivityContext) -> None:
+    owners_dir = ctx.settings.state_dir / "owners"
     for other in store.for_service(service):
         if other.is_expired():  # its time is over anyway: the reaper is about to revert it
-            revert_lease(other, configuration, "expired (found by a new injection)")
+            revert_lease(other, ctx, "expired (found by a new injection)")
             continue
         if other.owner.run_id == owner.run_id and not other.abandoned:
             if other.kind == kind:
@@ -117,7 +120,7 @@ def _check_service_free(store: LeaseStore, kind: str, service: str, owner: Owner
             continue
         verdict = owner_verdict(other, owners_dir)
         if verdict.alive is False:
-            revert_lease(other, configuration, f"owner dead: {verdict.why}")
+            revert_lease(other, ctx, f"owner dead: {verdict.why}")
             continue
         raise FaultConflict(
             f"service {service!r} carries fault {other.fault_id} ({other.kind}) of another "
@@ -146,14 +149,14 @@ def _announce(lease: Lease, result: dict[str, Any]) -> None:
                 lease.service, lease.backend, lease.owner.describe(), result["expires_at"])
 
 
-def _undo_after_failure(lease: Lease, configuration: dict[str, Any] | None, exc: BaseException) -> None:
+def _undo_after_failure(lease: Lease, ctx: ActivityContext, exc: BaseException) -> None:
     try:
-        undone = revert_lease(lease, configuration, f"injection failed: {exc!r}")
+        undone = revert_lease(lease, ctx, f"injection failed: {exc!r}")
         note = (f"chaoscheckout: the fault {lease.fault_id} was reverted after this failure "
                 f"(verified: {undone.get('verified')}, {undone.get('checked')})")
     except Exception as revert_exc:  # noqa: BLE001 - hand it to the reaper
         try:
-            LeaseStore(settings_from(configuration).leases_dir).abandon(lease)
+            LeaseStore(ctx.settings.leases_dir).abandon(lease)
         except Exception as abandon_exc:  # noqa: BLE001
             logger.error("could not mark %s abandoned: %s", lease.fault_id, abandon_exc)
         note = (f"chaoscheckout: the fault {lease.fault_id} could not be reverted after this "

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from chaoscheckout.config import settings_from
+from chaoscheckout.context import ActivityContext, ConfigOrContext, activity_context
 from chaoscheckout.faults.kinds import KINDS, kind
 from chaoscheckout.faults.leases import Lease, LeaseStore
 from chaoscheckout.faults.owner import OwnerVerdict, current_owner, judge_owner
@@ -58,9 +58,7 @@ def split_by_owner(leases: list[Lease], owners_dir: Path) -> tuple[list[Lease], 
     return mine, dead, others
 
 
-def revert_lease(
-    lease: Lease, configuration: dict[str, Any] | None = None, reason: str = ""
-) -> dict[str, Any]:
+def revert_lease(lease: Lease, configuration: ConfigOrContext = None, reason: str = "") -> dict[str, Any]:
     """Undo the fault of ``lease``, verify it is gone, then delete the lease.
 
     Raises if the undo itself failed (the lease stays). When the check finds the effect
@@ -69,8 +67,9 @@ def revert_lease(
     start request, before the service's own start-up), ``gone_at`` when the check saw the
     effect gone (None when it did not), both unix times.
     """
+    ctx = activity_context(configuration)  # one context for the undo and its check
     fault_kind = kind(lease.kind)
-    store = LeaseStore(settings_from(configuration).leases_dir)
+    store = LeaseStore(ctx.settings.leases_dir)
     if lease.params.get("remote") is True:  # a fault on another host, held by a keeper there
         from chaoscheckout.remote.session import revert_remote_lease, verify_remote_lease
 
@@ -78,13 +77,13 @@ def revert_lease(
     else:
         undo, verify = fault_kind.function("revert"), fault_kind.function("verify")
     logger.debug("revert %s: undo begins (monotonic %.3f)", lease.fault_id, time.monotonic())
-    result = undo(lease, configuration)
+    result = undo(lease, ctx)
     logger.debug("revert %s: undo returned (monotonic %.3f)", lease.fault_id, time.monotonic())
     # when the undo was issued: the kind says (a kill's start request, before the service's
     # own start-up), else when its revert returned (toxic deleted, ballast unlinked)
     issued_at = result.pop("issued_at", None) or time.time()
     try:
-        check = verify(lease, configuration)
+        check = verify(lease, ctx)
     except Exception as exc:  # noqa: BLE001 - could not check: not verified
         check = {"verified": False, "checked": f"verification failed: {exc}"}
     gone_at = time.time() if check.get("verified") else None  # the effect seen gone from outside
@@ -103,41 +102,41 @@ def revert_lease(
 
 
 def revert_all(
-    configuration: dict[str, Any] | None = None, service: str | None = None, kind: str | None = None
+    configuration: ConfigOrContext = None, service: str | None = None, kind: str | None = None
 ) -> list[dict[str, Any]]:
     """Revert every live lease, any owner (optionally of one service/kind); keeps going on errors."""
-    leases = LeaseStore(settings_from(configuration).leases_dir).live()
+    ctx = activity_context(configuration)
+    leases = LeaseStore(ctx.settings.leases_dir).live()
     chosen = [lease for lease in leases
               if not (service and lease.service != service) and not (kind and lease.kind != kind)]
-    return _revert_each(chosen, configuration, "")
+    return _revert_each(chosen, ctx, "")
 
 
-def revert_own(configuration: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+def revert_own(configuration: ConfigOrContext = None) -> list[dict[str, Any]]:
     """Revert this run's faults only (this process's run id); other runs' faults stay."""
     me = current_owner().run_id
-    leases = LeaseStore(settings_from(configuration).leases_dir).live()
-    return _revert_each([lease for lease in leases if lease.owner.run_id == me], configuration, "")
+    ctx = activity_context(configuration)
+    leases = LeaseStore(ctx.settings.leases_dir).live()
+    return _revert_each([lease for lease in leases if lease.owner.run_id == me], ctx, "")
 
 
-def revert_dead(configuration: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+def revert_dead(configuration: ConfigOrContext = None) -> list[dict[str, Any]]:
     """Revert faults whose owner is dead or frozen (never a live run's); each result says why."""
-    settings = settings_from(configuration)
-    owners_dir = settings.state_dir / "owners"
+    ctx = activity_context(configuration)
+    owners_dir = ctx.settings.state_dir / "owners"
     results = []
-    for lease in LeaseStore(settings.leases_dir).live():
+    for lease in LeaseStore(ctx.settings.leases_dir).live():
         verdict = owner_verdict(lease, owners_dir)
         if verdict.alive is False:
-            results += _revert_each([lease], configuration, f"owner dead: {verdict.why}")
+            results += _revert_each([lease], ctx, f"owner dead: {verdict.why}")
     return results
 
 
-def _revert_each(
-    leases: list[Lease], configuration: dict[str, Any] | None, reason: str
-) -> list[dict[str, Any]]:
+def _revert_each(leases: list[Lease], ctx: ActivityContext, reason: str) -> list[dict[str, Any]]:
     results = []
     for lease in leases:
         try:
-            results.append(revert_lease(lease, configuration, reason))
+            results.append(revert_lease(lease, ctx, reason))
         except Exception as exc:  # noqa: BLE001 - report and continue with the others
             logger.error("could not revert %s: %s", lease.fault_id, exc)
             results.append({"fault_id": lease.fault_id, "kind": lease.kind, "service": lease.service,

@@ -77,10 +77,9 @@ from typing import Any
 from chaoslib.exceptions import InterruptExecution, InvalidActivity
 
 from chaoscheckout import validate
-from chaoscheckout.config import settings_from
+from chaoscheckout.context import ActivityContext, activity_context
 from chaoscheckout.load.k6 import K6Error, K6Options, K6Process
 from chaoscheckout.load.profile import PROFILES, ProfileError, resolve_profile
-from chaoscheckout.runtime.registry import load_registry
 from chaoscheckout.sli import guards
 from chaoscheckout.sli.timeline import collect_timeline
 
@@ -131,8 +130,9 @@ def before_experiment_control(context: dict[str, Any], script: str = "load/basel
             raise ProfileError(f"the ramp ({chosen.ramp_s:g} s) must be shorter than duration_s "
                                f"({duration_s})")
         _STATE["profile"] = chosen.to_dict()
-        settings = settings_from(configuration)
-        url = checkout_url or _registry_checkout_url(configuration)
+        ctx = activity_context(configuration)
+        settings = ctx.settings
+        url = checkout_url or _registry_checkout_url(ctx)
         script_path = Path(script).expanduser()
         script_path = (script_path if script_path.is_absolute() else Path.cwd() / script_path).resolve()
         if not script_path.is_file():
@@ -265,9 +265,9 @@ def _is_placeholder(value: Any) -> bool:
     return isinstance(value, str) and value.startswith("${") and value.endswith("}")
 
 
-def _registry_checkout_url(configuration: dict[str, Any] | None) -> str:
+def _registry_checkout_url(ctx: ActivityContext) -> str:
     try:
-        url = load_registry(settings_from(configuration).registry_file).extra.get("checkout_url")
+        url = ctx.registry.extra.get("checkout_url")
     except Exception as exc:
         raise K6Error(f"no checkout_url argument and no registry to read it from: {exc}") from None
     if not url:

@@ -21,8 +21,9 @@ import logging
 from typing import Any
 
 from chaoscheckout import validate
-from chaoscheckout.config import Settings, settings_from
-from chaoscheckout.errors import BackendUnavailable, InvalidFaultArgument, TargetRefused
+from chaoscheckout.config import Settings
+from chaoscheckout.context import ConfigOrContext, activity_context
+from chaoscheckout.errors import BackendUnavailable, InvalidFaultArgument, TargetRefused, UnknownService
 from chaoscheckout.faults.inject import Injection, check_can_inject, inject_fault
 from chaoscheckout.faults.leases import Lease, LeaseStore, check_duration
 from chaoscheckout.faults.revert import revert_lease, split_by_owner
@@ -31,8 +32,8 @@ from chaoscheckout.network.proxy.toxic import MAX_DELAY_MS
 from chaoscheckout.network.proxy_client import ProxyControl, ProxyUnreachable
 from chaoscheckout.network.proxy_route import proxy_target
 from chaoscheckout.remote.session import inject_remote
-from chaoscheckout.runtime import get_runtime
-from chaoscheckout.runtime.registry import Registry, ServiceEntry, load_registry
+from chaoscheckout.runtime import Runtime
+from chaoscheckout.runtime.registry import ServiceEntry
 
 __all__ = ["add_latency", "remove_latency"]
 
@@ -96,22 +97,20 @@ def add_latency(
     `remote_backend`, `remote_parameters` and `keeper_pid`.
     The `backend` argument then chooses between the remote host's own proxy and netem.
     """
-    settings = settings_from(configuration)
+    ctx = activity_context(configuration)
+    settings, runtime = ctx.settings, ctx.runtime
     delay, jitter, share = _check_latency(delay_ms, jitter_ms, fraction)
     if not isinstance(scope, str) or scope not in SCOPES:
         raise InvalidFaultArgument(f"scope must be one of {', '.join(SCOPES)}, got {scope!r}")
     if backend not in BACKENDS:
         raise InvalidFaultArgument(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     duration = check_duration(duration_s, settings.max_fault_duration_s)
-    registry = load_registry(settings.registry_file)
-    entry = registry.target(service)
-    if (settings.runtime or registry.runtime) != "local" or entry.remote is not None:
-        get_runtime(configuration).target(service)  # e.g. docker checks the container's label
-    if entry.remote is not None:  # held by a keeper on the service's host (docs/ssh.md)
+    entry = runtime.target(service)  # e.g. docker checks the container's label and netns
+    if runtime.is_remote(service):  # held by a keeper on the service's host (docs/ssh.md)
         arguments = {"delay_ms": delay, "jitter_ms": jitter, "fraction": share, "backend": backend,
                      "scope": scope}
-        return inject_remote("latency", service, arguments, duration, configuration)
-    check_can_inject("latency", service, configuration)
+        return inject_remote("latency", service, arguments, duration, ctx)
+    check_can_inject("latency", service, ctx)
     store = LeaseStore(settings.leases_dir)
     existing = [lease for lease in store.for_service(service, "latency") if not lease.is_expired()]
     if existing:
@@ -119,7 +118,7 @@ def add_latency(
             f"service {service!r} already has a latency fault ({existing[0].fault_id}); "
             "remove_latency first"
         )
-    chosen, target = _plan(registry, entry, backend, share, settings)
+    chosen, target = _plan(runtime, entry, backend, share, settings)
     parameters = {"delay_ms": delay, "jitter_ms": jitter, "fraction": share, "scope": scope,
                   "duration_s": duration, "distribution": "uniform", "requested_backend": backend,
                   **{k: v for k, v in target.items() if k != "proxy_control_url"}}
@@ -136,7 +135,7 @@ def add_latency(
                     delay, jitter, share, scope, service, chosen, lease.expires_at, lease.fault_id)
         return measured
 
-    return inject_fault(Injection("latency", service, chosen, duration, parameters, apply), configuration)
+    return inject_fault(Injection("latency", service, chosen, duration, parameters, apply), ctx)
 
 
 def remove_latency(service: str, configuration: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -156,9 +155,9 @@ def remove_latency(service: str, configuration: dict[str, Any] | None = None) ->
     (the `latency_fault_effect` dict, or null when no fault was live), so the journal
     shows how much traffic was really slowed.
     """
-    settings = settings_from(configuration)
-    registry = load_registry(settings.registry_file)
-    entry = registry.service(service)
+    ctx = activity_context(configuration)
+    settings, runtime = ctx.settings, ctx.runtime
+    entry = runtime.entry(service)
     store = LeaseStore(settings.leases_dir)
     reverted, proxy_removed, netem_removed, effect = [], False, [], None
     mine, dead, others = split_by_owner(store.for_service(service, "latency"), settings.state_dir / "owners")
@@ -170,13 +169,13 @@ def remove_latency(service: str, configuration: dict[str, Any] | None = None) ->
                                                for o in others],
                 "message": f"latency on {service} belongs to another live run: left alone"}
     for lease in mine + dead:
-        result = revert_lease(lease, configuration)
+        result = revert_lease(lease, ctx)
         reverted.append(lease.fault_id)
         proxy_removed |= bool(result.get("proxy_toxic_removed"))
         netem_removed += result.get("netem_removed", [])
         effect = result.get("effect") or effect
     # a remote service's latency lives on its host (reverted through its keeper above)
-    leftover = _clear(entry, registry, {}, settings) if entry.remote is None else \
+    leftover = _clear(entry, runtime, {}, settings) if not runtime.is_remote(service) else \
         {"proxy_toxic_removed": False, "netem_removed": []}
     proxy_removed |= leftover["proxy_toxic_removed"]
     netem_removed += leftover["netem_removed"]
@@ -193,36 +192,35 @@ def remove_latency(service: str, configuration: dict[str, Any] | None = None) ->
     }
 
 
-def revert_latency_lease(lease: Lease, configuration: dict[str, Any] | None = None) -> dict[str, Any]:
+def revert_latency_lease(lease: Lease, configuration: ConfigOrContext = None) -> dict[str, Any]:
     """Undo one latency lease (proxy toxic and netem qdisc, whichever is present); idempotent.
 
     The lease only names the service: where to act (route, control URL, netns) is resolved
-    by that name through the registry and the runtime at revert time (:func:`_revert_target`),
+    by that name through the runtime at revert time (:func:`_revert_target`),
     never read from the lease, so a hand-made lease cannot steer a revert anywhere else.
     Used by :mod:`chaoscheckout.faults.revert` (rollbacks, safety control, reaper).
     """
-    settings = settings_from(configuration)
-    registry = load_registry(settings.registry_file)
-    entry, why = _revert_target(lease.service, registry, configuration)
+    ctx = activity_context(configuration)
+    entry, why = _revert_target(lease.service, ctx.runtime)
     if entry is None:
         logger.warning("latency lease %s: %s", lease.fault_id, why)
         return {"proxy_toxic_removed": False, "netem_removed": [], "effect": None, "untouched": why}
-    result = _clear(entry, registry, {"fault_id": lease.fault_id}, settings)
+    result = _clear(entry, ctx.runtime, {"fault_id": lease.fault_id}, ctx.settings)
     return {**result, "note": why} if why else result
 
 
-def verify_latency_reverted(lease: Lease, configuration: dict[str, Any] | None = None) -> dict[str, Any]:
+def verify_latency_reverted(lease: Lease, configuration: ConfigOrContext = None) -> dict[str, Any]:
     """The latency is gone when the proxy has no toxic on the service's route and its
     network namespace has no netem qdisc (both resolved as the revert resolves them)."""
-    settings = settings_from(configuration)
-    registry = load_registry(settings.registry_file)
-    entry, why = _revert_target(lease.service, registry, configuration)
+    ctx = activity_context(configuration)
+    settings, control_url = ctx.settings, ctx.runtime.proxy_control_url
+    entry, why = _revert_target(lease.service, ctx.runtime)
     if entry is None:
         return {"verified": True, "checked": f"nothing to check: {why}"}
     checked, ok = [], True
-    if entry.proxy is not None and registry.proxy_control_url:
+    if entry.proxy is not None and control_url:
         try:
-            toxic = ProxyControl(registry.proxy_control_url, settings.io_timeout_s).latency(entry.proxy.route)
+            toxic = ProxyControl(control_url, settings.io_timeout_s).latency(entry.proxy.route)
             ok &= toxic is None
             state = "no toxic" if toxic is None else "toxic live"
             checked.append(f"proxy route {entry.proxy.route}: {state}")
@@ -252,13 +250,13 @@ def _check_latency(delay_ms: Any, jitter_ms: Any, fraction: Any) -> tuple[float,
 
 
 def _plan(
-    registry: Registry, entry: ServiceEntry, backend: str, share: float, settings: Settings
+    runtime: Runtime, entry: ServiceEntry, backend: str, share: float, settings: Settings
 ) -> tuple[str, dict[str, Any]]:
     """Pick the backend and check it can work, changing nothing. Returns (backend, target)."""
     if backend == "netem":
         return "netem", _netem_target(entry, share, settings)
     if backend == "proxy":
-        return "proxy", _proxy_target(registry, entry, settings)
+        return "proxy", proxy_target(entry, runtime.proxy_control_url, settings.io_timeout_s)
     reasons = []
     if share < 1:
         reasons.append(f"netem: fraction={share:g} needs per-connection choice")
@@ -268,7 +266,7 @@ def _plan(
         except BackendUnavailable as exc:
             reasons.append(f"netem: {exc}")
     try:
-        return "proxy", _proxy_target(registry, entry, settings)
+        return "proxy", proxy_target(entry, runtime.proxy_control_url, settings.io_timeout_s)
     except BackendUnavailable as exc:
         reasons.append(f"proxy: {exc}")
     raise BackendUnavailable(f"no latency backend works for {entry.name!r}: " + "; ".join(reasons))
@@ -302,35 +300,28 @@ def _netem_target(entry: ServiceEntry, share: float, settings: Settings) -> dict
     return {"netns": netns, "devices": devices}
 
 
-def _proxy_target(registry: Registry, entry: ServiceEntry, settings: Settings) -> dict[str, Any]:
-    return proxy_target(registry, entry, settings.io_timeout_s)
-
-
-def _revert_target(
-    service: str, registry: Registry, configuration: dict[str, Any] | None
-) -> tuple[ServiceEntry | None, str]:
+def _revert_target(service: str, runtime: Runtime) -> tuple[ServiceEntry | None, str]:
     """The entry a latency revert acts on, found by service name only. ``(None, why)`` when
     the name is not a chaos target of the registry: nothing is touched (add_latency refuses
     such a service, so no latency of ours can be there; the lease is only data to drop).
     The proxy route is the stack's own proxy; the netns is acted on only when the runtime
     accepts the target (docker: the labelled container, the netns its own), else it is left
     out (``why`` says so): netem put in a container's namespace died with that namespace."""
-    entry = registry.services.get(service)
-    if entry is None:
+    try:
+        entry = runtime.entry(service)
+    except UnknownService:
         return None, f"{service!r} is not in the service registry: nothing touched"
     if not entry.chaos_target:
         return None, f"{service!r} is not a chaos target of this stack: nothing touched"
     try:
-        registry.target(service)  # a docker registry: the container's label and netns too
-        if (settings_from(configuration).runtime or registry.runtime) != "local":
-            get_runtime(configuration).target(service)  # as add_latency resolves it
+        runtime.target(service)  # as add_latency resolves it (docker: the label and netns too)
     except TargetRefused as exc:
         return dataclasses.replace(entry, netns=None), f"netns left alone: {exc}"
     return entry, ""
 
 
 def _clear(
-    entry: ServiceEntry | None, registry: Registry, params: dict[str, Any], settings: Settings
+    entry: ServiceEntry | None, runtime: Runtime, params: dict[str, Any], settings: Settings
 ) -> dict[str, Any]:
     """Remove the proxy toxic and netem qdiscs of a service, whichever is present.
 
@@ -338,7 +329,7 @@ def _clear(
     qdisc statistics read just before deletion), or None when nothing was live.
     """
     route = entry.proxy.route if entry and entry.proxy else None
-    control_url = registry.proxy_control_url
+    control_url = runtime.proxy_control_url
     netns = entry.netns if entry else None
     result: dict[str, Any] = {"proxy_toxic_removed": False, "netem_removed": [], "effect": None}
     if route and control_url:

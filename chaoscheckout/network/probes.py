@@ -9,13 +9,12 @@ from typing import Any
 
 import httpx
 
-from chaoscheckout.config import settings_from
+from chaoscheckout.context import activity_context
 from chaoscheckout.errors import ChaosCheckoutError, InvalidFaultArgument
 from chaoscheckout.faults.leases import LeaseStore
 from chaoscheckout.network import netem
 from chaoscheckout.network.actions import netem_effect, proxy_effect
 from chaoscheckout.network.proxy_client import ProxyControl, ProxyUnreachable
-from chaoscheckout.runtime.registry import load_registry
 
 __all__ = ["latency_fault", "latency_fault_effect", "measure_latency_ms", "netem_qdisc_stats"]
 
@@ -36,14 +35,14 @@ def latency_fault(service: str, configuration: dict[str, Any] | None = None) -> 
     Returns null, or `{service, leases: [fault ids], proxy: <toxic>|null, netem: [qdiscs]}`.
     In a steady-state hypothesis, tolerance `null` means "no latency fault".
     """
-    settings = settings_from(configuration)
-    registry = load_registry(settings.registry_file)
-    entry = registry.service(service)
+    ctx = activity_context(configuration)
+    settings, control_url = ctx.settings, ctx.runtime.proxy_control_url
+    entry = ctx.runtime.entry(service)
     leases = [lease.fault_id for lease in LeaseStore(settings.leases_dir).for_service(service, "latency")]
     toxic = None
-    if entry.proxy is not None and registry.proxy_control_url:
+    if entry.proxy is not None and control_url:
         try:
-            route = ProxyControl(registry.proxy_control_url, settings.io_timeout_s).route(entry.proxy.route)
+            route = ProxyControl(control_url, settings.io_timeout_s).route(entry.proxy.route)
             toxic = route.get("latency")
         except ProxyUnreachable as exc:
             if not exc.refused:
@@ -76,12 +75,12 @@ def latency_fault_effect(service: str, configuration: dict[str, Any] | None = No
     counts are null, `reason` says why, and `netem_stats` holds the qdiscs' `tc -s`
     packet counts. `remove_latency` returns the same dict with the final counts.
     """
-    settings = settings_from(configuration)
-    registry = load_registry(settings.registry_file)
-    entry = registry.service(service)
-    if entry.proxy is not None and registry.proxy_control_url:
+    ctx = activity_context(configuration)
+    settings, control_url = ctx.settings, ctx.runtime.proxy_control_url
+    entry = ctx.runtime.entry(service)
+    if entry.proxy is not None and control_url:
         try:
-            toxic = ProxyControl(registry.proxy_control_url, settings.io_timeout_s).latency(entry.proxy.route)
+            toxic = ProxyControl(control_url, settings.io_timeout_s).latency(entry.proxy.route)
         except ProxyUnreachable as exc:
             if not exc.refused:
                 raise
@@ -118,9 +117,9 @@ def measure_latency_ms(
         raise InvalidFaultArgument(f"samples must be an integer in [1, {MAX_SAMPLES}], got {samples!r}")
     if not isinstance(path, str) or not path.startswith("/"):
         raise InvalidFaultArgument(f"path must start with '/', got {path!r}")
-    settings = settings_from(configuration)
-    registry = load_registry(settings.registry_file)
-    entry = registry.service(service)
+    ctx = activity_context(configuration)
+    settings = ctx.settings
+    entry = ctx.runtime.entry(service)
     port = entry.proxy.listen_port if via_proxy and entry.proxy else entry.port
     host = "127.0.0.1" if via_proxy and entry.proxy else entry.host
     url = f"http://{host}:{port}{path}"
@@ -155,13 +154,11 @@ def netem_qdisc_stats(service: str, configuration: dict[str, Any] | None = None)
     measured_at}` (`options` for netem: its delay and jitter). Fails when the counters
     cannot be read (ssh or tc failure).
     """
-    from chaoscheckout.network.qdisc_stats import service_qdisc_stats
+    from chaoscheckout.network.qdisc_stats import entry_qdisc_stats
 
-    settings = settings_from(configuration)
-    entry = load_registry(settings.registry_file).service(service)
+    entry = activity_context(configuration).runtime.entry(service)
     if entry.remote is None:
-        result = service_qdisc_stats(str(settings.state_dir), service)
-        return {**result, "host": "local"}
+        return {**entry_qdisc_stats(entry), "host": "local"}
     return {**_remote_qdisc_stats(entry.remote), "service": service,
             "host": f"{entry.remote.ssh_host}:{entry.remote.ssh_port}"}
 

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from chaoscheckout.network import netem
-from chaoscheckout.runtime.registry import load_registry
+from chaoscheckout.runtime.registry import ServiceEntry, load_registry
 
-__all__ = ["qdisc_stats", "service_qdisc_stats", "COUNTERS"]
+__all__ = ["qdisc_stats", "service_qdisc_stats", "entry_qdisc_stats", "COUNTERS"]
 
 COUNTERS = ("bytes", "packets", "drops", "overlimits", "requeues", "backlog", "qlen")
 TC_TIMEOUT_S = 10.0
@@ -52,7 +52,12 @@ def qdisc_stats(netns: str, timeout_s: float = TC_TIMEOUT_S) -> list[dict[str, A
 
 def service_qdisc_stats(state_dir: str, service: str) -> dict[str, Any]:
     """The qdiscs of ``service``'s namespace per the registry of ``state_dir`` (this host)."""
-    entry = load_registry(Path(state_dir) / "services.json").service(service)
+    return entry_qdisc_stats(load_registry(Path(state_dir) / "services.json").service(service))
+
+
+def entry_qdisc_stats(entry: ServiceEntry) -> dict[str, Any]:
+    """The qdiscs of the namespace of a registry entry of this host."""
+    service = entry.name
     if not entry.netns:
         return {"service": service, "netns": None, "qdiscs": [], "netem": False,
                 "reason": "the service has no network namespace of its own", "measured_at": time.time()}

@@ -18,15 +18,16 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from chaoscheckout.config import finite_number, settings_from
-from chaoscheckout.errors import InvalidFaultArgument
+from chaoscheckout.config import finite_number
+from chaoscheckout.context import ConfigOrContext, activity_context
+from chaoscheckout.errors import InvalidFaultArgument, UnknownService
 from chaoscheckout.faults.inject import Injection, check_can_inject, inject_fault
 from chaoscheckout.faults.leases import Lease, LeaseStore, check_duration
 from chaoscheckout.faults.revert import revert_lease, split_by_owner
 from chaoscheckout.network.proxy_client import ProxyControl, ProxyUnreachable
 from chaoscheckout.network.proxy_route import proxy_target
-from chaoscheckout.runtime import get_runtime
-from chaoscheckout.runtime.registry import Registry, ServiceEntry, load_registry
+from chaoscheckout.runtime import Runtime
+from chaoscheckout.runtime.registry import ServiceEntry
 
 __all__ = ["lose_responses", "restore_responses", "response_loss_effect"]
 
@@ -65,20 +66,18 @@ def lose_responses(
     `listen`, `upstream`). Undo with `restore_responses(service)`; evidence with the probe
     `response_loss_effect(service)`.
     """
-    settings = settings_from(configuration)
+    ctx = activity_context(configuration)
+    settings, runtime = ctx.settings, ctx.runtime
     share = finite_number("fraction", fraction, 0, 1)
     duration = check_duration(duration_s, settings.max_fault_duration_s)
-    registry = load_registry(settings.registry_file)
-    entry = registry.target(service)
-    if (settings.runtime or registry.runtime) != "local":  # e.g. docker checks the container's label
-        get_runtime(configuration).target(service)
-    check_can_inject(KIND, service, configuration)
+    entry = runtime.target(service)  # e.g. docker checks the container's label
+    check_can_inject(KIND, service, ctx)
     existing = [lease for lease in LeaseStore(settings.leases_dir).for_service(service, KIND)
                 if not lease.is_expired()]
     if existing:
         raise InvalidFaultArgument(f"service {service!r} already has a response-loss fault "
                                    f"({existing[0].fault_id}); restore_responses first")
-    target = proxy_target(registry, entry, settings.io_timeout_s)
+    target = proxy_target(entry, runtime.proxy_control_url, settings.io_timeout_s)
     parameters = {"fraction": share, "scope": "request", "duration_s": duration,
                   **{k: v for k, v in target.items() if k != "proxy_control_url"}}
 
@@ -89,7 +88,7 @@ def lose_responses(
                     share, service, lease.expires_at, lease.fault_id)
         return {}
 
-    return inject_fault(Injection(KIND, service, "proxy", duration, parameters, apply), configuration)
+    return inject_fault(Injection(KIND, service, "proxy", duration, parameters, apply), ctx)
 
 
 def restore_responses(service: str, configuration: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -106,9 +105,9 @@ def restore_responses(service: str, configuration: dict[str, Any] | None = None)
     message}`; `effect` is what the removed fault did (the `response_loss_effect` dict
     read at revert, or null when none was live).
     """
-    settings = settings_from(configuration)
-    registry = load_registry(settings.registry_file)
-    entry = registry.service(service)
+    ctx = activity_context(configuration)
+    settings, runtime = ctx.settings, ctx.runtime
+    entry = runtime.entry(service)
     store = LeaseStore(settings.leases_dir)
     mine, dead, others = split_by_owner(store.for_service(service, KIND), settings.state_dir / "owners")
     if others:
@@ -119,11 +118,11 @@ def restore_responses(service: str, configuration: dict[str, Any] | None = None)
                 "message": f"response loss on {service} belongs to another live run: left alone"}
     reverted, removed, effect = [], False, None
     for lease in mine + dead:
-        result = revert_lease(lease, configuration)
+        result = revert_lease(lease, ctx)
         reverted.append(lease.fault_id)
         removed |= bool(result.get("proxy_toxic_removed"))
         effect = result.get("effect") or effect
-    leftover = _clear(entry, registry, settings.io_timeout_s)
+    leftover = _clear(entry, runtime, settings.io_timeout_s)
     removed |= leftover["proxy_toxic_removed"]
     effect = effect or leftover["effect"]
     nothing = not (reverted or removed)
@@ -148,13 +147,13 @@ def response_loss_effect(service: str, configuration: dict[str, Any] | None = No
     picked request whose caller gave up first loses nothing). The ratio is null before
     any traffic.
     """
-    settings = settings_from(configuration)
-    registry = load_registry(settings.registry_file)
-    entry = registry.service(service)
-    if entry.proxy is None or not registry.proxy_control_url:
+    ctx = activity_context(configuration)
+    entry = ctx.runtime.entry(service)
+    proxy = _proxy(entry, ctx.runtime, ctx.settings.io_timeout_s)
+    if proxy is None:
         return None
     try:
-        toxic = _control(registry, settings.io_timeout_s).response_loss(entry.proxy.route)
+        toxic = proxy[0].response_loss(proxy[1])
     except ProxyUnreachable as exc:
         if not exc.refused:
             raise
@@ -162,27 +161,25 @@ def response_loss_effect(service: str, configuration: dict[str, Any] | None = No
     return _effect(toxic) if toxic else None
 
 
-def revert_response_loss_lease(lease: Lease, configuration: dict[str, Any] | None = None) -> dict[str, Any]:
+def revert_response_loss_lease(lease: Lease, configuration: ConfigOrContext = None) -> dict[str, Any]:
     """Undo one response-loss lease (the proxy toxic on the service's route); idempotent.
 
-    Where to act comes from the registry now, never from the lease."""
-    settings = settings_from(configuration)
-    registry = load_registry(settings.registry_file)
-    return _clear(registry.services.get(lease.service), registry, settings.io_timeout_s)
+    Where to act comes from the registry (through the runtime) now, never from the lease."""
+    ctx = activity_context(configuration)
+    return _clear(_entry(lease.service, ctx.runtime), ctx.runtime, ctx.settings.io_timeout_s)
 
 
-def verify_response_loss_reverted(lease: Lease,
-                                  configuration: dict[str, Any] | None = None) -> dict[str, Any]:
+def verify_response_loss_reverted(lease: Lease, configuration: ConfigOrContext = None) -> dict[str, Any]:
     """Responses flow again when the proxy holds no response-loss toxic on the service's route."""
-    settings = settings_from(configuration)
-    registry = load_registry(settings.registry_file)
-    entry = registry.services.get(lease.service)
+    ctx = activity_context(configuration)
+    entry = _entry(lease.service, ctx.runtime)
     if entry is None:
         return {"verified": True, "checked": f"{lease.service} is not in the registry: nothing to check"}
-    if entry.proxy is None or not registry.proxy_control_url:
+    proxy = _proxy(entry, ctx.runtime, ctx.settings.io_timeout_s)
+    if proxy is None:
         return {"verified": True, "checked": f"{lease.service} has no proxy route: nothing to check"}
     try:
-        toxic = _control(registry, settings.io_timeout_s).response_loss(entry.proxy.route)
+        toxic = proxy[0].response_loss(proxy[1])
     except ProxyUnreachable as exc:
         if not exc.refused:
             raise
@@ -194,16 +191,28 @@ def verify_response_loss_reverted(lease: Lease,
 ###############################################################################
 # Internals
 ###############################################################################
-def _control(registry: Registry, timeout_s: float) -> ProxyControl:
-    return ProxyControl(str(registry.proxy_control_url), timeout_s)
+def _entry(service: str, runtime: Runtime) -> ServiceEntry | None:
+    """The service's entry, None when the registry has no such service (nothing to act on)."""
+    try:
+        return runtime.entry(service)
+    except UnknownService:
+        return None
 
 
-def _clear(entry: ServiceEntry | None, registry: Registry, timeout_s: float) -> dict[str, Any]:
+def _proxy(entry: ServiceEntry, runtime: Runtime, timeout_s: float) -> tuple[ProxyControl, str] | None:
+    """The fault proxy's control client and the service's route, None when it has no route."""
+    if entry.proxy is None or not runtime.proxy_control_url:
+        return None
+    return ProxyControl(runtime.proxy_control_url, timeout_s), entry.proxy.route
+
+
+def _clear(entry: ServiceEntry | None, runtime: Runtime, timeout_s: float) -> dict[str, Any]:
     result: dict[str, Any] = {"proxy_toxic_removed": False, "effect": None}
-    if entry is None or entry.proxy is None or not registry.proxy_control_url:
+    proxy = _proxy(entry, runtime, timeout_s) if entry is not None else None
+    if proxy is None:
         return result
     try:
-        cleared = ProxyControl(registry.proxy_control_url, timeout_s).clear_response_loss(entry.proxy.route)
+        cleared = proxy[0].clear_response_loss(proxy[1])
     except ProxyUnreachable as exc:
         if not exc.refused:
             raise

@@ -31,13 +31,13 @@ import time
 from dataclasses import replace
 from typing import IO, Any
 
-from chaoscheckout.config import settings_from
+from chaoscheckout.context import ActivityContext, ConfigOrContext, activity_context
 from chaoscheckout.errors import ChaosCheckoutError, InvalidFaultArgument
 from chaoscheckout.faults.inject import Injection, check_can_inject, inject_fault
 from chaoscheckout.faults.leases import Lease, LeaseStore
 from chaoscheckout.remote.keeper import DEFAULT_MISS_S, KEEPABLE_KINDS
 from chaoscheckout.remote.wire import error_from_wire
-from chaoscheckout.runtime.registry import RemoteSpec, load_registry
+from chaoscheckout.runtime.registry import RemoteSpec
 from chaoscheckout.runtime.ssh import (
     SshCallTimeout,
     SshError,
@@ -57,7 +57,7 @@ REVERT_TIMEOUT_S = 30.0  # on top of call_timeout_s: a kill's revert starts the 
 
 
 def inject_remote(kind: str, service: str, arguments: dict[str, Any], duration_s: float,
-                  configuration: dict[str, Any] | None = None,
+                  configuration: ConfigOrContext = None,
                   parameters: dict[str, Any] | None = None) -> dict[str, Any]:
     """Inject a ``kind`` fault on remote ``service`` through a keeper; the fault-action result.
 
@@ -66,9 +66,10 @@ def inject_remote(kind: str, service: str, arguments: dict[str, Any], duration_s
     if kind not in KEEPABLE_KINDS:
         raise InvalidFaultArgument(f"service {service!r} is remote: {kind} faults are not supported on "
                                    f"remote services (only {', '.join(KEEPABLE_KINDS)})")
-    settings = settings_from(configuration)
-    spec = _spec(service, configuration)
-    check_can_inject(kind, service, configuration)  # a halt or a conflict refuses before any ssh call
+    ctx = activity_context(configuration)
+    settings = ctx.settings
+    spec = _spec(service, ctx)
+    check_can_inject(kind, service, ctx)  # a halt or a conflict refuses before any ssh call
     # preflight: the host answers, its key is the pinned one, the login works, the agent runs and
     # knows the service; each failure is one clear error before any lease is written
     call_agent(spec, "describe", {"service": spec.service})
@@ -91,10 +92,10 @@ def inject_remote(kind: str, service: str, arguments: dict[str, Any], duration_s
                 "remote_parameters": fault["parameters"], "keeper_pid": answer.get("keeper_pid")}
 
     injection = Injection(kind, service, "ssh", duration_s, {**params, **where}, apply)
-    return inject_fault(injection, configuration)
+    return inject_fault(injection, ctx)
 
 
-def revert_remote_lease(lease: Lease, configuration: dict[str, Any] | None = None) -> dict[str, Any]:
+def revert_remote_lease(lease: Lease, configuration: ConfigOrContext = None) -> dict[str, Any]:
     """Undo a remote fault: ask this process's keeper, else ``remote revert`` over ssh."""
     session = _SESSIONS.pop(lease.fault_id, None)
     if session is not None:
@@ -104,7 +105,7 @@ def revert_remote_lease(lease: Lease, configuration: dict[str, Any] | None = Non
         except ChaosCheckoutError as exc:
             logger.warning("keeper of %s did not answer the revert (%s): reverting over ssh",
                            lease.fault_id, exc)
-    spec = _spec(lease.service, configuration)
+    spec = _spec(lease.service, activity_context(configuration))
     answer = call_agent(spec, "revert", {"service": spec.service, "run_id": lease.owner.run_id,
                                          "kind": lease.kind,
                                          "reason": f"controller revert of {lease.fault_id}"},
@@ -112,10 +113,10 @@ def revert_remote_lease(lease: Lease, configuration: dict[str, Any] | None = Non
     return {"action": "reverted over ssh (remote revert)", "remote": answer}
 
 
-def verify_remote_lease(lease: Lease, configuration: dict[str, Any] | None = None) -> dict[str, Any]:
+def verify_remote_lease(lease: Lease, configuration: ConfigOrContext = None) -> dict[str, Any]:
     """Gone when the remote host has no lease of this run on the service and the kind's
     check passes there."""
-    spec = _spec(lease.service, configuration)
+    spec = _spec(lease.service, activity_context(configuration))
     answer = call_agent(spec, "verify", {"service": spec.service, "run_id": lease.owner.run_id,
                                          "kind": lease.kind, "lease": lease.params.get("remote_lease")})
     return {"verified": bool(answer.get("verified")),
@@ -258,8 +259,8 @@ class KeeperSession:
 _SESSIONS: dict[str, KeeperSession] = {}  # local fault id -> this process's keeper session
 
 
-def _spec(service: str, configuration: dict[str, Any] | None) -> RemoteSpec:
-    entry = load_registry(settings_from(configuration).registry_file).service(service)
+def _spec(service: str, ctx: ActivityContext) -> RemoteSpec:
+    entry = ctx.runtime.entry(service)
     if entry.remote is None:
         raise ChaosCheckoutError(f"service {service!r} is not remote (no remote entry in the registry)")
     return entry.remote

@@ -1,10 +1,12 @@
 """Runtimes: where services live and how to act on them (``local`` now, ``docker`` later).
 
-``get_runtime(configuration)`` reads the service registry of the state dir and returns
-the runtime named by ``chaoscheckout_runtime`` / ``CHAOSCHECKOUT_RUNTIME``, else by the
-registry's ``runtime`` field. When the registry has services with a ``remote`` entry, it
-returns a :class:`~chaoscheckout.runtime.ssh.RoutingRuntime`: calls for those go over
-SSH, all others to that runtime.
+``runtime_for(registry, settings)`` returns the runtime named by ``chaoscheckout_runtime`` /
+``CHAOSCHECKOUT_RUNTIME``, else by the registry's ``runtime`` field; activities get it once
+from their :class:`~chaoscheckout.context.ActivityContext`. ``get_runtime(configuration)``
+reads the state dir's registry first (for callers outside an activity: the CLI, tools).
+When the registry has services with a ``remote`` entry, either returns a
+:class:`~chaoscheckout.runtime.ssh.RoutingRuntime`: calls for those go over SSH, all others
+to that runtime.
 """
 
 from __future__ import annotations
@@ -12,12 +14,12 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from chaoscheckout.config import settings_from
+from chaoscheckout.config import Settings, settings_from
 from chaoscheckout.errors import BackendUnavailable, InvalidFaultArgument
 from chaoscheckout.runtime.base import KillResult, Runtime, StartResult
-from chaoscheckout.runtime.registry import load_registry
+from chaoscheckout.runtime.registry import Registry, load_registry
 
-__all__ = ["get_runtime", "Runtime", "KillResult", "StartResult", "RUNTIMES"]
+__all__ = ["get_runtime", "runtime_for", "Runtime", "KillResult", "StartResult", "RUNTIMES"]
 
 # runtime name -> "module:class"
 RUNTIMES = {
@@ -29,7 +31,11 @@ RUNTIMES = {
 def get_runtime(configuration: dict[str, Any] | None = None) -> Runtime:
     """The runtime for this configuration, bound to the state dir's service registry."""
     settings = settings_from(configuration)
-    registry = load_registry(settings.registry_file)
+    return runtime_for(load_registry(settings.registry_file), settings)
+
+
+def runtime_for(registry: Registry, settings: Settings) -> Runtime:
+    """The runtime ``settings`` (else ``registry``) names, bound to ``registry``."""
     name = settings.runtime or registry.runtime or "local"
     if name not in RUNTIMES:
         raise InvalidFaultArgument(f"unknown runtime {name!r}; known: {', '.join(sorted(RUNTIMES))}")

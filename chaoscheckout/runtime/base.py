@@ -57,6 +57,11 @@ class Runtime(ABC):
         """The registry entry of an allowed chaos target (TargetRefused otherwise)."""
         return self.registry.target(service)
 
+    @property
+    def proxy_control_url(self) -> str | None:
+        """The fault proxy's control URL (None: no fault proxy on this stack)."""
+        return self.registry.proxy_control_url
+
     def is_remote(self, service: str) -> bool:
         """True when the service lives on another host (its registry entry has ``remote``):
         its faults then go through a remote keeper (:mod:`chaoscheckout.remote.session`)."""

@@ -19,14 +19,13 @@ Every Docker API call has a timeout (``chaoscheckout_io_timeout_s``).
 from __future__ import annotations
 
 import logging
-import os
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 from chaoscheckout.config import Settings
 from chaoscheckout.errors import BackendUnavailable, ChaosCheckoutError, InvalidFaultArgument, TargetRefused
+from chaoscheckout.runtime import netns as netns_names
 from chaoscheckout.runtime.base import KillResult, Runtime, StartResult
 from chaoscheckout.runtime.registry import Registry, ServiceEntry
 
@@ -64,16 +63,12 @@ def check_container_target(entry: ServiceEntry, timeout_s: float = 5.0, client: 
             f"{TARGET_LABEL}=true: the docker runtime refuses to touch it"
         )
     pid = (container.attrs.get("State") or {}).get("Pid")
-    if check_netns and entry.netns and pid:
-        try:
-            named, own = os.stat(Path("/run/netns", entry.netns)), os.stat(f"/proc/{pid}/ns/net")
-        except FileNotFoundError:
-            return  # not attached (yet): nothing can be done in it
-        if (named.st_dev, named.st_ino) != (own.st_dev, own.st_ino):
-            raise TargetRefused(
-                f"/run/netns/{entry.netns} is not the network namespace of container {container.name!r}: "
-                "refusing to act on another namespace"
-            )
+    # a name not attached (yet) is fine: nothing can be done in it
+    if check_netns and entry.netns and pid and netns_names.is_own(entry.netns, pid) is False:
+        raise TargetRefused(
+            f"/run/netns/{entry.netns} is not the network namespace of container {container.name!r}: "
+            "refusing to act on another namespace"
+        )
 
 
 class DockerRuntime(Runtime):
@@ -215,23 +210,16 @@ class DockerRuntime(Runtime):
 
     def _netns_is_own(self, container: Any, netns: str) -> bool:
         pid = self._state(container).get("Pid")
-        try:
-            named, own = os.stat(Path("/run/netns", netns)), os.stat(f"/proc/{pid}/ns/net")
-        except (FileNotFoundError, TypeError):
-            return not pid  # not running: nothing to point at; running and unnamed: attach
-        return (named.st_dev, named.st_ino) == (own.st_dev, own.st_ino)
+        if not pid:
+            return True  # not running: nothing to point at
+        return bool(netns_names.is_own(netns, pid))  # running and unnamed: attach
 
     def _attach_netns(self, container: Any, netns: str) -> None:
         """Re-point /run/netns/<netns> at the restarted container (netem follows the container)."""
         pid = self._state(container).get("Pid")
         if not pid:
             return
-        timeout = self.settings.io_timeout_s
-        if Path("/run/netns", netns).exists():
-            subprocess.run(["ip", "netns", "delete", netns], check=False, timeout=timeout,
-                           capture_output=True)
-        done = subprocess.run(["ip", "netns", "attach", netns, str(pid)], check=False, timeout=timeout,
-                              capture_output=True, text=True)
-        if done.returncode != 0:
-            logger.warning("could not name the netns of %s %r: %s", container.name, netns,
-                           done.stderr.strip())
+        try:
+            netns_names.attach(netns, pid, self.settings.io_timeout_s)
+        except netns_names.NetnsError as exc:
+            logger.warning("could not name the netns of %s %r: %s", container.name, netns, exc)

@@ -8,12 +8,11 @@ service registry are ever touched.
 from __future__ import annotations
 
 import time
+from functools import cached_property
 from typing import Any
 
-from chaoscheckout.config import Settings
 from chaoscheckout.errors import ChaosCheckoutError
 from chaoscheckout.runtime.base import KillResult, Runtime, StartResult
-from chaoscheckout.runtime.registry import Registry
 from chaoscheckout.runtime.supervisor import SupervisorClient
 
 __all__ = ["LocalRuntime"]
@@ -25,11 +24,13 @@ ALIVE_STATES = ("STARTING", "RUNNING", "STOPPING")  # a process exists
 class LocalRuntime(Runtime):
     name = "local"
 
-    def __init__(self, registry: Registry, settings: Settings) -> None:
-        super().__init__(registry, settings)
-        if not registry.supervisor_url:
+    @cached_property
+    def supervisor(self) -> SupervisorClient:
+        """supervisord's client, made on first use: resolving targets, data dirs and health
+        needs no supervisord (a registry of services run some other way still has those)."""
+        if not self.registry.supervisor_url:
             raise ChaosCheckoutError("the service registry has no supervisor_url (local runtime)")
-        self.supervisor = SupervisorClient(registry.supervisor_url, timeout_s=settings.io_timeout_s)
+        return SupervisorClient(self.registry.supervisor_url, timeout_s=self.settings.io_timeout_s)
 
     def pid(self, service: str) -> int | None:
         info = self.supervisor.process_info(self.entry(service).process)

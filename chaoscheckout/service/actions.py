@@ -8,13 +8,12 @@ from typing import Any
 
 from chaoslib.types import Configuration
 
-from chaoscheckout.config import settings_from
+from chaoscheckout.context import ConfigOrContext, activity_context
 from chaoscheckout.errors import ChaosCheckoutError
 from chaoscheckout.faults.inject import Injection, check_can_inject, inject_fault
 from chaoscheckout.faults.leases import Lease, LeaseStore, check_duration, check_positive
 from chaoscheckout.faults.revert import revert_lease, split_by_owner
 from chaoscheckout.remote.session import inject_remote
-from chaoscheckout.runtime import get_runtime
 
 __all__ = ["kill_service", "start_service"]
 
@@ -51,13 +50,13 @@ def kill_service(
     the network; docs/ssh.md), `backend` is `ssh` and `parameters` add `remote_fault_id`,
     `remote_backend`, `remote_parameters` and `keeper_pid`.
     """
-    settings = settings_from(configuration)
+    ctx = activity_context(configuration)
+    settings, runtime = ctx.settings, ctx.runtime
     duration = check_duration(duration_s, settings.max_fault_duration_s)
-    runtime = get_runtime(configuration)
     runtime.target(service)
     if runtime.is_remote(service):  # held by a keeper on the service's host (docs/ssh.md)
-        return inject_remote("kill", service, {}, duration, configuration)
-    check_can_inject("kill", service, configuration)
+        return inject_remote("kill", service, {}, duration, ctx)
+    check_can_inject("kill", service, ctx)
     if runtime.pid(service) is None:
         raise ChaosCheckoutError(f"service {service!r} is not running: nothing to kill")
 
@@ -67,7 +66,7 @@ def kill_service(
         return {"pid": killed.pid, "down_after_s": round(killed.down_after_s, 3)}
 
     return inject_fault(Injection("kill", service, runtime.name, duration, {"duration_s": duration}, apply),
-                        configuration)
+                        ctx)
 
 
 def start_service(
@@ -87,15 +86,15 @@ def start_service(
     left_alone}`. Raises ActivityFailed when the service is not healthy within `timeout_s`.
     """
     timeout = check_positive("timeout_s", timeout_s)
-    settings = settings_from(configuration)
-    runtime = get_runtime(configuration)
+    ctx = activity_context(configuration)
+    settings, runtime = ctx.settings, ctx.runtime
     runtime.entry(service)
     store = LeaseStore(settings.leases_dir)
     mine, dead, others = split_by_owner(store.for_service(service, "kill"), settings.state_dir / "owners")
     remote_reverted = []
     if runtime.is_remote(service) and not others:  # its keeper reverts (starts) it on its host
         remote_reverted = [lease.fault_id for lease in mine + dead
-                           if revert_lease(lease, configuration)["verified"]]
+                           if revert_lease(lease, ctx)["verified"]]
         mine, dead = [], []
     if others:
         logger.warning("start_service: %s carries %s of %s: left alone", service, others[0].fault_id,
@@ -120,9 +119,9 @@ def start_service(
     }
 
 
-def revert_kill_lease(lease: Lease, configuration: dict[str, Any] | None = None) -> dict[str, Any]:
+def revert_kill_lease(lease: Lease, configuration: ConfigOrContext = None) -> dict[str, Any]:
     """Undo a kill lease (used by the reaper and the safety control): start the service."""
-    runtime = get_runtime(configuration)
+    runtime = activity_context(configuration).runtime
     result = runtime.start(lease.service, timeout_s=START_TIMEOUT_S)
     # the start was issued before the health wait (healthy_after_s): the rest is start-up
     return {
@@ -132,9 +131,9 @@ def revert_kill_lease(lease: Lease, configuration: dict[str, Any] | None = None)
     }
 
 
-def verify_kill_reverted(lease: Lease, configuration: dict[str, Any] | None = None) -> dict[str, Any]:
+def verify_kill_reverted(lease: Lease, configuration: ConfigOrContext = None) -> dict[str, Any]:
     """The kill is gone when the service answers its health check again."""
-    runtime = get_runtime(configuration)
+    runtime = activity_context(configuration).runtime
     healthy = runtime.is_healthy(lease.service, timeout_s=min(2.0, runtime.settings.io_timeout_s))
     return {"verified": healthy, "checked": f"{lease.service} health check "
             f"{'passes' if healthy else 'fails'}"}

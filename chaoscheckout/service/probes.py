@@ -7,8 +7,8 @@ from typing import Any
 
 from chaoslib.types import Configuration
 
+from chaoscheckout.context import activity_context
 from chaoscheckout.faults.leases import check_positive
-from chaoscheckout.runtime import get_runtime
 
 __all__ = ["service_is_healthy", "service_pid", "describe_service"]
 
@@ -23,7 +23,8 @@ def service_is_healthy(service: str, timeout_s: float = 2, configuration: Config
     Returns `true`/`false` (use tolerance `true` in a steady-state hypothesis).
     Changes nothing.
     """
-    return get_runtime(configuration).is_healthy(service, timeout_s=check_positive("timeout_s", timeout_s))
+    timeout = check_positive("timeout_s", timeout_s)
+    return activity_context(configuration).runtime.is_healthy(service, timeout_s=timeout)
 
 
 def service_pid(service: str, configuration: Configuration = None) -> int | None:
@@ -31,7 +32,7 @@ def service_pid(service: str, configuration: Configuration = None) -> int | None
     The PID of the process running `service` (local runtime), or `null` when it is
     down. Changes nothing.
     """
-    return get_runtime(configuration).pid(service)
+    return activity_context(configuration).runtime.pid(service)
 
 
 def describe_service(service: str, configuration: Configuration = None) -> dict[str, Any]:
@@ -39,4 +40,4 @@ def describe_service(service: str, configuration: Configuration = None) -> dict[
     What the runtime knows about `service`: `{service, runtime, process, state, pid,
     address, chaos_target}`. Changes nothing.
     """
-    return get_runtime(configuration).describe(service)
+    return activity_context(configuration).runtime.describe(service)

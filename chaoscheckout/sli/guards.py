@@ -47,7 +47,8 @@ from typing import Any
 from chaoslib.exceptions import ActivityFailed
 
 from chaoscheckout import validate
-from chaoscheckout.config import finite_number, settings_from
+from chaoscheckout.config import finite_number
+from chaoscheckout.context import ActivityContext, activity_context
 from chaoscheckout.errors import InvalidFaultArgument
 from chaoscheckout.faults.halt import halt_record
 from chaoscheckout.faults.leases import LeaseStore
@@ -84,12 +85,13 @@ def availability_guard(min_ratio: float = 0.5, window: str = "10s", during_fault
     """
     _check_ratio(min_ratio)
     check_window(window)
-    if _halted("availability_guard", configuration):
+    ctx = activity_context(configuration)
+    if _halted("availability_guard", ctx):
         return False
-    if during_fault and not _fault_live(configuration):
+    if during_fault and not _fault_live(ctx):
         return True
-    value = checkout_availability(window=window, configuration=configuration)
-    return _judge("availability_guard", value >= min_ratio, value, f">= {min_ratio}", configuration)
+    value = checkout_availability(window=window, configuration=ctx)
+    return _judge("availability_guard", value >= min_ratio, value, f">= {min_ratio}", ctx)
 
 
 def latency_guard(max_ms: float = 1000, quantile: float = 0.95, window: str = "10s",
@@ -109,12 +111,13 @@ def latency_guard(max_ms: float = 1000, quantile: float = 0.95, window: str = "1
     finite_number("max_ms", max_ms, 0, 3_600_000)
     check_quantile(quantile)
     check_window(window)
-    if _halted("latency_guard", configuration):
+    ctx = activity_context(configuration)
+    if _halted("latency_guard", ctx):
         return False
-    if during_fault and not _fault_live(configuration):
+    if during_fault and not _fault_live(ctx):
         return True
-    value = checkout_latency_ms(quantile=quantile, window=window, configuration=configuration)
-    return _judge("latency_guard", value <= max_ms, value, f"<= {max_ms} ms", configuration)
+    value = checkout_latency_ms(quantile=quantile, window=window, configuration=ctx)
+    return _judge("latency_guard", value <= max_ms, value, f"<= {max_ms} ms", ctx)
 
 
 def money_guard(grace_s: float = 5, since: float | None = None, since_s: float = 600,
@@ -140,15 +143,16 @@ def money_guard(grace_s: float = 5, since: float | None = None, since_s: float =
     if isinstance(max_unobserved_s, str | bool):
         raise InvalidFaultArgument(f"max_unobserved_s must be a number, got {max_unobserved_s!r}")
     finite_number("max_unobserved_s", max_unobserved_s, 0, 600, low_inclusive=True)
-    if _halted("money_guard", configuration):
+    ctx = activity_context(configuration)
+    if _halted("money_guard", ctx):
         return False
     try:
         count = charges_without_order(grace_s=grace_s, since_s=since_s, since=since,
-                                      configuration=configuration)
+                                      configuration=ctx)
     except ActivityFailed as exc:
-        return _unobserved("money_guard", exc, max_unobserved_s, configuration)
+        return _unobserved("money_guard", exc, max_unobserved_s, ctx)
     _UNOBSERVED_SINCE.pop("money_guard", None)
-    return _judge("money_guard", count == 0, count, "== 0", configuration)
+    return _judge("money_guard", count == 0, count, "== 0", ctx)
 
 
 def double_charge_guard(since: float | None = None, since_s: float = 600, max_unobserved_s: float = 30,
@@ -168,14 +172,15 @@ def double_charge_guard(since: float | None = None, since_s: float = 600, max_un
     if isinstance(max_unobserved_s, str | bool):
         raise InvalidFaultArgument(f"max_unobserved_s must be a number, got {max_unobserved_s!r}")
     finite_number("max_unobserved_s", max_unobserved_s, 0, 600, low_inclusive=True)
-    if _halted("double_charge_guard", configuration):
+    ctx = activity_context(configuration)
+    if _halted("double_charge_guard", ctx):
         return False
     try:
-        count = double_charges(since_s=since_s, since=since, configuration=configuration)
+        count = double_charges(since_s=since_s, since=since, configuration=ctx)
     except ActivityFailed as exc:
-        return _unobserved("double_charge_guard", exc, max_unobserved_s, configuration)
+        return _unobserved("double_charge_guard", exc, max_unobserved_s, ctx)
     _UNOBSERVED_SINCE.pop("double_charge_guard", None)
-    return _judge("double_charge_guard", count == 0, count, "== 0", configuration)
+    return _judge("double_charge_guard", count == 0, count, "== 0", ctx)
 
 
 def unix_time() -> float:
@@ -240,17 +245,15 @@ def _sample(guard: str, value: float | None, threshold: str, ok: bool) -> None:
             _SAMPLES.append(sample)
 
 
-def _judge(guard: str, ok: bool, value: float, threshold: str,
-           configuration: dict[str, Any] | None) -> bool:
+def _judge(guard: str, ok: bool, value: float, threshold: str, ctx: ActivityContext) -> bool:
     _sample(guard, float(value), threshold, ok)
     if not ok:
         logger.warning(f"{guard}: breach, measured {value:g} (abort threshold {threshold})")
-        _breach(guard, float(value), threshold, configuration)
+        _breach(guard, float(value), threshold, ctx)
     return ok
 
 
-def _unobserved(guard: str, exc: Exception, max_unobserved_s: float,
-                configuration: dict[str, Any] | None) -> bool:
+def _unobserved(guard: str, exc: Exception, max_unobserved_s: float, ctx: ActivityContext) -> bool:
     now = time.time()
     _sample(guard, None, f"unobserved ({type(exc).__name__})", True)
     with _LOCK:
@@ -259,11 +262,11 @@ def _unobserved(guard: str, exc: Exception, max_unobserved_s: float,
         logger.warning(f"{guard}: cannot observe for {now - since:.1f} s "
                        f"(fails after {max_unobserved_s:g} s): {exc}")
         return True
-    _breach(guard, None, f"unobservable for > {max_unobserved_s:g} s", configuration)
+    _breach(guard, None, f"unobservable for > {max_unobserved_s:g} s", ctx)
     raise ActivityFailed(f"{guard}: unobservable for {now - since:.1f} s: {exc}")
 
 
-def _breach(guard: str, value: float | None, threshold: str, configuration: dict[str, Any] | None) -> None:
+def _breach(guard: str, value: float | None, threshold: str, ctx: ActivityContext) -> None:
     """Record the breach and revert this run's live faults NOW, from the guard's own thread.
 
     chaostoolkit-addons then interrupts the run, but its signal may only reach the main
@@ -274,7 +277,7 @@ def _breach(guard: str, value: float | None, threshold: str, configuration: dict
     reverted: tuple[str, ...] = ()
     reverted_at = None
     try:
-        results = revert_own(configuration)
+        results = revert_own(ctx)
         reverted = tuple(r.get("fault_id", "?") for r in results if "error" not in r)
         reverted_at = time.time() if results else None
         if results:
@@ -285,16 +288,16 @@ def _breach(guard: str, value: float | None, threshold: str, configuration: dict
         _BREACHES.append(Breach(guard, at, value, threshold, reverted_at, reverted))
 
 
-def _fault_live(configuration: dict[str, Any] | None) -> bool:
+def _fault_live(ctx: ActivityContext) -> bool:
     """A fault of this run is live (other runs' faults are theirs to judge)."""
     me = current_owner().run_id
-    leases = LeaseStore(settings_from(configuration).leases_dir).live()
+    leases = LeaseStore(ctx.settings.leases_dir).live()
     return any(lease.owner.run_id == me for lease in leases)
 
 
-def _halted(guard: str, configuration: dict[str, Any] | None) -> bool:
+def _halted(guard: str, ctx: ActivityContext) -> bool:
     """``chaoscheckout halt`` is on: every guard breaches (once recorded), so the run aborts."""
-    halt = halt_record(settings_from(configuration).state_dir)
+    halt = halt_record(ctx.settings.state_dir)
     if halt is None:
         return False
     with _LOCK:
@@ -302,7 +305,7 @@ def _halted(guard: str, configuration: dict[str, Any] | None) -> bool:
     if not seen:
         logger.warning(f"{guard}: fault injection halted by {halt.get('by')} ({halt.get('reason')})")
         _breach(guard, None, f"halted by {halt.get('by')} at {halt.get('at')}: {halt.get('reason')}",
-                configuration)
+                ctx)
     return True
 
 

@@ -33,9 +33,9 @@ import httpx
 import psycopg
 from chaoslib.exceptions import ActivityFailed
 
-from chaoscheckout.config import finite_number, settings_from
+from chaoscheckout.config import finite_number
+from chaoscheckout.context import ActivityContext, ConfigOrContext, activity_context
 from chaoscheckout.errors import ChaosCheckoutError, InvalidFaultArgument
-from chaoscheckout.runtime.registry import load_registry
 
 __all__ = ["Charge", "MoneyCheck", "DoubleChargeCheck", "find_charges_without_order",
            "find_double_charges", "check_window_arguments", "MAX_GRACE_S", "MAX_LOOKBACK_S"]
@@ -118,14 +118,14 @@ def check_window_arguments(grace_s: Any, since_s: Any,
     return grace, start, lookback
 
 
-def find_charges_without_order(grace_s: float, since_s: float,
-                               configuration: dict[str, Any] | None = None,
+def find_charges_without_order(grace_s: float, since_s: float, configuration: ConfigOrContext = None,
                                since: float | None = None) -> MoneyCheck:
     """Join the provider's captured charges since ``since`` (a unix timestamp), else of the
     last ``since_s`` seconds, to ``orders``."""
     grace_s, since, since_s = check_window_arguments(grace_s, since_s, since)
-    settings = settings_from(configuration)
-    provider_url, database_url = _endpoints(configuration)
+    ctx = activity_context(configuration)
+    settings = ctx.settings
+    provider_url, database_url = _endpoints(ctx)
     now = time.time()
     start = since if since is not None else now - since_s
     charges = _fetch_charges(provider_url, start, settings.io_timeout_s)
@@ -148,13 +148,14 @@ def find_charges_without_order(grace_s: float, since_s: float,
     return check
 
 
-def find_double_charges(since_s: float, configuration: dict[str, Any] | None = None,
+def find_double_charges(since_s: float, configuration: ConfigOrContext = None,
                         since: float | None = None) -> DoubleChargeCheck:
     """Group the provider's captured charges since ``since`` (else of the last ``since_s``
     seconds) by ``order_ref``; an order with two or more is charged twice."""
     _, since, since_s = check_window_arguments(0, since_s, since)
-    settings = settings_from(configuration)
-    provider_url, _ = _endpoints(configuration)
+    ctx = activity_context(configuration)
+    settings = ctx.settings
+    provider_url, _ = _endpoints(ctx)
     start = since if since is not None else time.time() - since_s
     charges = _fetch_charges(provider_url, start, settings.io_timeout_s)
     by_order: dict[str, list[Charge]] = {}
@@ -173,12 +174,12 @@ def find_double_charges(since_s: float, configuration: dict[str, Any] | None = N
 # ---------------------------------------------------------------------------
 # Internals
 # ---------------------------------------------------------------------------
-def _endpoints(configuration: dict[str, Any] | None) -> tuple[str, str]:
-    configuration = configuration or {}
+def _endpoints(ctx: ActivityContext) -> tuple[str, str]:
+    configuration = ctx.configuration or {}
     provider_url = configuration.get("provider_url")
     database_url = configuration.get("database_url")
     if not (provider_url and database_url):
-        extra = load_registry(settings_from(configuration).registry_file).extra
+        extra = ctx.registry.extra
         provider_url = provider_url or extra.get("provider_url")
         database_url = database_url or extra.get("database_url")
     if not provider_url or not database_url:

@@ -19,9 +19,8 @@ from typing import Any
 import httpx
 from chaoslib.exceptions import ActivityFailed
 
-from chaoscheckout.config import settings_from
+from chaoscheckout.context import ConfigOrContext, activity_context
 from chaoscheckout.errors import ChaosCheckoutError, InvalidFaultArgument
-from chaoscheckout.runtime.registry import load_registry
 
 __all__ = ["Sample", "PrometheusClient", "prometheus_client_from", "NoData"]
 
@@ -104,12 +103,13 @@ class PrometheusClient:
         return body["data"]
 
 
-def prometheus_client_from(configuration: dict[str, Any] | None) -> PrometheusClient:
+def prometheus_client_from(configuration: ConfigOrContext) -> PrometheusClient:
     """Client for ``configuration['prometheus_url']``, else the registry's ``prometheus_url``."""
-    settings = settings_from(configuration)
-    url = (configuration or {}).get("prometheus_url")
+    ctx = activity_context(configuration)
+    settings = ctx.settings
+    url = (ctx.configuration or {}).get("prometheus_url")
     if not url:
-        url = load_registry(settings.registry_file).prometheus_url
+        url = ctx.registry.prometheus_url
     if not url:
         raise ChaosCheckoutError("no Prometheus URL: set configuration 'prometheus_url' or bring "
                                  "a stack up whose registry has 'prometheus_url'")

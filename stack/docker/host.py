@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from chaoscheckout.runtime import netns as netns_names
 from stack import procs
 from stack.docker.compose import PROJECT_DIR, DockerStackError
 
@@ -65,17 +66,19 @@ def reaper_pid(pid_file: Path) -> int | None:
 
 
 def attach_netns(client: Any, container_name: str, netns: str) -> None:
-    """Name the container's network namespace ``netns`` (``ip netns attach``), replacing a stale one."""
+    """Name the container's network namespace ``netns`` (``ip netns attach``), replacing a stale one
+    (the docker runtime's own attach: :mod:`chaoscheckout.runtime.netns`)."""
     pid = client.containers.get(container_name).attrs["State"]["Pid"]
     if not pid:
         return
-    detach_netns(netns)
-    subprocess.run(["ip", "netns", "attach", netns, str(pid)], check=True, timeout=10, capture_output=True)
+    try:
+        netns_names.attach(netns, pid)
+    except netns_names.NetnsError as exc:
+        raise DockerStackError(str(exc)) from None
 
 
 def detach_netns(netns: str) -> None:
-    if Path("/run/netns", netns).exists():
-        subprocess.run(["ip", "netns", "delete", netns], check=False, timeout=10, capture_output=True)
+    netns_names.detach(netns)
 
 
 def check_state_dir(state_dir: Path) -> None:
