@@ -153,3 +153,45 @@ def test_double_charge_probe_and_guard_count_an_order_charged_twice(loaded: K6Pr
         probes.double_charges(since_s=-1)
     with pytest.raises(ActivityFailed, match="not judged"):
         probes.double_charges(since=time.time() + 30)  # an empty window (load runs now): never "0"
+
+
+def test_guards_money_watch_reads_only_new_charges_and_agrees_with_the_full_check(loaded: K6Process,
+                                                                                   stack) -> None:
+    """sli/money_watch.py: a guard's polls under real load judge what the full check judges
+    (an orphan charge, an order charged twice), each poll reading from the last cutoff."""
+    from chaoscheckout.context import activity_context
+    from chaoscheckout.sli import guards, money, money_watch
+
+    ctx = activity_context(None)
+    started = time.time() - 0.01
+    watch = money_watch.ChargeWatch(start=started, grace_s=1.0)
+    doubles = money_watch.ChargeWatch(start=started)
+    cutoffs = []
+    for _ in range(3):
+        time.sleep(1.0)
+        check = money_watch.watch_charges_without_order(watch, ctx)
+        assert check.judged and check.orphans == []
+        assert money_watch.watch_double_charges(doubles, ctx).doubled == {}
+        cutoffs.append(watch.cutoff)
+    assert cutoffs == sorted(cutoffs) and cutoffs[-1] > cutoffs[0]  # each poll starts where the last ended
+
+    ref = str(uuid.uuid4())  # taken at the provider twice, with no order: an orphan charged twice
+    for key in ("first", "again-with-a-fresh-key"):
+        resp = httpx.post(f"{stack.registry.extra['provider_url']}/charges", timeout=5,
+                          json={"idempotency_key": f"test-watch-{key}-{ref}", "order_ref": ref,
+                                "amount_cents": 300})
+        assert resp.status_code == 200, resp.text
+    time.sleep(1.5)
+    check = money_watch.watch_charges_without_order(watch, ctx)
+    full = money.find_charges_without_order(1.0, 600, ctx, since=started)
+    assert {c.order_ref for c in check.orphans} == {c.order_ref for c in full.orphans} == {ref}
+    assert abs(full.checked - check.checked) <= 100, (full.checked, check.checked)  # load goes on
+    double = money_watch.watch_double_charges(doubles, ctx)
+    assert list(double.doubled) == [ref] == list(money.find_double_charges(600, ctx, since=started).doubled)
+    guards.reset()
+    try:
+        assert guards.money_guard(grace_s=1, since=started) is False
+        assert guards.double_charge_guard(since=started) is False
+        assert [b["guard"] for b in guards.breaches()] == ["money_guard", "double_charge_guard"]
+    finally:
+        guards.reset()
