@@ -52,6 +52,8 @@ def test_availability_and_latency_are_real_values_under_load(loaded: K6Process) 
 
 
 def test_range_and_timeline_cover_the_load(loaded: K6Process) -> None:
+    # the timeline needs 8 samples of load (1 s apart): let the load have run that long
+    time.sleep(max(0.0, loaded.started_at + 12 - time.time()))
     now = time.time()
     points = probes.prometheus_range("checkout:availability:ratio_10s", now - 10, now, 1)
     assert len(points) >= 8 and all(v is None or 0.99 <= v <= 1.0 for _, v in points)
@@ -188,6 +190,9 @@ def test_guards_money_watch_reads_only_new_charges_and_agrees_with_the_full_chec
     assert abs(full.checked - check.checked) <= 100, (full.checked, check.checked)  # load goes on
     double = money_watch.watch_double_charges(doubles, ctx)
     assert list(double.doubled) == [ref] == list(money.find_double_charges(600, ctx, since=started).doubled)
+    # the probes with ``since`` use the same watch: same answer, read from its cutoff
+    assert set(probes.charges_without_order_details(grace_s=1, since=started)["order_refs"]) == {ref}
+    assert money_watch.watch_for("money", started, 1.0).cutoff >= watch.cutoff
     guards.reset()
     try:
         assert guards.money_guard(grace_s=1, since=started) is False

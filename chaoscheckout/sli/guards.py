@@ -55,7 +55,7 @@ from chaoscheckout.faults.leases import LeaseStore
 from chaoscheckout.faults.owner import current_owner
 from chaoscheckout.faults.revert import revert_own
 from chaoscheckout.sli.money import check_window_arguments
-from chaoscheckout.sli.money_watch import ChargeWatch, watch_charges_without_order, watch_double_charges
+from chaoscheckout.sli.money_watch import forget_watches
 from chaoscheckout.sli.probes import (
     charges_without_order,
     check_quantile,
@@ -147,16 +147,9 @@ def money_guard(grace_s: float = 5, since: float | None = None, since_s: float =
     ctx = activity_context(configuration)
     if _halted("money_guard", ctx):
         return False
-    try:
-        if since is None:  # a sliding window: read it all
-            count = charges_without_order(grace_s=grace_s, since_s=since_s, since=since,
-                                          configuration=ctx)
-        else:  # the run's window: only what is new since the last poll (sli/money_watch.py)
-            check = watch_charges_without_order(_watch("money_guard", since, grace_s), ctx)
-            if not check.judged:
-                raise ActivityFailed(f"money safety not judged: no captured charge older than "
-                                     f"grace_s={grace_s} since the window's start")
-            count = len(check.orphans)
+    try:  # with ``since``: only what is new since the last poll (sli/money_watch.py)
+        count = charges_without_order(grace_s=grace_s, since_s=since_s, since=since,
+                                      configuration=ctx)
     except ActivityFailed as exc:
         return _unobserved("money_guard", exc, max_unobserved_s, ctx)
     _UNOBSERVED_SINCE.pop("money_guard", None)
@@ -184,14 +177,7 @@ def double_charge_guard(since: float | None = None, since_s: float = 600, max_un
     if _halted("double_charge_guard", ctx):
         return False
     try:
-        if since is None:
-            count = double_charges(since_s=since_s, since=since, configuration=ctx)
-        else:
-            check = watch_double_charges(_watch("double_charge_guard", since, 0.0), ctx)
-            if not check.judged:
-                raise ActivityFailed("double charges not judged: no captured charge since the "
-                                     "window's start")
-            count = len(check.doubled)
+        count = double_charges(since_s=since_s, since=since, configuration=ctx)
     except ActivityFailed as exc:
         return _unobserved("double_charge_guard", exc, max_unobserved_s, ctx)
     _UNOBSERVED_SINCE.pop("double_charge_guard", None)
@@ -241,7 +227,7 @@ def reset() -> None:
         _BREACHES.clear()
         _SAMPLES.clear()
         _UNOBSERVED_SINCE.clear()
-        _WATCHES.clear()
+        forget_watches()
 
 
 # ---------------------------------------------------------------------------
@@ -252,14 +238,6 @@ _BREACHES: list[Breach] = []
 _SAMPLES: list[dict[str, Any]] = []
 MAX_SAMPLES = 20000
 _UNOBSERVED_SINCE: dict[str, float] = {}
-_WATCHES: dict[tuple[str, float, float], ChargeWatch] = {}
-
-
-def _watch(guard: str, since: Any, grace_s: Any) -> ChargeWatch:
-    """The running money watch of ``guard`` over the window starting at ``since``."""
-    key = (guard, float(since), float(grace_s))
-    with _LOCK:
-        return _WATCHES.setdefault(key, ChargeWatch(start=float(since), grace_s=float(grace_s)))
 
 
 def _sample(guard: str, value: float | None, threshold: str, ok: bool) -> None:

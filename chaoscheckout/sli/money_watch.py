@@ -22,8 +22,11 @@ polls already judged:
 - double charges: every charge id seen and the charges per order reference; a poll reads
   charges captured since the newest one seen (same overlap) and adds the new ones.
 
-The guards (:mod:`chaoscheckout.sli.guards`) use a watch when given ``since``; with a
-sliding window (``since_s`` only) there is nothing to keep, and they read it all.
+Every money check given a fixed ``since`` uses the watch of its window (:func:`watch_for`):
+the guards polling every second and the steady-state probes (whose full read of 5,000
+charges before a peak run's method took 0.3 s and stalled the provider just as the fault
+went in). With a sliding window (``since_s`` only) there is nothing to keep, and they read it
+all. The safety control forgets the watches before each experiment (``guards.reset``).
 """
 
 from __future__ import annotations
@@ -42,7 +45,8 @@ from chaoscheckout.sli.money import (
     _recorded_refs,
 )
 
-__all__ = ["ChargeWatch", "watch_charges_without_order", "watch_double_charges"]
+__all__ = ["ChargeWatch", "watch_charges_without_order", "watch_double_charges", "watch_for",
+           "forget_watches"]
 
 OVERLAP_S = 0.05  # re-read this much before the last cutoff: ``since`` is sent rounded to 1 ms
 
@@ -105,3 +109,20 @@ def watch_double_charges(watch: ChargeWatch, ctx: ActivityContext) -> DoubleChar
             watch.newest = max(watch.newest or charge.captured_at, charge.captured_at)
         return DoubleChargeCheck(checked=len(watch.seen),
                                  doubled={ref: cs for ref, cs in watch.by_order.items() if len(cs) > 1})
+
+
+def watch_for(kind: str, since: float, grace_s: float = 0.0) -> ChargeWatch:
+    """This process's watch of ``kind`` ("money" or "double") over the window from ``since``."""
+    key = (kind, float(since), float(grace_s))
+    with _WATCHES_LOCK:
+        return _WATCHES.setdefault(key, ChargeWatch(start=float(since), grace_s=float(grace_s)))
+
+
+def forget_watches() -> None:
+    """Drop every watch (a new run judges its own window from scratch)."""
+    with _WATCHES_LOCK:
+        _WATCHES.clear()
+
+
+_WATCHES_LOCK = threading.Lock()
+_WATCHES: dict[tuple[str, float, float], ChargeWatch] = {}

@@ -46,8 +46,16 @@ from typing import Any
 from chaoslib.exceptions import ActivityFailed
 
 from chaoscheckout import validate
+from chaoscheckout.context import activity_context
 from chaoscheckout.errors import InvalidFaultArgument
-from chaoscheckout.sli.money import find_charges_without_order, find_double_charges
+from chaoscheckout.sli.money import (
+    DoubleChargeCheck,
+    MoneyCheck,
+    check_window_arguments,
+    find_charges_without_order,
+    find_double_charges,
+)
+from chaoscheckout.sli.money_watch import watch_charges_without_order, watch_double_charges, watch_for
 from chaoscheckout.sli.prometheus import prometheus_client_from
 
 __all__ = [
@@ -178,7 +186,7 @@ def charges_without_order(grace_s: float = 5, since_s: float = 600, since: float
     Configuration: ``provider_url`` and ``database_url``, else the registry's
     ``extra.provider_url`` / ``extra.database_url``. A probe: nothing to undo.
     """
-    check = find_charges_without_order(grace_s, since_s, configuration, since=since)
+    check = _money_check(grace_s, since_s, since, configuration)
     if not check.judged:
         raise ActivityFailed(f"money safety not judged: no captured charge older than grace_s={grace_s} "
                              "in the window (no traffic?); 0 would be a guess")
@@ -197,7 +205,7 @@ def charges_without_order_details(grace_s: float = 5, since_s: float = 600, sinc
 
     A probe: nothing to undo.
     """
-    return find_charges_without_order(grace_s, since_s, configuration, since=since).to_dict()
+    return _money_check(grace_s, since_s, since, configuration).to_dict()
 
 
 def double_charges(since_s: float = 600, since: float | None = None,
@@ -222,7 +230,7 @@ def double_charges(since_s: float = 600, since: float | None = None,
     Configuration: ``provider_url``, else the registry's ``extra.provider_url``. A
     probe: nothing to undo.
     """
-    check = find_double_charges(since_s, configuration, since=since)
+    check = _double_check(since_s, since, configuration)
     if not check.judged:
         raise ActivityFailed("double charges not judged: no captured charge in the window (no traffic?); "
                              "0 would be a guess")
@@ -239,7 +247,7 @@ def double_charges_details(since_s: float = 600, since: float | None = None,
 
     A probe: nothing to undo.
     """
-    return find_double_charges(since_s, configuration, since=since).to_dict()
+    return _double_check(since_s, since, configuration).to_dict()
 
 
 # ---------------------------------------------------------------------------
@@ -257,3 +265,19 @@ def check_window(window: str) -> None:
 def check_quantile(quantile: float) -> None:
     """Raise InvalidFaultArgument unless 0 < ``quantile`` < 1 (a number, not a bool)."""
     validate.in_range("quantile", quantile, 0, 1, high_inclusive=False, error=InvalidFaultArgument)
+
+
+def _money_check(grace_s: Any, since_s: Any, since: Any, configuration: Any) -> MoneyCheck:
+    """A fixed window (``since``): its watch, reading only what is new (sli/money_watch.py);
+    a sliding one: the full check."""
+    if since is None:
+        return find_charges_without_order(grace_s, since_s, configuration, since=since)
+    grace, start, _ = check_window_arguments(grace_s, since_s, since)
+    return watch_charges_without_order(watch_for("money", start, grace), activity_context(configuration))
+
+
+def _double_check(since_s: Any, since: Any, configuration: Any) -> DoubleChargeCheck:
+    if since is None:
+        return find_double_charges(since_s, configuration, since=since)
+    _, start, _ = check_window_arguments(0, since_s, since)
+    return watch_double_charges(watch_for("double", start), activity_context(configuration))
