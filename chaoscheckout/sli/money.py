@@ -129,10 +129,7 @@ def find_charges_without_order(grace_s: float, since_s: float, configuration: Co
     now = time.time()
     start = since if since is not None else now - since_s
     charges = _fetch_charges(provider_url, start, settings.io_timeout_s)
-    if charges and all(c.captured_at > now - grace_s for c in charges):
-        # nothing old enough to judge yet: wait for the oldest to leave the grace period
-        wait_s = min(c.captured_at for c in charges) + grace_s - now + 0.05
-        time.sleep(max(0.0, min(wait_s, grace_s)))
+    if _waited_out_grace(charges, grace_s, now):
         now = time.time()
         charges = _fetch_charges(provider_url, start, settings.io_timeout_s)
     judged = [c for c in charges if c.captured_at <= now - grace_s]
@@ -208,6 +205,16 @@ def _fetch_charges(provider_url: str, since: float, timeout_s: float) -> list[Ch
         except (KeyError, TypeError, ValueError):
             raise ActivityFailed(f"payment provider returned a malformed charge: {item!r}") from None
     return charges
+
+
+def _waited_out_grace(charges: list[Charge], grace_s: float, now: float) -> bool:
+    """When there are charges but none is old enough to judge yet, sleep until the oldest
+    leaves the grace period (at most ``grace_s``) and say so: the caller reads again."""
+    if not charges or any(c.captured_at <= now - grace_s for c in charges):
+        return False
+    wait_s = min(c.captured_at for c in charges) + grace_s - now + 0.05
+    time.sleep(max(0.0, min(wait_s, grace_s)))
+    return True
 
 
 def _recorded_refs(database_url: str, charges: list[Charge], timeout_s: float) -> set[str]:

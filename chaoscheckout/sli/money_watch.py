@@ -43,6 +43,7 @@ from chaoscheckout.sli.money import (
     _endpoints,
     _fetch_charges,
     _recorded_refs,
+    _waited_out_grace,
 )
 
 __all__ = ["ChargeWatch", "watch_charges_without_order", "watch_double_charges", "watch_for",
@@ -79,10 +80,7 @@ def watch_charges_without_order(watch: ChargeWatch, ctx: ActivityContext) -> Mon
 
         now = time.time()
         fresh = fresh_charges()
-        if not watch.checked and fresh and all(c.captured_at > now - watch.grace_s for c in fresh):
-            # nothing judged yet (as the full check): wait for the oldest to leave the grace
-            wait_s = min(c.captured_at for c in fresh) + watch.grace_s - now + 0.05
-            time.sleep(max(0.0, min(wait_s, watch.grace_s)))
+        if not watch.checked and _waited_out_grace(fresh, watch.grace_s, now):  # as the full check
             now = time.time()
             fresh = fresh_charges()
         cutoff = now - watch.grace_s
