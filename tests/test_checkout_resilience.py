@@ -385,6 +385,80 @@ def test_slow_payments_budget_bounds_checkout_and_order_first_keeps_money_safe(p
                                           for n, (s, t) in answers.items()))
 
 
+def test_adaptive_timeout_learns_a_slower_payments_and_a_fixed_one_never_does(postgres, money):
+    """Every payments call takes 0.15 s, above the 0.08 s floor. Fixed (adapt 0): every
+    attempt times out, every checkout fails. Adaptive (the default, 4 x the median): the
+    abandoned attempts' late answers (0.15 s) fill the window, the timeout rises to its
+    ceiling (0.25 s) and checkouts succeed again."""
+    db = f"{postgres}/checkout"
+    with (
+        catalog_process(),
+        Upstream(PORT["payments_up"], url("payments")) as upstream,
+        checkout("checkout", db, url("catalog"), url("payments_up")),
+        checkout("checkout2", db, url("catalog"), url("payments_up"),
+                 CHECKOUT_PAYMENTS_TIMEOUT_ADAPT="0"),
+        httpx.Client(timeout=IO_TIMEOUT_S) as client,
+    ):
+        for name in ("checkout", "checkout2"):
+            assert client.post(url(name, "/checkout"), json=CART).status_code == 200  # warm
+        upstream.mode, upstream.delay_s = "slow", 0.15
+        codes: dict[str, list[int]] = {"checkout": [], "checkout2": []}
+        for _ in range(25):
+            for name in codes:
+                codes[name].append(client.post(url(name, "/checkout"), json=CART).status_code)
+        gauge = {name: _metric(client, name, "checkout_payments_attempt_timeout_seconds")
+                 for name in codes}
+    assert set(codes["checkout2"]) == {502}, codes  # the fixed 0.08 s never fits a 0.15 s payments
+    assert codes["checkout"][-5:] == [200] * 5, codes
+    assert gauge == {"checkout": 0.25, "checkout2": 0.08}, gauge
+    print(f"\npayments +0.15 s: adaptive {codes['checkout'].count(200)}/25 paid "
+          f"(first success at #{codes['checkout'].index(200) + 1}), fixed 0/25")
+
+
+def test_load_shedding_answers_503_at_once_and_records_nothing(postgres, money):
+    """At most 2 checkouts in flight: with 2 stuck on a slow payments, a third is answered
+    503 ``overloaded`` at once, with no order row and no charge; once they end, checkouts
+    are served again."""
+    db = f"{postgres}/checkout"
+    with (
+        catalog_process(),
+        Upstream(PORT["payments_up"], url("payments")) as upstream,
+        checkout("checkout", db, url("catalog"), url("payments_up"), CHECKOUT_MAX_IN_FLIGHT="2",
+                 CHECKOUT_PAYMENTS_TIMEOUT_S="1", CHECKOUT_BUDGET_S="3"),
+        httpx.Client(timeout=IO_TIMEOUT_S) as client,
+    ):
+        assert client.post(url("checkout", "/checkout"), json=CART).status_code == 200  # warm
+        upstream.mode, upstream.delay_s = "slow", 2.0
+        orders_before = len(_orders(db))
+        stuck = [threading.Thread(target=client.post, args=(url("checkout", "/checkout"),),
+                                  kwargs={"json": CART}, daemon=True) for _ in range(2)]
+        for thread in stuck:
+            thread.start()
+        _wait_for(lambda: _metric(client, "checkout", "checkout_in_flight") == 2)
+        since = time.time()
+        started = time.monotonic()
+        shed = client.post(url("checkout", "/checkout"), json=CART)
+        elapsed = time.monotonic() - started
+        orders_with_shed = len(_orders(db))
+        for thread in stuck:
+            thread.join(IO_TIMEOUT_S)
+        upstream.mode = "forward"
+        _wait_for(lambda: _metric(client, "checkout", "checkout_in_flight") == 0)
+        served = client.post(url("checkout", "/checkout"), json=CART)
+        shed_total = _metric(client, "checkout", "checkout_shed_total")
+        time.sleep(0.5)  # nothing in flight is left to charge: the stuck ones ended above
+        charges = _charges(client, since)
+    orders_after = {ref for ref, _ in _orders(db)}
+    assert shed.status_code == 503 and shed.json()["error"] == "overloaded", shed.text
+    assert elapsed < 0.5, elapsed  # not queued behind the stuck ones (they take >= 1 s)
+    assert orders_with_shed == orders_before + 2  # the two stuck ones only
+    assert served.status_code == 200, served.text
+    assert shed_total == 1
+    assert len(orders_after) == orders_before + 3  # the stuck two and the served one
+    assert {c["order_ref"] for c in charges} <= orders_after  # the shed one charged nothing
+    print(f"\nshed in {elapsed * 1000:.0f} ms")
+
+
 # --- cost of order-first ------------------------------------------------------------
 
 

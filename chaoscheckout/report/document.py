@@ -63,7 +63,8 @@ SUMMARY_NOTE = ("Before and after: the steady-state probes' own values (✗: out
                 "Fault evidence: requests a latency fault really slowed (latency_fault_effect), or how fast "
                 "a safeguard's first breach led to the revert.")
 CHECKOUT_BEHAVIOUR = ("price_cache", "catalog_timeout_s", "order_first", "payments_timeout_s",
-                      "payments_retries", "budget_s", "retry_budget_ratio")
+                      "payments_retries", "budget_s", "retry_budget_ratio", "payments_timeout_adapt",
+                      "max_in_flight")
 
 
 @dataclass

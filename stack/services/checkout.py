@@ -23,11 +23,14 @@ every setting below its first-version default (the weakened variant, on purpose:
 | ``CHECKOUT_PRICE_REFRESH_S`` | 30 (0 when the cache is off) | 0 |
 | ``CHECKOUT_CATALOG_TIMEOUT_S`` | 0.3 when the cache is on, else 2 | 2 |
 | ``CHECKOUT_ORDER_FIRST`` | 1 | 0 |
-| ``CHECKOUT_PAYMENTS_TIMEOUT_S`` | 0.08 (per attempt) | 5 |
+| ``CHECKOUT_PAYMENTS_TIMEOUT_S`` | 0.08 (per attempt; the floor when adaptive) | 5 |
+| ``CHECKOUT_PAYMENTS_TIMEOUT_ADAPT`` | 4 (x observed median; 0 = fixed) | 0 |
+| ``CHECKOUT_PAYMENTS_TIMEOUT_MAX_S`` | 0.25 | 5 (unused) |
 | ``CHECKOUT_PAYMENTS_RETRIES`` | 3 | 0 |
 | ``CHECKOUT_RETRY_BUDGET_RATIO`` | 0.2 | -1 (no limit; unused) |
 | ``CHECKOUT_RETRY_BUDGET_MIN_PER_S`` | 10 | 10 (unused) |
 | ``CHECKOUT_BUDGET_S`` | 0.3 (0 = no budget) | 0 |
+| ``CHECKOUT_MAX_IN_FLIGHT`` | 48 (0 = no limit) | 0 |
 
 1. **Price cache (stale-if-error).** Every price catalog returns is remembered per sku.
    When the catalog call fails (connection error, timeout, 5xx, malformed answer) and
@@ -61,6 +64,15 @@ every setting below its first-version default (the weakened variant, on purpose:
    cancelled: it ends by httpx's own timeouts, which close its connection, and a retry goes
    over another connection (:mod:`stack.services.upstream` says why: cancelling a request
    inside httpcore's pool leaks its slot for good).
+   **Adaptive attempt timeout.** With ``CHECKOUT_PAYMENTS_TIMEOUT_ADAPT`` > 0 the per-attempt
+   timeout is that many times the median latency of the payments attempts answered in the
+   last 10 s (answers to attempts already given up on included), never below
+   ``CHECKOUT_PAYMENTS_TIMEOUT_S`` nor above ``CHECKOUT_PAYMENTS_TIMEOUT_MAX_S`` (gauge
+   ``checkout_payments_attempt_timeout_seconds``). Why: a fixed 80 ms attempt has no margin
+   once checkout's own event loop is busy (a flash sale's rate), and its timeouts, retried,
+   keep the loop busy: a timeout storm that outlived the fault in the peak series
+   (journals/FINDINGS.md). A payments slowed for a minority of calls leaves the median
+   where it was, so those calls are still cut at the floor and retried.
 4. **Retry budget for payments.** Retries of all requests together may be at most
    ``CHECKOUT_RETRY_BUDGET_RATIO`` of the first attempts of the last 10 s, plus
    ``CHECKOUT_RETRY_BUDGET_MIN_PER_S`` a second (ratio -1 = no limit). A few slowed
@@ -72,6 +84,15 @@ every setting below its first-version default (the weakened variant, on purpose:
    gave up on may still reach the provider and charge later. With order-first that charge
    has its (``pending``) order row; with ``CHECKOUT_ORDER_FIRST=0`` it is a charge with no
    order — which is exactly why order-first matters once timeouts are short.
+
+5. **Load shedding.** At most ``CHECKOUT_MAX_IN_FLIGHT`` checkouts are worked on at once;
+   one more is answered 503 ``overloaded`` at once, before its body is read
+   (``checkout_shed_total``; it counts as an error for the availability SLI). Healthy at a
+   flash sale's 84/s about 3 are in flight; only a checkout already too slow to meet its
+   budget lets them pile up, and a queue of hundreds makes every one of them late (each
+   holds its turn on the event loop and a Postgres connection twice). Shedding keeps the
+   work a second bounded, so the stack recovers when the fault ends instead of staying in
+   overload.
 
 Catalog and payments each have their own connection pool (200 connections), so a slow
 or dead catalog cannot take the slots payments needs; a pool that stops answering (a pool
@@ -101,8 +122,9 @@ histogram ``checkout_request_duration_seconds{outcome}`` (``ok`` and ``error`` a
 availability SLI's outcomes, ``client_error`` (400/422) does not count against it),
 ``checkout_price_cache_served_total``, ``checkout_price_cache_skus``,
 ``checkout_payments_retries_denied_total``,
-``checkout_payments_attempts_total{result="ok|refused|timeout|unreachable"}`` and
-``checkout_orders_left_pending_total``.
+``checkout_payments_attempts_total{result="ok|refused|timeout|unreachable|unknown"}``,
+``checkout_payments_attempt_timeout_seconds``, ``checkout_shed_total``,
+``checkout_in_flight`` and ``checkout_orders_left_pending_total``.
 """
 
 from __future__ import annotations
@@ -128,7 +150,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from stack.services.checkout_resilience import Budget, PriceCache, RetryBudget
+from stack.services.checkout_resilience import AdaptiveTimeout, Budget, PriceCache, RetryBudget
 from stack.services.common import (
     ConfigError,
     default_port,
@@ -175,8 +197,12 @@ CACHE_SERVED = Counter("checkout_price_cache_served_total",
 CACHE_SKUS = Gauge("checkout_price_cache_skus", "Skus held in the price cache")
 PAYMENT_ATTEMPTS = Counter("checkout_payments_attempts_total", "Payments attempts by result",
                            ["result"])
+ATTEMPT_TIMEOUT = Gauge("checkout_payments_attempt_timeout_seconds",
+                        "The per-attempt payments timeout in use (adaptive: follows the p99)")
 RETRIES_DENIED = Counter("checkout_payments_retries_denied_total",
                          "Payments retries not made: the retry budget was spent")
+SHED = Counter("checkout_shed_total", "Checkouts answered 503 at once: too many in flight")
+IN_FLIGHT = Gauge("checkout_in_flight", "Checkouts being worked on")
 LEFT_PENDING = Counter("checkout_orders_left_pending_total",
                        "Charged orders whose UPDATE to paid failed (row stays pending)")
 for _outcome in ("ok", "error", "client_error"):
@@ -204,6 +230,9 @@ class CheckoutSettings:
     budget_s: float = 0.0
     retry_budget_ratio: float = -1.0
     retry_budget_min_per_s: float = 10.0
+    payments_timeout_adapt: float = 0.0
+    payments_timeout_max_s: float = 5.0
+    max_in_flight: int = 0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> CheckoutSettings:
@@ -235,6 +264,12 @@ class CheckoutSettings:
                                          0.2 if resilient else -1.0, -1, 10),
             retry_budget_min_per_s=env_float(environ, "CHECKOUT_RETRY_BUDGET_MIN_PER_S", 10.0,
                                              0, 10000),
+            payments_timeout_adapt=env_float(environ, "CHECKOUT_PAYMENTS_TIMEOUT_ADAPT",
+                                             4.0 if resilient else 0.0, 0, 100),
+            payments_timeout_max_s=env_float(environ, "CHECKOUT_PAYMENTS_TIMEOUT_MAX_S",
+                                             0.25 if resilient else 5.0, 0.001, 300),
+            max_in_flight=env_int(environ, "CHECKOUT_MAX_IN_FLIGHT", 48 if resilient else 0,
+                                  0, 100000),
         )
 
 
@@ -276,6 +311,10 @@ class Checkout:
         self.pool: AsyncConnectionPool | None = None
         self.cache = PriceCache(settings.price_cache_max_age_s)
         self.retry_budget = RetryBudget(settings.retry_budget_ratio, settings.retry_budget_min_per_s)
+        self.attempt_timeout = AdaptiveTimeout(settings.payments_timeout_s,
+                                              settings.payments_timeout_max_s,
+                                              factor=settings.payments_timeout_adapt)
+        ATTEMPT_TIMEOUT.set(settings.payments_timeout_s)
         self._refresher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -358,7 +397,9 @@ class Checkout:
         failures: list[str] = []
         self.retry_budget.first_attempt()
         for attempt in range(1 + s.payments_retries):
-            timeout_s = budget.next_timeout(s.payments_timeout_s)
+            per_attempt_s = self.attempt_timeout.timeout_s()
+            ATTEMPT_TIMEOUT.set(per_attempt_s)
+            timeout_s = budget.next_timeout(per_attempt_s)
             if timeout_s is None:
                 failures.append(f"budget of {s.budget_s}s spent")
                 break
@@ -367,8 +408,8 @@ class Checkout:
                 failures.append(f"retry budget spent ({s.retry_budget_ratio:g} of first attempts)")
                 break
             try:
-                response = await self._upstream(self.payments).request("POST", "/payments",
-                                                                       timeout_s, json=body)
+                response = await self._upstream(self.payments).request(
+                    "POST", "/payments", timeout_s, on_answer=self.attempt_timeout.record, json=body)
             except (TimeoutError, httpx.TimeoutException):
                 PAYMENT_ATTEMPTS.labels("timeout").inc()
                 failures.append(f"payments gave no answer within {timeout_s:.3g}s")
@@ -495,8 +536,19 @@ def build_app(settings: CheckoutSettings) -> Starlette:
         finally:
             await checkout.stop()
 
+    in_flight = 0
+
     async def post_checkout(request: Request) -> Response:
+        nonlocal in_flight
         started = time.perf_counter()
+        if 0 < settings.max_in_flight <= in_flight:
+            SHED.inc()
+            REQUESTS.labels("error").inc()
+            DURATION.labels("error").observe(time.perf_counter() - started)
+            return json_error(503, "overloaded",
+                              detail=f"{in_flight} checkouts in flight (limit {settings.max_in_flight})")
+        in_flight += 1
+        IN_FLIGHT.set(in_flight)
         outcome = "error"
         try:
             items = _parse_items(await read_json(request))
@@ -515,6 +567,8 @@ def build_app(settings: CheckoutSettings) -> Starlette:
             logger.exception("checkout failed unexpectedly")
             return json_error(500, "internal error", detail=repr(exc)[:300])
         finally:
+            in_flight -= 1
+            IN_FLIGHT.set(in_flight)
             REQUESTS.labels(outcome).inc()
             DURATION.labels(outcome).observe(time.perf_counter() - started)
 
@@ -533,7 +587,8 @@ def build_app(settings: CheckoutSettings) -> Starlette:
 
 RESILIENCE_FIELDS = ("price_cache", "price_cache_max_age_s", "price_refresh_s", "catalog_timeout_s",
                      "order_first", "payments_timeout_s", "payments_retries", "budget_s",
-                     "retry_budget_ratio", "retry_budget_min_per_s")
+                     "retry_budget_ratio", "retry_budget_min_per_s", "payments_timeout_adapt",
+                     "payments_timeout_max_s", "max_in_flight")
 
 
 def profile(settings: CheckoutSettings) -> str:
@@ -569,9 +624,14 @@ def _describe(s: CheckoutSettings) -> str:
     budget = f"budget {s.budget_s:g}s" if s.budget_s > 0 else "no budget"
     if s.retry_budget_ratio >= 0:
         budget += f", retries up to {s.retry_budget_ratio:g} of first attempts"
+    timeout = f"{s.payments_timeout_s:g}s"
+    if s.payments_timeout_adapt > 0:
+        timeout = (f"{s.payments_timeout_adapt:g} x median within {s.payments_timeout_s:g}-"
+                   f"{s.payments_timeout_max_s:g}s")
+    shedding = f"at most {s.max_in_flight} in flight" if s.max_in_flight else "no load shedding"
     return (f"{cache}, catalog timeout {s.catalog_timeout_s:g}s, "
             f"order {'before' if s.order_first else 'after'} charge, payments "
-            f"{s.payments_timeout_s:g}s x {1 + s.payments_retries} attempts, {budget}")
+            f"{timeout} x {1 + s.payments_retries} attempts, {budget}, {shedding}")
 
 
 def _parse_items(body: Any) -> list[LineItem] | str:

@@ -1,5 +1,5 @@
-"""checkout's resilience building blocks: the stale-if-error price cache, the time budget
-and the retry budget.
+"""checkout's resilience building blocks: the stale-if-error price cache, the time budget,
+the retry budget and the adaptive attempt timeout.
 
 Pure state, no I/O: :mod:`stack.services.checkout` does the calls and documents the
 settings. Kept apart so each piece can be read (and reasoned about) on its own.
@@ -7,12 +7,13 @@ settings. Kept apart so each piece can be read (and reasoned about) on its own.
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-__all__ = ["PriceCache", "Budget", "RetryBudget"]
+__all__ = ["PriceCache", "Budget", "RetryBudget", "AdaptiveTimeout"]
 
 
 @dataclass
@@ -115,3 +116,67 @@ class RetryBudget:
             return True
         self.denied += 1
         return False
+
+
+@dataclass
+class AdaptiveTimeout:
+    """A per-attempt timeout that follows the latency the caller observes.
+
+    ``timeout_s()`` is ``factor`` times the median latency of the attempts answered in the
+    last ``window_s`` seconds, never below ``floor_s`` nor above ``ceiling_s`` (``factor`` 0
+    = always ``floor_s``: a fixed timeout). Until ``min_samples`` answers are in the window
+    the timeout is ``floor_s``. Answers to attempts already given up on count too (they
+    arrive while the attempt lingers): they are what tells a queued caller from a slow
+    upstream when every attempt is timing out.
+
+    Why: the latency checkout observes includes its own queueing. At a flash sale's rate a
+    busy event loop adds tens of milliseconds to every call, so a fixed 80 ms attempt times out
+    on a healthy payments; each timeout is retried, the retries cost CPU, the loop gets busier
+    and more attempts time out: a metastable timeout storm that outlives whatever set it off.
+    A timeout that rises with the median stops timing out calls that are merely queued. The
+    median, not a high percentile: a fault that slows a minority of calls (the latency
+    experiment slows 10 %) leaves it where it was, so those calls are still cut at the floor
+    and retried, which is what the retries are for.
+    """
+
+    floor_s: float
+    ceiling_s: float
+    factor: float = 4.0
+    window_s: float = 10.0
+    min_samples: int = 20
+    max_samples: int = 2000
+    refresh_s: float = 0.25
+    clock: Callable[[], float] = time.monotonic
+    _samples: deque[tuple[float, float]] = field(default_factory=deque)
+    _current: float = 0.0
+    _computed_at: float = float("-inf")
+
+    def __post_init__(self) -> None:
+        self.ceiling_s = max(self.ceiling_s, self.floor_s)
+        self._current = self.floor_s
+
+    def record(self, latency_s: float) -> None:
+        """Record the latency of one attempt that got an answer."""
+        self._samples.append((self.clock(), latency_s))
+        if len(self._samples) > self.max_samples:
+            self._samples.popleft()
+
+    def timeout_s(self) -> float:
+        """The timeout the next attempt should use."""
+        if self.factor <= 0:
+            return self.floor_s
+        now = self.clock()
+        if now - self._computed_at >= self.refresh_s:
+            self._computed_at = now
+            while self._samples and self._samples[0][0] <= now - self.window_s:
+                self._samples.popleft()
+            median = self.median_s()
+            self._current = (self.floor_s if median is None
+                             else min(self.ceiling_s, max(self.floor_s, self.factor * median)))
+        return self._current
+
+    def median_s(self) -> float | None:
+        """The median of the window's answered attempts (None below ``min_samples``)."""
+        if len(self._samples) < self.min_samples:
+            return None
+        return statistics.median(latency for _, latency in self._samples)

@@ -50,6 +50,8 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import httpx
@@ -100,13 +102,19 @@ class Upstream:
         ABANDONED.labels(name)
         RECYCLED.labels(name)
 
-    async def request(self, method: str, path: str, timeout_s: float, **kwargs: Any) -> httpx.Response:
+    async def request(self, method: str, path: str, timeout_s: float,
+                      on_answer: Callable[[float], None] | None = None, **kwargs: Any) -> httpx.Response:
         """One attempt: the response, or :class:`AttemptTimeout` after ``timeout_s`` at most;
-        other failures as httpx raises them (``httpx.HTTPError``)."""
+        other failures as httpx raises them (``httpx.HTTPError``). ``on_answer(seconds)`` is
+        called when a response arrives, also for an attempt already given up on (it may still
+        answer while it lingers)."""
+        started = time.monotonic()
         attempt = asyncio.ensure_future(self._attempt(method, f"{self.base_url}{path}",
                                                       timeout_s, kwargs))
         self._attempts.add(attempt)
         attempt.add_done_callback(self._attempt_ended)
+        if on_answer is not None:
+            attempt.add_done_callback(partial(_report_answer, on_answer, started))
         try:
             done, _ = await asyncio.wait({attempt}, timeout=timeout_s)
         except asyncio.CancelledError:  # our caller was cancelled: the attempt still is not
@@ -172,6 +180,12 @@ class Upstream:
                                 max_keepalive_connections=self.max_connections),
             trust_env=False,  # never route loopback traffic through an environment proxy
         )
+
+
+def _report_answer(on_answer: Callable[[float], None], started: float,
+                   attempt: asyncio.Task[httpx.Response]) -> None:
+    if not attempt.cancelled() and attempt.exception() is None:
+        on_answer(time.monotonic() - started)
 
 
 async def _close(client: httpx.AsyncClient) -> None:
