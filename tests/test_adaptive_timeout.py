@@ -4,18 +4,11 @@ observed median within a floor and a ceiling (pure logic, a fake clock)."""
 from __future__ import annotations
 
 import pytest
+from fakeclock import ClockForTests
 
 from stack.services.checkout_resilience import AdaptiveTimeout
 
 pytestmark = pytest.mark.fast
-
-
-class ClockForTests:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def _record(timeout: AdaptiveTimeout, clock: ClockForTests, latencies: list[float]) -> None:

@@ -4,18 +4,11 @@ attempts over a sliding window, plus a floor a second (pure logic, a fake clock)
 from __future__ import annotations
 
 import pytest
+from fakeclock import ClockForTests
 
 from stack.services.checkout_resilience import RetryBudget
 
 pytestmark = pytest.mark.fast
-
-
-class ClockForTests:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def _retries_granted(budget: RetryBudget, tries: int) -> int:
