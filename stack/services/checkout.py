@@ -90,9 +90,8 @@ every setting below its first-version default (the weakened variant, on purpose:
    (``checkout_shed_total``; it counts as an error for the availability SLI). Healthy at a
    flash sale's 84/s about 3 are in flight; only a checkout already too slow to meet its
    budget lets them pile up, and a queue of hundreds makes every one of them late (each
-   holds its turn on the event loop and a Postgres connection twice). Shedding keeps the
-   work a second bounded, so the stack recovers when the fault ends instead of staying in
-   overload.
+   holds its turn on the event loop and a Postgres connection twice). Shedding bounds that
+   queue, so what is queued cannot keep checkout overloaded long after its cause is gone.
 
 Catalog and payments each have their own connection pool (200 connections), so a slow
 or dead catalog cannot take the slots payments needs; a pool that stops answering (a pool
@@ -198,7 +197,7 @@ CACHE_SKUS = Gauge("checkout_price_cache_skus", "Skus held in the price cache")
 PAYMENT_ATTEMPTS = Counter("checkout_payments_attempts_total", "Payments attempts by result",
                            ["result"])
 ATTEMPT_TIMEOUT = Gauge("checkout_payments_attempt_timeout_seconds",
-                        "The per-attempt payments timeout in use (adaptive: follows the p99)")
+                        "The per-attempt payments timeout in use (adaptive: follows the median)")
 RETRIES_DENIED = Counter("checkout_payments_retries_denied_total",
                          "Payments retries not made: the retry budget was spent")
 SHED = Counter("checkout_shed_total", "Checkouts answered 503 at once: too many in flight")
