@@ -111,9 +111,10 @@ class Trial:
 class Observer:
     """Sees each fault's effect from outside the extension."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, name: str | None = None) -> None:
         registry = load_registry(state_dir / "services.json")
         self.runtime = registry.runtime
+        self.name = name or registry.runtime  # the table's runtime column (vm: a local registry)
         self.prometheus = registry.prometheus_url or f"http://{registry.service('prometheus').address}"
         self.catalog_health = registry.service("catalog").health_url
         self.proxy_url = registry.proxy_control_url
@@ -378,8 +379,8 @@ def session_k6(sid: int) -> list[int]:
 
 def run_trial(experiment: str, ending: str, env: dict[str, str], observer: Observer, workdir: Path,
               rng: random.Random, chaos_options: tuple[str, ...] = ()) -> Trial:
-    trial = Trial(experiment, ending, observer.runtime)
-    journal = workdir / f"{observer.runtime}-{experiment}-{ending}-{time.time_ns()}.json"
+    trial = Trial(experiment, ending, observer.name)
+    journal = workdir / f"{observer.name}-{experiment}-{ending}-{time.time_ns()}.json"
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "chaos"), "--no-version-check", "--log-file",
          str(journal.with_suffix(".log")), "run", *chaos_options, "--journal-path", str(journal),
@@ -589,7 +590,7 @@ def main(argv: list[str] | None = None) -> int:
                     return 1
                 started.append(runtime)
         for runtime, (state, _) in stacks.items():
-            observers[runtime] = Observer(state)
+            observers[runtime] = Observer(state, runtime)
         workdir = Path(tempfile.mkdtemp(prefix="cc-interrupt-", dir=args.keep_logs))
         began = time.monotonic()
         try:
