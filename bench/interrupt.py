@@ -4,7 +4,7 @@
         [--experiments kill-catalog,payments-latency,fill-pg-disk] [--port-base 41700]
         [--state-dir /var/tmp/cc-bench-interrupt] [--use-running] [--seed N] [--json FILE]
         [--max-median-s 2] [--max-worst-s 5] [--round-robin] [--keep-logs DIR]
-        [--runtime local|docker|both] [--docker-port-base 41900] [--docker-state-dir DIR]
+        [--runtime local|docker|both|vm] [--docker-port-base 41900] [--docker-state-dir DIR]
         [--docker-trials-per-ending N] [--warmup-s 6] [--stop-after-s S] [--no-steady-state-first]
 
 Randomized trials of (shipped experiment x how the run ends x runtime). Each
@@ -15,7 +15,8 @@ fault's effect is seen FROM OUTSIDE the extension (catalog's health endpoint fai
 on docker its container is not running; the fault proxy's control API shows a toxic on
 payments, or a response-loss toxic on provider for ``payments-response-lost``, which
 ``--experiments`` may name but the default set leaves out; the ballast file exists in
-Postgres' data dir, on docker in the host mount of the container's ``/data`` volume),
+Postgres' data dir, on docker in the host mount of the container's ``/data`` volume; on
+the remote target, a netem qdisc in payments' namespace on the payments host),
 waits a random 0.3-6 s, then ends the run one way:
 
 - ``sigint-pg``: SIGINT to the process group (a terminal's Ctrl-C);
@@ -36,6 +37,19 @@ worst time is over the bound (default 2 s / 5 s). Every wait is bounded.
 docker``, the host reaper beside it) on ``--docker-port-base`` (default ``--port-base`` +
 200) and runs the experiments with ``CHAOSCHECKOUT_RUNTIME=docker``; a killed catalog is
 gone when its container runs again and its health check passes.
+
+``--runtime vm`` is the remote target: the local stack with payments on the QEMU VM
+(``stack.manage up --remote-payments vm``, checkout's payments attempts widened to 2 s
+for the emulated host as in tests/test_ssh_vm.py), and the experiment
+``payments-latency-netem`` at 1 checkout/s: netem on payments' namespace on that host,
+injected over ssh and held by a remote keeper (the owner-bound dead-man switch of a
+remote fault). Its effect is read on the payments host itself: one ssh session (the
+stack's key, the pinned known_hosts) runs a watcher there that dumps the namespace's
+qdiscs over netlink (what ``tc qdisc show`` asks the kernel) every 0.1 s and prints each
+dump as ``tc -j``'s JSON; "gone" is the first dump without netem that reaches this
+machine (an upper bound: it includes the poll interval and the ssh transit). A stale or
+unreadable reading counts as present. The stack (and the VM) is taken down at the end,
+also when the bench is interrupted (SIGINT, SIGTERM).
 """
 
 from __future__ import annotations
