@@ -293,8 +293,9 @@ def netem_in_tc_json(line: str) -> bool | None:
 
 
 class QdiscWatch:
-    """The qdiscs of a remote service's namespace, as its host's own ``tc`` shows them, polled
-    there over one ssh session (the stack's key and pinned known_hosts: ``ssh_argv``)."""
+    """The qdiscs of a remote service's namespace, as that host's kernel lists them (for ``tc
+    qdisc show``), polled there over one ssh session (the stack's key and pinned known_hosts:
+    ``ssh_argv``)."""
 
     def __init__(self, spec: RemoteSpec) -> None:
         self.spec = spec
@@ -596,13 +597,14 @@ def main(argv: list[str] | None = None) -> int:
     observers: dict[str, Observer] = {}
     # a SIGTERMed bench still runs its finally blocks: the current run killed (its owner-bound
     # faults reverted), the watcher closed, the stacks (and the VM) down
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    previous_sigterm = signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM)) \
+        if threading.current_thread() is threading.main_thread() else None
     try:
         if not args.use_running:
             for runtime in stacks:
+                started.append(runtime)  # down even when interrupted half-way up
                 if not _stack_up(manage, runtime, envs[runtime]):
                     return 1
-                started.append(runtime)
         for runtime, (state, _) in stacks.items():
             observers[runtime] = Observer(state, runtime)
         workdir = Path(tempfile.mkdtemp(prefix="cc-interrupt-", dir=args.keep_logs))
@@ -640,6 +642,8 @@ def main(argv: list[str] | None = None) -> int:
         for runtime in started:
             subprocess.run([*manage, "down", "--runtime", "local" if runtime == "vm" else runtime], cwd=ROOT,
                            env=envs[runtime], capture_output=True, timeout=300)
+        if previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)
     table = summarize(trials)
     print_table(table)
     if args.json:
