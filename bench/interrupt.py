@@ -4,7 +4,7 @@
         [--experiments kill-catalog,payments-latency,fill-pg-disk] [--port-base 41700]
         [--state-dir /var/tmp/cc-bench-interrupt] [--use-running] [--seed N] [--json FILE]
         [--max-median-s 2] [--max-worst-s 5] [--round-robin] [--keep-logs DIR]
-        [--runtime local|docker|both] [--docker-port-base 41900] [--docker-state-dir DIR]
+        [--runtime local|docker|both|vm] [--docker-port-base 41900] [--docker-state-dir DIR]
         [--docker-trials-per-ending N] [--warmup-s 6] [--stop-after-s S] [--no-steady-state-first]
 
 Randomized trials of (shipped experiment x how the run ends x runtime). Each
@@ -15,7 +15,8 @@ fault's effect is seen FROM OUTSIDE the extension (catalog's health endpoint fai
 on docker its container is not running; the fault proxy's control API shows a toxic on
 payments, or a response-loss toxic on provider for ``payments-response-lost``, which
 ``--experiments`` may name but the default set leaves out; the ballast file exists in
-Postgres' data dir, on docker in the host mount of the container's ``/data`` volume),
+Postgres' data dir, on docker in the host mount of the container's ``/data`` volume; on
+the remote target, a netem qdisc in payments' namespace on the payments host),
 waits a random 0.3-6 s, then ends the run one way:
 
 - ``sigint-pg``: SIGINT to the process group (a terminal's Ctrl-C);
@@ -36,6 +37,19 @@ worst time is over the bound (default 2 s / 5 s). Every wait is bounded.
 docker``, the host reaper beside it) on ``--docker-port-base`` (default ``--port-base`` +
 200) and runs the experiments with ``CHAOSCHECKOUT_RUNTIME=docker``; a killed catalog is
 gone when its container runs again and its health check passes.
+
+``--runtime vm`` is the remote target: the local stack with payments on the QEMU VM
+(``stack.manage up --remote-payments vm``, checkout's payments attempts widened to 2 s
+for the emulated host as in tests/test_ssh_vm.py), and the experiment
+``payments-latency-netem`` at 1 checkout/s: netem on payments' namespace on that host,
+injected over ssh and held by a remote keeper (the owner-bound dead-man switch of a
+remote fault). Its effect is read on the payments host itself: one ssh session (the
+stack's key, the pinned known_hosts) runs a watcher there that dumps the namespace's
+qdiscs over netlink (what ``tc qdisc show`` asks the kernel) every 0.1 s and prints each
+dump as ``tc -j``'s JSON; "gone" is the first dump without netem that reaches this
+machine (an upper bound: it includes the poll interval and the ssh transit). A stale or
+unreadable reading counts as present. The stack (and the VM) is taken down at the end,
+also when the bench is interrupted (SIGINT, SIGTERM).
 """
 
 from __future__ import annotations
@@ -50,6 +64,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -61,22 +76,35 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 
 from chaoscheckout.network.proxy_client import ProxyControl, ProxyError  # noqa: E402
-from chaoscheckout.runtime.registry import load_registry  # noqa: E402
+from chaoscheckout.runtime.registry import RemoteSpec, load_registry  # noqa: E402
+from chaoscheckout.runtime.ssh import ssh_argv  # noqa: E402
 
-RUNTIMES = ("local", "docker")
+RUNTIMES = ("local", "docker", "vm")
 ENDINGS = ("sigint-pg", "sigterm", "sigkill", "sigkill-pg", "sigstop")
 EXPERIMENTS = ("kill-catalog", "payments-latency", "fill-pg-disk")
-OBSERVABLE = (*EXPERIMENTS, "payments-response-lost")  # --experiments may name these
+VM_EXPERIMENTS = ("payments-latency-netem",)  # the remote target: netem on the payments host
+OBSERVABLE = (*EXPERIMENTS, "payments-response-lost", *VM_EXPERIMENTS)  # --experiments may name these
 SHORT_ENV = {  # a trial takes ~15-25 s
     "CHAOSCHECKOUT_LOAD_WARMUP_S": "6",
     "CHAOSCHECKOUT_OBSERVE_S": "15",
     "CHAOSCHECKOUT_RECOVER_S": "3",
     "CHAOSCHECKOUT_FAULT_DURATION_S": "60",  # expiry must not be what reverts the fault
 }
+# the remote target (``--runtime vm``): payments on the QEMU guest of ``stack up --remote-payments
+# vm``, one checkout a second (the emulated host cannot serve more: journals/FINDINGS.md), and
+# checkout's payments attempts widened for it at ``stack up`` (as tests/test_ssh_vm.py does)
+VM_ENV = {"CHAOSCHECKOUT_LOAD_RATE": "1"}
+VM_STACK_ENV = {"CHECKOUT_PAYMENTS_TIMEOUT_S": "2", "CHECKOUT_BUDGET_S": "4"}
 POLL_S = 0.02
 ATTEMPTS = 3  # per planned trial, when the run ends before injecting (steady state not met)
 INJECT_TIMEOUT_S = 60
+VM_INJECT_TIMEOUT_S = 300  # inject over ssh: a preflight and a keeper, each a Python in the guest
 GONE_TIMEOUT_S = 30
+VM_GONE_TIMEOUT_S = 60  # a frozen run: the keeper's keeper_miss_s (5 s on the VM) and its revert
+# the remote qdisc watcher: polls on the payments host; "stale" when no answer came for this long
+WATCH_POLL_S = 0.1
+WATCH_STALE_S = 2.0
+WATCH_WAIT_S = 15.0
 
 
 @dataclass
@@ -97,14 +125,21 @@ class Trial:
 class Observer:
     """Sees each fault's effect from outside the extension."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, name: str | None = None) -> None:
         registry = load_registry(state_dir / "services.json")
         self.runtime = registry.runtime
+        self.name = name or registry.runtime  # the table's runtime column (vm: a local registry)
         self.prometheus = registry.prometheus_url or f"http://{registry.service('prometheus').address}"
         self.catalog_health = registry.service("catalog").health_url
         self.proxy_url = registry.proxy_control_url
         pg = registry.service("postgres")
         self.catalog_container = self.docker = None
+        remote = registry.services["payments"].remote if "payments" in registry.services else None
+        self.qdiscs = QdiscWatch(remote) if remote is not None else None  # netem on the payments host
+        if self.qdiscs is not None:
+            self.qdiscs.start()
+        self.inject_timeout_s = VM_INJECT_TIMEOUT_S if remote is not None else INJECT_TIMEOUT_S
+        self.gone_timeout_s = VM_GONE_TIMEOUT_S if remote is not None else GONE_TIMEOUT_S
         if self.runtime == "docker":  # the container's state and the host mount of its /data volume
             import docker
 
@@ -119,6 +154,10 @@ class Observer:
             self.ballast = data_dir / ".chaoscheckout-ballast"
 
     def effect_present(self, experiment: str) -> bool:
+        if experiment == "payments-latency-netem":  # a netem qdisc in payments' namespace on its host
+            if self.qdiscs is None:
+                raise RuntimeError("payments-latency-netem needs payments on a remote host (--runtime vm)")
+            return self.qdiscs.netem_present()
         if experiment == "kill-catalog":
             if self.docker is not None and not self._container_running(self.catalog_container):
                 return True
@@ -137,6 +176,14 @@ class Observer:
             except ProxyError:
                 return False  # proxy unreachable: holds no toxic
         return self.ballast.exists()
+
+    def observable(self) -> tuple[str, ...]:
+        """The experiments whose effect this stack can show."""
+        return tuple(e for e in OBSERVABLE if self.qdiscs is not None or e not in VM_EXPERIMENTS)
+
+    def close(self) -> None:
+        if self.qdiscs is not None:
+            self.qdiscs.close()
 
     def _container_running(self, name: str) -> bool:
         import docker.errors
@@ -175,6 +222,152 @@ class Observer:
             time.sleep(1)
 
 
+# runs on the payments host over one ssh session (a fresh ssh call per check would cost seconds
+# of the emulated guest's Python start-up; ``tc`` forked every 0.1 s took half of the guest's
+# one vCPU): resolves payments' namespace from that host's registry, enters it (setns, as
+# ``ip netns exec`` does) and dumps the qdiscs with the netlink request ``tc qdisc show`` makes
+# (RTM_GETQDISC), every WATCH_POLL_S, printing each dump as ``tc -j qdisc show``'s JSON list
+# (kind and dev); ends on its stdin's EOF (the bench gone) or after its deadline
+QDISC_WATCHER = r"""
+import ctypes, json, os, select, socket, struct, sys, time
+from pathlib import Path
+from chaoscheckout.runtime.registry import load_registry
+netns = load_registry(Path(sys.argv[1]) / "services.json").service(sys.argv[2]).netns
+if netns:  # enter payments' namespace (as `ip netns exec` does) before opening the socket
+    fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
+    if ctypes.CDLL(None, use_errno=True).setns(fd, 0x40000000) != 0:  # CLONE_NEWNET
+        raise OSError(ctypes.get_errno(), f"setns {netns}")
+poll_s, deadline = float(sys.argv[3]), time.monotonic() + float(sys.argv[4])
+sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)  # NETLINK_ROUTE
+sock.settimeout(5)
+seq = 0
+while time.monotonic() < deadline:
+    seq += 1  # RTM_GETQDISC, NLM_F_REQUEST|NLM_F_DUMP; an empty tcmsg (all devices)
+    sock.send(struct.pack("=LHHLL", 36, 38, 0x301, seq, 0) + struct.pack("=BxxxiLLL", 0, 0, 0, 0, 0))
+    rows, done = [], False
+    try:
+        while not done:
+            data, off = sock.recv(1 << 16), 0
+            while off + 16 <= len(data) and not done:
+                length, kind, _flags, mseq = struct.unpack_from("=LHHL", data, off)
+                if mseq != seq and length >= 16:  # an answer to an earlier, timed-out dump
+                    off += (length + 3) & ~3
+                    continue
+                if kind in (2, 3) or length < 16:  # NLMSG_ERROR, NLMSG_DONE
+                    done = True
+                    if kind == 2 and struct.unpack_from("=i", data, off + 16)[0] != 0:
+                        rows = None
+                    break
+                ifindex, at = struct.unpack_from("=i", data, off + 20)[0], off + 36
+                while at + 4 <= off + length:
+                    alen, atype = struct.unpack_from("=HH", data, at)
+                    if alen < 4:
+                        break
+                    if atype == 1:  # TCA_KIND
+                        try:
+                            dev = socket.if_indextoname(ifindex)
+                        except OSError:
+                            dev = str(ifindex)
+                        rows.append({"kind": data[at + 4:at + alen].rstrip(b"\0").decode(), "dev": dev})
+                    at += (alen + 3) & ~3
+                off += (length + 3) & ~3
+        print("error netlink" if rows is None else json.dumps(rows, separators=(",", ":")), flush=True)
+    except OSError as exc:
+        print("error", exc, flush=True)
+    if select.select([sys.stdin], [], [], poll_s)[0] and not sys.stdin.readline():
+        break
+"""
+WATCH_DEADLINE_S = 4 * 3600
+
+
+def netem_in_tc_json(line: str) -> bool | None:
+    """A line of the qdisc watcher (``tc -j qdisc show``'s JSON list) -> True when it holds a
+    netem qdisc, False when it holds none, None for an error line or unreadable output."""
+    try:
+        qdiscs = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(qdiscs, list) or not all(isinstance(q, dict) for q in qdiscs):
+        return None
+    return any(q.get("kind") == "netem" for q in qdiscs)
+
+
+class QdiscWatch:
+    """The qdiscs of a remote service's namespace, as that host's kernel lists them (for ``tc
+    qdisc show``), polled there over one ssh session (the stack's key and pinned known_hosts:
+    ``ssh_argv``)."""
+
+    def __init__(self, spec: RemoteSpec) -> None:
+        self.spec = spec
+        self._lock = threading.Lock()
+        self._latest: tuple[float, bool | None, str] | None = None  # (monotonic, netem?, line)
+        self._proc: subprocess.Popen | None = None
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    def start(self, timeout_s: float = 180) -> None:
+        """Opens the session and waits for its first readable poll (the guest's Python starts in
+        seconds under emulation); raises when none comes."""
+        self._ensure_running()
+        if self._fresh(timeout_s) is None:
+            with self._lock:
+                last = self._latest[2] if self._latest else "no line"
+            self.close()
+            raise RuntimeError(f"the qdisc watcher on the payments host gave no reading in {timeout_s:g} s "
+                               f"({last[:200]})")
+
+    def netem_present(self) -> bool:
+        """The latest poll's answer, no older than WATCH_STALE_S (waits up to WATCH_WAIT_S for
+        one). Unknown (no fresh poll, an error line) counts as present: a fault is never
+        declared gone on a guess."""
+        self._ensure_running()
+        fresh = self._fresh(WATCH_WAIT_S)
+        return True if fresh is None else fresh
+
+    def _fresh(self, timeout_s: float) -> bool | None:
+        start = time.monotonic()
+        while True:
+            with self._lock:
+                latest = self._latest
+            if latest is not None and time.monotonic() - latest[0] <= WATCH_STALE_S and latest[1] is not None:
+                return latest[1]
+            if time.monotonic() - start > timeout_s:
+                return None
+            time.sleep(POLL_S)
+
+    def close(self) -> None:
+        self._closed = True
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _ensure_running(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._run, name="qdisc-watch", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        spec = self.spec
+        argv = ssh_argv(spec, [spec.python, "-c", QDISC_WATCHER, spec.state_dir, spec.service,
+                               str(WATCH_POLL_S), str(WATCH_DEADLINE_S)])
+        while not self._closed:  # a dropped session is opened again
+            self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                          stderr=subprocess.DEVNULL, text=True)
+            for line in self._proc.stdout:
+                with self._lock:
+                    self._latest = (time.monotonic(), netem_in_tc_json(line.strip()), line.strip())
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait(timeout=10)
+            if not self._closed:
+                time.sleep(1)
+
+
 def wait_until(check: Callable[[], bool], timeout_s: float) -> float | None:
     start = time.monotonic()
     while time.monotonic() - start < timeout_s:
@@ -201,8 +394,8 @@ def session_k6(sid: int) -> list[int]:
 
 def run_trial(experiment: str, ending: str, env: dict[str, str], observer: Observer, workdir: Path,
               rng: random.Random, chaos_options: tuple[str, ...] = ()) -> Trial:
-    trial = Trial(experiment, ending, observer.runtime)
-    journal = workdir / f"{observer.runtime}-{experiment}-{ending}-{time.time_ns()}.json"
+    trial = Trial(experiment, ending, observer.name)
+    journal = workdir / f"{observer.name}-{experiment}-{ending}-{time.time_ns()}.json"
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "chaos"), "--no-version-check", "--log-file",
          str(journal.with_suffix(".log")), "run", *chaos_options, "--journal-path", str(journal),
@@ -213,7 +406,7 @@ def run_trial(experiment: str, ending: str, env: dict[str, str], observer: Obser
     sid = proc.pid
     try:
         seen = wait_until(lambda: observer.effect_present(experiment) or proc.poll() is not None,
-                          INJECT_TIMEOUT_S)
+                          observer.inject_timeout_s)
         if seen is None or proc.poll() is not None or not observer.effect_present(experiment):
             trial.note = "no injection seen: " + _last_log_line(journal.with_suffix(".log"))
             return trial
@@ -230,7 +423,7 @@ def run_trial(experiment: str, ending: str, env: dict[str, str], observer: Obser
          "sigkill": lambda: os.kill(proc.pid, signal.SIGKILL),
          "sigkill-pg": lambda: os.killpg(sid, signal.SIGKILL),
          "sigstop": lambda: os.kill(proc.pid, signal.SIGSTOP)}[ending]()
-        gone = wait_until(lambda: not observer.effect_present(experiment), GONE_TIMEOUT_S)
+        gone = wait_until(lambda: not observer.effect_present(experiment), observer.gone_timeout_s)
         trial.gone_after_s = None if gone is None else round(time.monotonic() - sent, 3)
         trial.fault_left = gone is None
         if ending == "sigstop":
@@ -312,9 +505,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--docker-trials-per-ending", type=int, default=None,
                         help="per ending on the docker runtime (default: --trials-per-ending)")
     parser.add_argument("--endings", default=",".join(ENDINGS))
-    parser.add_argument("--experiments", default=",".join(EXPERIMENTS))
+    parser.add_argument("--experiments", default=None,
+                        help=f"default: {','.join(EXPERIMENTS)}; "
+                        f"with --runtime vm: {','.join(VM_EXPERIMENTS)}")
     parser.add_argument("--runtime", choices=(*RUNTIMES, "both"), default="local",
-                        help="where the stack runs: supervisord processes, containers, or both in turn")
+                        help="where the stack runs: supervisord processes, containers, both (local and "
+                        "docker) in turn, or vm: the local stack with payments on the QEMU VM over ssh "
+                        "(stack up --remote-payments vm)")
     parser.add_argument("--port-base", type=int,
                         default=int(os.environ.get("CHAOSCHECKOUT_PORT_BASE", 41700)))
     parser.add_argument("--state-dir", type=Path, default=None)
@@ -341,6 +538,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-worst-s", type=float, default=5.0)
     args = parser.parse_args(argv)
     endings = [e for e in args.endings.split(",") if e]
+    if args.experiments is None:
+        args.experiments = ",".join(VM_EXPERIMENTS if args.runtime == "vm" else EXPERIMENTS)
     experiments = [e for e in args.experiments.split(",") if e]
     for name in endings:
         if name not in ENDINGS:
@@ -348,6 +547,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in experiments:
         if name not in OBSERVABLE:
             parser.error(f"unknown experiment {name!r}; known: {', '.join(OBSERVABLE)}")
+        if name in VM_EXPERIMENTS and args.runtime != "vm":
+            parser.error(f"{name} needs payments on the VM: --runtime vm")
     if args.docker_trials_per_ending is None:
         args.docker_trials_per_ending = args.trials_per_ending
     if not (1 <= args.trials_per_ending <= 1000 and 1 <= args.docker_trials_per_ending <= 1000):
@@ -357,6 +558,9 @@ def main(argv: list[str] | None = None) -> int:
     if "local" in runtimes:
         state = args.state_dir or Path(f"/var/tmp/cc-bench-interrupt-{args.port_base}")
         stacks["local"] = (state, args.port_base)
+    if "vm" in runtimes:
+        state = args.state_dir or Path(f"/var/tmp/cc-bench-interrupt-vm-{args.port_base}")
+        stacks["vm"] = (state, args.port_base)
     if "docker" in runtimes:
         base = args.docker_port_base or (args.port_base + 200 if "local" in runtimes else args.port_base)
         state = args.docker_state_dir or (args.state_dir if "local" not in runtimes else None) \
@@ -368,8 +572,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--warmup-s must be in 1..120")
     short = {**SHORT_ENV, "CHAOSCHECKOUT_LOAD_WARMUP_S": f"{args.warmup_s:g}"}
     envs = {runtime: {**os.environ, "CHAOSCHECKOUT_STATE_DIR": str(state),
-                      "CHAOSCHECKOUT_PORT_BASE": str(base), "CHAOSCHECKOUT_RUNTIME": runtime,
-                      "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}", **short}
+                      "CHAOSCHECKOUT_PORT_BASE": str(base),
+                      "CHAOSCHECKOUT_RUNTIME": "local" if runtime == "vm" else runtime,
+                      "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}", **short,
+                      **(VM_ENV if runtime == "vm" else {})}
             for runtime, (state, base) in stacks.items()}
     manage = [sys.executable, "-m", "stack.manage"]
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
@@ -388,13 +594,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"interrupt bench: seed {seed}, {len(plan)} trials, {where}", flush=True)
     started: list[str] = []
     trials: list[Trial] = []
+    observers: dict[str, Observer] = {}
+    # a SIGTERMed bench still runs its finally blocks: the current run killed (its owner-bound
+    # faults reverted), the watcher closed, the stacks (and the VM) down
+    previous_sigterm = signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM)) \
+        if threading.current_thread() is threading.main_thread() else None
     try:
         if not args.use_running:
             for runtime in stacks:
+                started.append(runtime)  # down even when interrupted half-way up
                 if not _stack_up(manage, runtime, envs[runtime]):
                     return 1
-                started.append(runtime)
-        observers = {runtime: Observer(state) for runtime, (state, _) in stacks.items()}
+        for runtime, (state, _) in stacks.items():
+            observers[runtime] = Observer(state, runtime)
         workdir = Path(tempfile.mkdtemp(prefix="cc-interrupt-", dir=args.keep_logs))
         began = time.monotonic()
         try:
@@ -419,15 +631,19 @@ def main(argv: list[str] | None = None) -> int:
                       f"status {trial.status} k6 left {trial.k6_left} {trial.note if trial.injected else ''}",
                       flush=True)
                 # let the restarted/cleaned service settle before the next steady-state check
-                wait_until(lambda obs=observer: all(not obs.effect_present(e) for e in OBSERVABLE), 30)
+                wait_until(lambda obs=observer: all(not obs.effect_present(e) for e in obs.observable()), 30)
                 observer.wait_no_recent_errors(args.warmup_s)
         finally:
             if args.keep_logs is None:
                 shutil.rmtree(workdir, ignore_errors=True)
     finally:
+        for observer in observers.values():
+            observer.close()
         for runtime in started:
-            subprocess.run([*manage, "down", "--runtime", runtime], cwd=ROOT, env=envs[runtime],
-                           capture_output=True, timeout=300)
+            subprocess.run([*manage, "down", "--runtime", "local" if runtime == "vm" else runtime], cwd=ROOT,
+                           env=envs[runtime], capture_output=True, timeout=300)
+        if previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)
     table = summarize(trials)
     print_table(table)
     if args.json:
@@ -455,17 +671,20 @@ def main(argv: list[str] | None = None) -> int:
 
 def _stack_up(manage: list[str], runtime: str, env: dict[str, str]) -> bool:
     """``stack.manage up`` for one runtime (retried when a port is briefly taken)."""
-    timeout = 1500 if runtime == "docker" else 300  # docker: images may be (re)built first
+    # docker: images may be (re)built first; vm: the guest image too, then a boot under emulation
+    timeout = 300 if runtime == "local" else 1800
+    how = ["--runtime", "local", "--remote-payments", "vm"] if runtime == "vm" else ["--runtime", runtime]
+    env = {**env, **VM_STACK_ENV} if runtime == "vm" else env
     for _attempt in range(3):  # a port of the base may be a client's ephemeral port in TIME-WAIT
-        up = subprocess.run([*manage, "up", "--runtime", runtime], cwd=ROOT, env=env, capture_output=True,
+        up = subprocess.run([*manage, "up", *how], cwd=ROOT, env=env, capture_output=True,
                             text=True, timeout=timeout)
         if up.returncode == 0 or "already in use" not in up.stdout + up.stderr:
             break
         time.sleep(20)
     if up.returncode != 0:
         print(up.stdout + up.stderr, file=sys.stderr)
-        subprocess.run([*manage, "down", "--runtime", runtime], cwd=ROOT, env=env, capture_output=True,
-                       timeout=300)
+        subprocess.run([*manage, "down", "--runtime", "local" if runtime == "vm" else runtime], cwd=ROOT,
+                       env=env, capture_output=True, timeout=300)
         return False
     return True
 
