@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from chaoscheckout.faults.owner import process_record
 from chaoscheckout.remote import session
 
 pytestmark = pytest.mark.fast
@@ -30,7 +31,7 @@ def fake_ssh(tmp_path: Path):
 
 
 def test_the_recorded_ssh_client_is_ended(fake_ssh):
-    recorded = session._local_process(fake_ssh.pid)
+    recorded = process_record(fake_ssh.pid)
     assert session._end_keeper_session(recorded) == f"ssh client pid {fake_ssh.pid} sent SIGTERM"
     assert fake_ssh.wait(timeout=10) == -15
 
@@ -38,7 +39,7 @@ def test_the_recorded_ssh_client_is_ended(fake_ssh):
 @pytest.mark.parametrize("change", [{"start_ticks": -1}, {"host": "elsewhere"}, {"boot_id": "other-boot"},
                                     {"pid": "1"}])
 def test_a_record_that_is_not_this_very_process_ends_nothing(fake_ssh, change):
-    recorded = {**session._local_process(fake_ssh.pid), **change}
+    recorded = {**process_record(fake_ssh.pid), **change}
     assert session._end_keeper_session(recorded) is None
     assert fake_ssh.poll() is None
 
@@ -46,7 +47,7 @@ def test_a_record_that_is_not_this_very_process_ends_nothing(fake_ssh, change):
 def test_another_program_is_never_signalled():
     proc = subprocess.Popen(["sleep", "60"])
     try:
-        assert session._end_keeper_session(session._local_process(proc.pid)) is None
+        assert session._end_keeper_session(process_record(proc.pid)) is None
         assert proc.poll() is None
     finally:
         proc.kill()

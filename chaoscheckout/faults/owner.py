@@ -140,22 +140,40 @@ def clear_run_id() -> None:
         _STATE.pop("run_id", None)
 
 
+def process_record(pid: int) -> dict[str, Any] | None:
+    """What names a process of this host across pid reuse and reboots (pid, start ticks, host,
+    boot id), for :func:`recorded_process_state`; None when there is no such process."""
+    stat = proc_stat(pid)
+    if stat is None:
+        return None
+    return {"pid": pid, "start_ticks": stat[1], "host": socket.gethostname(), "boot_id": boot_id()}
+
+
+def recorded_process_state(host: str, boot: str, pid: int, start_ticks: int) -> tuple[str, str]:
+    """Is the process recorded as (host, boot id, pid, start ticks) still running here?
+    ``("elsewhere" | "gone" | "stopped" | "running", why)``; /proc only, never the wall clock."""
+    if host != socket.gethostname():
+        return "elsewhere", f"owner is on another host ({host}): left to lease expiry"
+    if boot != boot_id():
+        return "gone", "the host rebooted since the fault was injected"
+    stat = proc_stat(pid)
+    if stat is None:
+        return "gone", f"process {pid} is gone"
+    state, start = stat
+    if start != start_ticks:
+        return "gone", f"process {pid} is gone (pid reused by another process)"
+    if state in ("Z", "X"):
+        return "gone", f"process {pid} exited"
+    if state in ("T", "t"):
+        return "stopped", f"process {pid} is stopped (frozen, e.g. SIGSTOP)"
+    return "running", "alive"
+
+
 def judge_owner(owner: Owner, owners_dir: Path, stale_after_s: float = HEARTBEAT_STALE_S) -> OwnerVerdict:
     """Is ``owner`` alive? Reads /proc and its heartbeat; never the wall clock."""
-    if owner.host != socket.gethostname():
-        return OwnerVerdict(None, f"owner is on another host ({owner.host}): left to lease expiry")
-    if owner.boot_id != boot_id():
-        return OwnerVerdict(False, "the host rebooted since the fault was injected")
-    stat = proc_stat(owner.pid)
-    if stat is None:
-        return OwnerVerdict(False, f"process {owner.pid} is gone")
-    state, start = stat
-    if start != owner.start_ticks:
-        return OwnerVerdict(False, f"process {owner.pid} is gone (pid reused by another process)")
-    if state in ("Z", "X"):
-        return OwnerVerdict(False, f"process {owner.pid} exited")
-    if state in ("T", "t"):
-        return OwnerVerdict(False, f"process {owner.pid} is stopped (frozen, e.g. SIGSTOP)")
+    state, why = recorded_process_state(owner.host, owner.boot_id, owner.pid, owner.start_ticks)
+    if state != "running":
+        return OwnerVerdict(None if state == "elsewhere" else False, why)
     beat = read_heartbeat(owners_dir, owner)
     if beat is not None:
         age = boottime() - beat

@@ -33,19 +33,19 @@ import logging
 import os
 import select
 import signal
-import socket
 import subprocess
 import tempfile
 import threading
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import IO, Any
 
 from chaoscheckout.context import ActivityContext, ConfigOrContext, activity_context
 from chaoscheckout.errors import ChaosCheckoutError, InvalidFaultArgument
 from chaoscheckout.faults.inject import Injection, check_can_inject, inject_fault
 from chaoscheckout.faults.leases import Lease, LeaseStore
-from chaoscheckout.faults.owner import boot_id, proc_stat
+from chaoscheckout.faults.owner import process_record, recorded_process_state
 from chaoscheckout.remote.keeper import DEFAULT_MISS_S, KEEPABLE_KINDS
 from chaoscheckout.remote.wire import error_from_wire
 from chaoscheckout.runtime.registry import RemoteSpec
@@ -98,7 +98,7 @@ def inject_remote(kind: str, service: str, arguments: dict[str, Any], duration_s
         if (store.dir / f"{lease.fault_id}.json").exists():
             store.write(replace(lease, params={**lease.params, "remote_fault_id": fault["fault_id"],
                                                "keeper_pid": answer.get("keeper_pid"),
-                                               "keeper_ssh": _local_process(session.proc.pid),
+                                               "keeper_ssh": process_record(session.proc.pid),
                                                "remote_lease": answer.get("lease")}))
         return {"remote_fault_id": fault["fault_id"], "remote_backend": fault["backend"],
                 "remote_parameters": fault["parameters"], "keeper_pid": answer.get("keeper_pid")}
@@ -273,33 +273,25 @@ class KeeperSession:
 _SESSIONS: dict[str, KeeperSession] = {}  # local fault id -> this process's keeper session
 
 
-def _local_process(pid: int) -> dict[str, Any] | None:
-    """What identifies a process of this host across pid reuse: pid, start ticks, host, boot id."""
-    stat = proc_stat(pid)
-    if stat is None:
-        return None
-    return {"pid": pid, "start_ticks": stat[1], "host": socket.gethostname(), "boot_id": boot_id()}
-
-
 def _end_keeper_session(recorded: Any) -> str | None:
     """SIGTERM the keeper session's ssh client recorded in a lease, if it still runs here (the
     same process: host, boot, start ticks, ``comm`` ssh): the keeper reads EOF and reverts."""
-    if not isinstance(recorded, dict) or recorded.get("host") != socket.gethostname() \
-            or recorded.get("boot_id") != boot_id() or not isinstance(recorded.get("pid"), int):
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("pid"), int):
         return None
     pid = recorded["pid"]
-    stat = proc_stat(pid)
+    state, _ = recorded_process_state(recorded.get("host"), recorded.get("boot_id"), pid,
+                                      recorded.get("start_ticks"))
     try:
-        comm = open(f"/proc/{pid}/comm").read().strip()  # noqa: SIM115 - one short read
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
     except OSError:
         return None
-    if stat is None or stat[1] != recorded.get("start_ticks") or stat[0] in ("Z", "X") or comm != "ssh":
+    if state not in ("running", "stopped") or comm != "ssh":
         return None
     try:
         os.kill(pid, signal.SIGTERM)
     except OSError:  # gone meanwhile, or not ours to signal: the remote revert below still runs
         return None
-    logger.info("ended the keeper session's ssh client (pid %d): the keeper reverts on its EOF", pid)
+    logger.info("ended the keeper session's ssh client (pid %d): the keeper reads EOF and reverts", pid)
     return f"ssh client pid {pid} sent SIGTERM"
 
 
