@@ -34,7 +34,8 @@ from typing import Any
 
 __all__ = [
     "Owner", "OwnerVerdict", "current_owner", "set_run_id", "clear_run_id", "boottime",
-    "boot_id", "proc_start_ticks", "judge_owner", "ensure_heartbeat", "declared_dead",
+    "boot_id", "proc_start_ticks", "judge_owner", "process_record", "recorded_process_state",
+    "ensure_heartbeat", "declared_dead",
     "declare_dead", "read_heartbeat", "proc_stat", "safe_name", "HEARTBEAT_INTERVAL_S", "HEARTBEAT_STALE_S",
 ]
 
