@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import statistics
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -26,7 +27,7 @@ import httpx
 import psycopg
 import pytest
 import uvicorn
-from serviceprocs import PAYMENTS_AT_ANY_LOAD, service_process, throwaway_postgres
+from serviceprocs import PAYMENTS_AT_ANY_LOAD, service_process, throwaway_postgres, wait_until
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -45,7 +46,7 @@ PG_BIN = Path(os.environ.get("CHAOSCHECKOUT_PG_BINDIR", "/usr/lib/postgresql/15/
 PORT = {
     "checkout": BASE, "checkout2": BASE + 1, "checkout3": BASE + 2, "catalog": BASE + 3,
     "payments": BASE + 4, "provider": BASE + 5, "catalog_up": BASE + 6, "payments_up": BASE + 7,
-    "postgres": BASE + 10,
+    "postgres": BASE + 10, "postgres_crash": BASE + 11,
 }
 DATABASES = ("checkout", "insert_refused", "update_refused", "overhead_on", "overhead_off")
 IO_TIMEOUT_S = 5.0
@@ -457,6 +458,70 @@ def test_load_shedding_answers_503_at_once_and_records_nothing(postgres, money):
     assert len(orders_after) == orders_before + 3  # the stuck two and the served one
     assert {c["order_ref"] for c in charges} <= orders_after  # the shed one charged nothing
     print(f"\nshed in {elapsed * 1000:.0f} ms")
+
+
+# --- 6. orders-store breaker ---------------------------------------------------------
+
+
+def test_store_breaker_refuses_at_once_while_postgres_is_down_and_closes_when_it_is_back(money):
+    """Postgres crashes (``pg_ctl stop -m immediate``: every backend dies at once, as when a
+    checkpoint that cannot write to a full disk PANICs it) under two checkouts, one with the
+    orders-store breaker and one without. While it is down the breaker's checkout answers 503
+    ``orders store unavailable`` at once; the other waits out the pool's 2 s on every
+    checkout. Once Postgres is back the breaker closes by itself and checkouts are served;
+    nothing was charged while the store was down."""
+    pg_dir = STATE / "pg-crash"
+    with (
+        throwaway_postgres(PG_BIN, pg_dir, PORT["postgres_crash"], ("breaker_on", "breaker_off")) as dsn,
+        catalog_process(),
+        checkout("checkout", f"{dsn}/breaker_on", url("catalog"), url("payments"), **PAYMENTS_AT_ANY_LOAD),
+        checkout("checkout2", f"{dsn}/breaker_off", url("catalog"), url("payments"),
+                 CHECKOUT_STORE_BREAKER="0", **PAYMENTS_AT_ANY_LOAD),
+        httpx.Client(timeout=IO_TIMEOUT_S) as client,
+    ):
+        for name in ("checkout", "checkout2"):
+            assert client.post(url(name, "/checkout"), json=CART).status_code == 200
+        since = time.time()
+        _pg_ctl(pg_dir, "stop", "-m", "immediate")
+        with_breaker = [_timed_checkout(client, "checkout") for _ in range(10)]
+        without = [_timed_checkout(client, "checkout2") for _ in range(3)]
+        opened = _metric(client, "checkout", "checkout_store_breaker_open")
+        rejected = _metric(client, "checkout", "checkout_store_rejected_total")
+        _pg_ctl(pg_dir, "start", "-w", "-t", "30", "-l", str(pg_dir / "log"), "-o",
+                f"-p {PORT['postgres_crash']} -k {pg_dir} -c listen_addresses=127.0.0.1")
+        back_s = wait_until(lambda: _timed_checkout(client, "checkout")[0] == 200, 20,
+                            "checkout with the breaker served again after Postgres restarted")
+        closed = _metric(client, "checkout", "checkout_store_breaker_open")
+        time.sleep(0.5)  # a charge of a refused checkout would be in by now
+        charges = _charges(client, since)
+        recorded = {ref for ref, _ in _orders(f"{dsn}/breaker_on")}
+    statuses = {status for status, _, _ in with_breaker}
+    assert statuses == {503}, with_breaker
+    assert all(error in ("orders store unavailable", "order not recorded") for _, _, error in with_breaker)
+    seconds = sorted(elapsed for _, elapsed, _ in with_breaker)
+    assert seconds[-1] < 2.5 and seconds[-2] < 0.5, seconds  # at most the first waits the pool
+    assert seconds[len(seconds) // 2] < 0.05, seconds  # the median: refused at once
+    assert {status for status, _, _ in without} == {503}, without
+    assert min(elapsed for _, elapsed, _ in without) > 1.5, without  # each waited the pool out
+    assert opened == 1 and closed == 0
+    assert back_s < 10, back_s  # the pool's own back-off alone can take longer (it doubles)
+    assert rejected >= 8, rejected
+    assert {c["order_ref"] for c in charges} <= recorded  # refused checkouts charged nothing
+    print(f"\nwith the breaker: {[round(t, 3) for t in seconds]} s; without: "
+          f"{[round(e, 2) for _, e, _ in without]} s; served again {back_s:.1f} s after the restart")
+
+
+def _timed_checkout(client: httpx.Client, name: str) -> tuple[int, float, str]:
+    started = time.monotonic()
+    response = client.post(url(name, "/checkout"), json=CART)
+    error = response.json().get("error", "") if response.status_code != 200 else ""
+    return response.status_code, time.monotonic() - started, error
+
+
+def _pg_ctl(pg_dir: Path, action: str, *args: str) -> None:
+    subprocess.run(["runuser", "-u", "postgres", "--", str(PG_BIN / "pg_ctl"), "-D",
+                    str(pg_dir / "data"), *args, action], cwd="/tmp", check=True,
+                   capture_output=True, timeout=60)
 
 
 # --- cost of order-first ------------------------------------------------------------

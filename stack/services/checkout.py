@@ -92,6 +92,23 @@ every setting below its first-version default (the weakened variant, on purpose:
    budget lets them pile up, and a queue of hundreds makes every one of them late (each
    holds its turn on the event loop and a Postgres connection twice). Shedding bounds that
    queue, so what is queued cannot keep checkout overloaded long after its cause is gone.
+6. **Orders-store breaker.** With ``CHECKOUT_STORE_BREAKER`` (default on) a failure of the
+   order ``INSERT`` that says Postgres itself is gone (connection lost or refused, the server
+   restarting or in recovery, no pooled connection within the 2 s wait) opens a breaker:
+   checkouts are then refused at once with 503 ``orders store unavailable`` (nothing
+   charged; ``checkout_store_rejected_total``), except one trial every 0.25 s that waits at
+   most 0.5 s for a pooled connection (after a fresh connection of its own succeeded: a
+   trial against a Postgres still down fails at once). The first trial that gets an answer
+   from Postgres closes it (``checkout_store_breaker_open``). A trial that connected on its
+   own but got no pooled connection renews the pool, whose reconnect back-off (1 s, 2 s,
+   4 s, ...) would otherwise keep checkout failing for seconds after Postgres is back
+   (``checkout_store_pools_renewed_total``). A broken pooled connection found by the pool's
+   check opens the breaker too when a fresh connection fails as well. An error *from* a
+   running Postgres (a full disk, a constraint) does not open it. Why: a Postgres that crashes and restarts (a
+   checkpoint that cannot write to a full disk PANICs it) kills every pooled connection, and
+   the pool reconnects with a back-off; without the breaker every checkout waited out the
+   pool's 2 s and the in-flight limit filled within a second (the peak-load fill-pg-disk run,
+   journals/FINDINGS.md).
 
 Catalog and payments each have their own connection pool (200 connections), so a slow
 or dead catalog cannot take the slots payments needs; a pool that stops answering (a pool
@@ -123,6 +140,8 @@ availability SLI's outcomes, ``client_error`` (400/422) does not count against i
 ``checkout_payments_retries_denied_total``,
 ``checkout_payments_attempts_total{result="ok|refused|timeout|unreachable|unknown"}``,
 ``checkout_payments_attempt_timeout_seconds``, ``checkout_shed_total``,
+``checkout_store_breaker_open``, ``checkout_store_rejected_total``,
+``checkout_store_pools_renewed_total``,
 ``checkout_in_flight`` and ``checkout_orders_left_pending_total``.
 """
 
@@ -149,7 +168,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from stack.services.checkout_resilience import AdaptiveTimeout, Budget, PriceCache, RetryBudget
+from stack.services.checkout_resilience import (
+    AdaptiveTimeout,
+    Budget,
+    PriceCache,
+    RetryBudget,
+    StoreBreaker,
+)
 from stack.services.common import (
     ConfigError,
     default_port,
@@ -177,6 +202,8 @@ DB_POOL_WAIT_S = 2.0
 DB_STATEMENT_TIMEOUT_MS = 5000
 DB_STARTUP_WAIT_S = 20.0
 DB_UPDATE_TIMEOUT_S = 1.0
+DB_TRIAL_WAIT_S = 0.5  # a breaker trial's wait for a pooled connection
+DB_PROBE_TIMEOUT_S = 1  # the breaker's fresh connection, to confirm a broken one means 'down'
 HEALTH_TIMEOUT_S = 1.0
 REFRESH_TIMEOUT_S = 2.0
 MIN_ATTEMPT_S = 0.05
@@ -202,6 +229,12 @@ RETRIES_DENIED = Counter("checkout_payments_retries_denied_total",
                          "Payments retries not made: the retry budget was spent")
 SHED = Counter("checkout_shed_total", "Checkouts answered 503 at once: too many in flight")
 IN_FLIGHT = Gauge("checkout_in_flight", "Checkouts being worked on")
+STORE_BREAKER_OPEN = Gauge("checkout_store_breaker_open",
+                           "1 while the orders store is taken as down (checkouts refused at once)")
+STORE_REJECTED = Counter("checkout_store_rejected_total",
+                         "Checkouts refused at once because the orders store is down")
+POOLS_RENEWED = Counter("checkout_store_pools_renewed_total",
+                        "Postgres pools replaced: Postgres was back, the pool still backing off")
 LEFT_PENDING = Counter("checkout_orders_left_pending_total",
                        "Charged orders whose UPDATE to paid failed (row stays pending)")
 for _outcome in ("ok", "error", "client_error"):
@@ -232,6 +265,7 @@ class CheckoutSettings:
     payments_timeout_adapt: float = 0.0
     payments_timeout_max_s: float = 5.0
     max_in_flight: int = 0
+    store_breaker: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> CheckoutSettings:
@@ -269,6 +303,7 @@ class CheckoutSettings:
                                              0.25 if resilient else 5.0, 0.001, 300),
             max_in_flight=env_int(environ, "CHECKOUT_MAX_IN_FLIGHT", 48 if resilient else 0,
                                   0, 100000),
+            store_breaker=env_bool(environ, "CHECKOUT_STORE_BREAKER", resilient),
         )
 
 
@@ -314,22 +349,15 @@ class Checkout:
                                               settings.payments_timeout_max_s,
                                               factor=settings.payments_timeout_adapt)
         ATTEMPT_TIMEOUT.set(settings.payments_timeout_s)
+        self.store_breaker = StoreBreaker()
+        self._closing: set[asyncio.Task[None]] = set()  # old pools being closed
         self._refresher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         s = self.settings
         self.catalog = Upstream("catalog", s.catalog_url)
         self.payments = Upstream("payments", s.payments_url)
-        self.pool = AsyncConnectionPool(
-            s.database_url, min_size=s.db_pool_size, max_size=s.db_pool_size,
-            timeout=DB_POOL_WAIT_S, open=False, name="checkout",
-            check=AsyncConnectionPool.check_connection,  # drop connections a restart killed
-            kwargs={
-                "autocommit": True,
-                "connect_timeout": DB_CONNECT_TIMEOUT_S,
-                "options": f"-c statement_timeout={DB_STATEMENT_TIMEOUT_MS}",
-            },
-        )
+        self.pool = self._new_pool()
         await self.pool.open(wait=True, timeout=DB_STARTUP_WAIT_S)
         async with self.pool.connection() as conn:
             # the stack's checkout role may not CREATE (its table is made by `stack up`)
@@ -340,6 +368,36 @@ class Checkout:
             self._refresher = asyncio.create_task(self._refresh_prices_forever())
         logger.info("checkout ready: pool of %d Postgres connections; %s", s.db_pool_size,
                     _describe(s))
+
+    def _new_pool(self) -> AsyncConnectionPool:
+        s = self.settings
+        return AsyncConnectionPool(
+            s.database_url, min_size=s.db_pool_size, max_size=s.db_pool_size,
+            timeout=DB_POOL_WAIT_S, open=False, name="checkout",
+            check=self._check_pooled,  # drop connections a restart killed
+            kwargs={
+                "autocommit": True,
+                "connect_timeout": DB_CONNECT_TIMEOUT_S,
+                "options": f"-c statement_timeout={DB_STATEMENT_TIMEOUT_MS}",
+            },
+        )
+
+    async def _renew_pool(self) -> None:
+        """A fresh pool in place of one still backing off from a Postgres that is back.
+
+        psycopg_pool reconnects a lost connection with a back-off (1 s, 2 s, 4 s, ...), so
+        after a restart of some seconds its first new connection can come seconds after
+        Postgres accepts them again. A breaker trial that connected on its own but got no
+        pooled connection swaps in a new pool, which connects at once; the old one is closed
+        in the background (its checked-out connections are let go as they come back)."""
+        old, self.pool = self.pool, self._new_pool()
+        await self.pool.open(wait=False)
+        POOLS_RENEWED.inc()
+        logger.warning("orders store back but the pool had no connection: pool renewed")
+        if old is not None:
+            task = asyncio.create_task(old.close(timeout=DB_POOL_WAIT_S))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     async def stop(self) -> None:
         if self._refresher is not None:
@@ -432,19 +490,85 @@ class Checkout:
     async def insert_order(self, order_ref: str, items: list[LineItem], prices: dict[str, int],
                            amount_cents: int, status: str, charged: bool) -> None:
         rows = [{"sku": i.sku, "qty": i.qty, "price_cents": prices[i.sku]} for i in items]
+        breaker = self.store_breaker
+        use_breaker = self.settings.store_breaker and not charged  # guards order-first only
+        admitted = breaker.admit() if use_breaker else "pass"
+        if admitted == "reject":
+            STORE_REJECTED.inc()
+            raise CheckoutFailed(503, "orders store unavailable",
+                                 f"nothing was charged: Postgres down for "
+                                 f"{breaker.down_for_s():.1f}s ({breaker.reason})")
+        trial = admitted == "trial"
+        settled = False
         try:
-            async with self._pool.connection() as conn:
+            if trial and (down := await self._fresh_connection_fails()) is not None:
+                raise StoreStillDown(down)
+            async with self._pool.connection(timeout=DB_TRIAL_WAIT_S if trial else None) as conn:
                 await conn.execute(
                     "INSERT INTO orders (order_ref, items, amount_cents, status)"
                     " VALUES (%s, %s, %s, %s)",
                     (order_ref, Jsonb(rows), amount_cents, status),
                 )
-        except (psycopg.Error, PoolTimeout) as exc:
+            settled = True
+            if use_breaker:
+                self._store_answered(trial)
+        except (psycopg.Error, PoolTimeout, StoreStillDown) as exc:
+            settled = True
+            if trial and isinstance(exc, PoolTimeout):  # Postgres answered its own connect
+                await self._renew_pool()
+            down = store_down(exc) if use_breaker else None
+            if use_breaker and down is None:
+                self._store_answered(trial)
+            elif down is not None and breaker.failed(down, trial):
+                self._breaker_opened(down)
             if charged:
                 logger.error("order %s was charged but could not be recorded: %s", order_ref, exc)
                 raise CheckoutFailed(500, "order not recorded", str(exc)[:300]) from None
             raise CheckoutFailed(503, "order not recorded",
                                  f"nothing was charged: {str(exc)[:300]}") from None
+        finally:
+            if not settled:
+                breaker.abandoned(trial)
+
+    async def _check_pooled(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """The pool's check of a connection before it is handed out. A broken one is dropped
+        (the pool then tries the next); with the breaker on, a fresh connection is tried once
+        and, when that fails too, the store is down: the breaker opens before the pool's 2 s
+        wait runs out, so the checkouts behind this one are refused at once."""
+        try:
+            await AsyncConnectionPool.check_connection(conn)
+        except Exception:
+            if self.settings.store_breaker and not self.store_breaker.is_open:
+                down = await self._fresh_connection_fails()
+                if down is not None and self.store_breaker.failed(down, trial=False):
+                    self._breaker_opened(down)
+            raise
+
+    async def _fresh_connection_fails(self) -> str | None:
+        """Why a new connection to Postgres fails (None: it works)."""
+        try:
+            async with asyncio.timeout(DB_PROBE_TIMEOUT_S):
+                conn = await psycopg.AsyncConnection.connect(
+                    self.settings.database_url, connect_timeout=DB_PROBE_TIMEOUT_S, autocommit=True)
+                await conn.close()
+        except TimeoutError:
+            return f"no new connection within {DB_PROBE_TIMEOUT_S}s"
+        except psycopg.Error as exc:
+            return store_down(exc) or f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+        return None
+
+    @staticmethod
+    def _breaker_opened(reason: str) -> None:
+        STORE_BREAKER_OPEN.set(1)
+        logger.warning("orders store down (%s): refusing checkouts at once until a trial "
+                       "insert succeeds", reason)
+
+    def _store_answered(self, trial: bool) -> None:
+        if trial:
+            logger.warning("orders store answers again after %.1fs: breaker closed",
+                           self.store_breaker.down_for_s())
+            STORE_BREAKER_OPEN.set(0)
+        self.store_breaker.succeeded(trial)
 
     async def set_status(self, order_ref: str, status: str) -> bool:
         """UPDATE the order's status; False (logged) when Postgres refused or was too slow."""
@@ -587,7 +711,7 @@ def build_app(settings: CheckoutSettings) -> Starlette:
 RESILIENCE_FIELDS = ("price_cache", "price_cache_max_age_s", "price_refresh_s", "catalog_timeout_s",
                      "order_first", "payments_timeout_s", "payments_retries", "budget_s",
                      "retry_budget_ratio", "retry_budget_min_per_s", "payments_timeout_adapt",
-                     "payments_timeout_max_s", "max_in_flight")
+                     "payments_timeout_max_s", "max_in_flight", "store_breaker")
 
 
 def profile(settings: CheckoutSettings) -> str:
@@ -631,6 +755,26 @@ def _describe(s: CheckoutSettings) -> str:
     return (f"{cache}, catalog timeout {s.catalog_timeout_s:g}s, "
             f"order {'before' if s.order_first else 'after'} charge, payments "
             f"{timeout} x {1 + s.payments_retries} attempts, {budget}, {shedding}")
+
+
+class StoreStillDown(Exception):
+    """A breaker trial's fresh connection failed: the store is still down (no pool wait)."""
+
+
+def store_down(exc: BaseException) -> str | None:
+    """Why ``exc`` says the orders store itself is down; None when a running server answered
+    (a full disk, a constraint, a statement timeout: errors a breaker must not hide)."""
+    if isinstance(exc, StoreStillDown):
+        return str(exc)
+    if isinstance(exc, PoolTimeout):
+        return f"no pooled connection within the wait: {str(exc)[:200]}"
+    if isinstance(exc, psycopg.OperationalError):
+        state = exc.sqlstate or ""
+        # no SQLSTATE: the client lost or could not open the connection; 08: connection
+        # exception; 57P: the server is shutting down, crashed or cannot accept connections yet
+        if not state or state.startswith(("08", "57P")):
+            return f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+    return None
 
 
 def _parse_items(body: Any) -> list[LineItem] | str:
