@@ -553,6 +553,11 @@ def main(argv: list[str] | None = None) -> int:
         args.docker_trials_per_ending = args.trials_per_ending
     if not (1 <= args.trials_per_ending <= 1000 and 1 <= args.docker_trials_per_ending <= 1000):
         parser.error("--trials-per-ending and --docker-trials-per-ending must be in 1..1000")
+    if args.keep_logs is not None:  # before any stack comes up: a bad path fails here
+        try:
+            args.keep_logs.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            parser.error(f"--keep-logs {args.keep_logs}: {exc.strerror}")
     runtimes = list(RUNTIMES) if args.runtime == "both" else [args.runtime]
     stacks: dict[str, tuple[Path, int]] = {}  # runtime -> (state dir, port base)
     if "local" in runtimes:
