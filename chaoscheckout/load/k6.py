@@ -37,6 +37,7 @@ from typing import Any
 import httpx
 
 from chaoscheckout.errors import ChaosCheckoutError
+from chaoscheckout.httpclient import http_get
 
 __all__ = ["K6Error", "K6Options", "K6Process", "find_k6", "parse_summary", "EXIT_MEANINGS"]
 
@@ -121,7 +122,7 @@ class K6Process:
     def http_reqs(self, timeout_s: float = 2.0) -> int:
         """Requests k6 has completed so far (k6 REST API); 0 when not answering yet."""
         try:
-            resp = httpx.get(f"http://127.0.0.1:{self.api_port}/v1/metrics/http_reqs", timeout=timeout_s)
+            resp = http_get(f"http://127.0.0.1:{self.api_port}/v1/metrics/http_reqs", timeout_s)
             if resp.status_code != 200:
                 return 0
             return int(resp.json()["data"]["attributes"]["sample"].get("count", 0))

@@ -36,6 +36,7 @@ from chaoslib.exceptions import ActivityFailed
 from chaoscheckout.config import finite_number
 from chaoscheckout.context import ActivityContext, ConfigOrContext, activity_context
 from chaoscheckout.errors import ChaosCheckoutError, InvalidFaultArgument
+from chaoscheckout.httpclient import http_get
 
 __all__ = ["Charge", "MoneyCheck", "DoubleChargeCheck", "find_charges_without_order",
            "find_double_charges", "check_window_arguments", "MAX_GRACE_S", "MAX_LOOKBACK_S"]
@@ -188,7 +189,7 @@ def _endpoints(ctx: ActivityContext) -> tuple[str, str]:
 def _fetch_charges(provider_url: str, since: float, timeout_s: float) -> list[Charge]:
     url = provider_url.rstrip("/") + "/charges"
     try:
-        resp = httpx.get(url, params={"since": f"{since:.3f}"}, timeout=timeout_s)
+        resp = http_get(url, timeout_s, params={"since": f"{since:.3f}"})
         resp.raise_for_status()
         raw = resp.json()["charges"]
     except httpx.HTTPError as exc:

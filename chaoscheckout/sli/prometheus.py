@@ -21,6 +21,7 @@ from chaoslib.exceptions import ActivityFailed
 
 from chaoscheckout.context import ConfigOrContext, activity_context
 from chaoscheckout.errors import ChaosCheckoutError, InvalidFaultArgument
+from chaoscheckout.httpclient import http_get
 
 __all__ = ["Sample", "PrometheusClient", "prometheus_client_from", "NoData"]
 
@@ -88,7 +89,7 @@ class PrometheusClient:
 
     def _get(self, path: str, params: dict[str, str]) -> dict[str, Any]:
         try:
-            resp = httpx.get(self.url.rstrip("/") + path, params=params, timeout=self.timeout_s)
+            resp = http_get(self.url.rstrip("/") + path, self.timeout_s, params=params)
         except httpx.HTTPError as exc:
             raise ActivityFailed(f"Prometheus at {self.url} unreachable: {exc!r}") from None
         try:
