@@ -76,3 +76,41 @@ def test_the_window_keeps_at_most_max_samples() -> None:
     timeout = _timeout(clock, max_samples=50)
     _record(timeout, clock, [0.2] * 100 + [0.01] * 50)
     assert timeout.timeout_s() == 0.08  # the 100 slow answers were pushed out
+
+
+def _answers(clock: ClockForTests, latencies: list[float], every_s: float,
+             *timeouts: AdaptiveTimeout) -> None:
+    for latency in latencies:
+        clock.now += every_s
+        for timeout in timeouts:
+            timeout.record(latency)
+
+
+def test_the_fast_window_follows_a_sudden_slow_down_within_a_refresh() -> None:
+    """10 s of 5 ms answers at 84/s, then 0.5 s of 60 ms ones (a loop suddenly busy): with a 1 s
+    window beside the 10 s one the deadline is 4 x 60 ms at once; with the 10 s one only it
+    stays at the floor (its median is still the fast answers')."""
+    clock = ClockForTests()
+    both, long_only = _timeout(clock, fast_window_s=1.0), _timeout(clock)
+    _answers(clock, [0.005] * 840, 1 / 84, both, long_only)
+    assert both.timeout_s() == long_only.timeout_s() == 0.08
+    clock.now += 0.3  # past the refresh interval
+    _answers(clock, [0.06] * 42, 1 / 84, both, long_only)
+    assert both.timeout_s() == pytest.approx(0.24)
+    assert long_only.timeout_s() == 0.08
+    _answers(clock, [0.005] * 126, 1 / 84, both)  # 1.5 s of fast answers again
+    clock.now += 0.3
+    assert both.timeout_s() == 0.08  # the short window's say is over
+
+
+def test_the_fast_window_ignores_a_slowed_minority_and_a_trickle() -> None:
+    clock = ClockForTests()
+    timeout = _timeout(clock, fast_window_s=1.0)
+    _answers(clock, ([0.01] * 8 + [0.4] * 2) * 60, 1 / 84, timeout)  # 20 % slowed by 400 ms
+    clock.now += 0.3
+    assert timeout.timeout_s() == 0.08
+    trickle = _timeout(clock, fast_window_s=1.0)
+    _answers(clock, [0.005] * 100 + [0.2] * 10, 0.1, trickle)  # 10 answers a second
+    clock.now += 0.3
+    assert trickle.fast_median_s() is None  # fewer than min_samples in any 1 s
+    assert trickle.timeout_s() == 0.08

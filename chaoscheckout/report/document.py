@@ -64,7 +64,7 @@ SUMMARY_NOTE = ("Before and after: the steady-state probes' own values (✗: out
                 "a safeguard's first breach led to the revert.")
 CHECKOUT_BEHAVIOUR = ("price_cache", "catalog_timeout_s", "order_first", "payments_timeout_s",
                       "payments_retries", "budget_s", "retry_budget_ratio", "payments_timeout_adapt",
-                      "max_in_flight")
+                      "payments_timeout_fast_window_s", "max_in_flight", "store_breaker")
 
 
 @dataclass

@@ -72,7 +72,10 @@ every setting below its first-version default (the weakened variant, on purpose:
    once checkout's own event loop is busy (a flash sale's rate), and its timeouts, retried,
    keep the loop busy: a timeout storm that outlived the fault in the peak series
    (journals/FINDINGS.md). A payments slowed for a minority of calls leaves the median
-   where it was, so those calls are still cut at the floor and retried.
+   where it was, so those calls are still cut at the floor and retried. With
+   ``CHECKOUT_PAYMENTS_TIMEOUT_FAST_WINDOW_S`` > 0 (default 1) the median of that last
+   short window counts too (the larger of the two): the 10 s one alone took 5 s to follow a
+   sudden slow-down at a flash sale's rate.
 4. **Retry budget for payments.** Retries of all requests together may be at most
    ``CHECKOUT_RETRY_BUDGET_RATIO`` of the first attempts of the last 10 s, plus
    ``CHECKOUT_RETRY_BUDGET_MIN_PER_S`` a second (ratio -1 = no limit). A few slowed
@@ -264,6 +267,7 @@ class CheckoutSettings:
     retry_budget_min_per_s: float = 10.0
     payments_timeout_adapt: float = 0.0
     payments_timeout_max_s: float = 5.0
+    payments_timeout_fast_window_s: float = 0.0
     max_in_flight: int = 0
     store_breaker: bool = False
 
@@ -301,6 +305,8 @@ class CheckoutSettings:
                                              4.0 if resilient else 0.0, 0, 100),
             payments_timeout_max_s=env_float(environ, "CHECKOUT_PAYMENTS_TIMEOUT_MAX_S",
                                              0.25 if resilient else 5.0, 0.001, 300),
+            payments_timeout_fast_window_s=env_float(
+                environ, "CHECKOUT_PAYMENTS_TIMEOUT_FAST_WINDOW_S", 1.0 if resilient else 0.0, 0, 60),
             max_in_flight=env_int(environ, "CHECKOUT_MAX_IN_FLIGHT", 48 if resilient else 0,
                                   0, 100000),
             store_breaker=env_bool(environ, "CHECKOUT_STORE_BREAKER", resilient),
@@ -347,7 +353,8 @@ class Checkout:
         self.retry_budget = RetryBudget(settings.retry_budget_ratio, settings.retry_budget_min_per_s)
         self.attempt_timeout = AdaptiveTimeout(settings.payments_timeout_s,
                                               settings.payments_timeout_max_s,
-                                              factor=settings.payments_timeout_adapt)
+                                              factor=settings.payments_timeout_adapt,
+                                              fast_window_s=settings.payments_timeout_fast_window_s)
         ATTEMPT_TIMEOUT.set(settings.payments_timeout_s)
         self.store_breaker = StoreBreaker()
         self._closing: set[asyncio.Task[None]] = set()  # old pools being closed
@@ -711,6 +718,7 @@ def build_app(settings: CheckoutSettings) -> Starlette:
 RESILIENCE_FIELDS = ("price_cache", "price_cache_max_age_s", "price_refresh_s", "catalog_timeout_s",
                      "order_first", "payments_timeout_s", "payments_retries", "budget_s",
                      "retry_budget_ratio", "retry_budget_min_per_s", "payments_timeout_adapt",
+                     "payments_timeout_fast_window_s",
                      "payments_timeout_max_s", "max_in_flight", "store_breaker")
 
 
@@ -751,6 +759,8 @@ def _describe(s: CheckoutSettings) -> str:
     if s.payments_timeout_adapt > 0:
         timeout = (f"{s.payments_timeout_adapt:g} x median within {s.payments_timeout_s:g}-"
                    f"{s.payments_timeout_max_s:g}s")
+        if s.payments_timeout_fast_window_s > 0:
+            timeout += f" (10s and {s.payments_timeout_fast_window_s:g}s windows)"
     shedding = f"at most {s.max_in_flight} in flight" if s.max_in_flight else "no load shedding"
     return (f"{cache}, catalog timeout {s.catalog_timeout_s:g}s, "
             f"order {'before' if s.order_first else 'after'} charge, payments "

@@ -125,9 +125,14 @@ class AdaptiveTimeout:
     ``timeout_s()`` is ``factor`` times the median latency of the attempts answered in the
     last ``window_s`` seconds, never below ``floor_s`` nor above ``ceiling_s`` (``factor`` 0
     = always ``floor_s``: a fixed timeout). Until ``min_samples`` answers are in the window
-    the timeout is ``floor_s``. Answers to attempts already given up on count too (they
-    arrive while the attempt lingers): they are what tells a queued caller from a slow
-    upstream when every attempt is timing out.
+    the timeout is ``floor_s``. With ``fast_window_s`` > 0 the median of the answers of that
+    last short window counts too (the larger of the two medians, once ``min_samples``
+    answers are in it): the 10 s window is full of the fast answers from before, so on its
+    own it took 5 s to follow a sudden slow-down, and by then a storm of retried timeouts
+    was under way (journals/FINDINGS.md, fifth session). The short window follows within
+    a refresh or two, and falls back as fast, leaving the 10 s median in charge. Answers to
+    attempts already given up on count too (they arrive while the attempt lingers): they are
+    what tells a queued caller from a slow upstream when every attempt is timing out.
 
     Why: the latency checkout observes includes its own queueing. At a flash sale's rate a
     busy event loop adds tens of milliseconds to every call, so a fixed 80 ms attempt times out
@@ -143,6 +148,7 @@ class AdaptiveTimeout:
     ceiling_s: float
     factor: float = 4.0
     window_s: float = 10.0
+    fast_window_s: float = 0.0
     min_samples: int = 20
     max_samples: int = 2000
     refresh_s: float = 0.25
@@ -170,9 +176,9 @@ class AdaptiveTimeout:
             self._computed_at = now
             while self._samples and self._samples[0][0] <= now - self.window_s:
                 self._samples.popleft()
-            median = self.median_s()
-            self._current = (self.floor_s if median is None
-                             else min(self.ceiling_s, max(self.floor_s, self.factor * median)))
+            medians = [m for m in (self.median_s(), self.fast_median_s(now)) if m is not None]
+            self._current = (self.floor_s if not medians
+                             else min(self.ceiling_s, max(self.floor_s, self.factor * max(medians))))
         return self._current
 
     def median_s(self) -> float | None:
@@ -180,6 +186,19 @@ class AdaptiveTimeout:
         if len(self._samples) < self.min_samples:
             return None
         return statistics.median(latency for _, latency in self._samples)
+
+    def fast_median_s(self, now: float | None = None) -> float | None:
+        """The median of the answers of the last ``fast_window_s`` (None when off or below
+        ``min_samples``)."""
+        if self.fast_window_s <= 0:
+            return None
+        since = (self.clock() if now is None else now) - self.fast_window_s
+        recent: list[float] = []
+        for at, latency in reversed(self._samples):
+            if at <= since:
+                break
+            recent.append(latency)
+        return statistics.median(recent) if len(recent) >= self.min_samples else None
 
 
 @dataclass
