@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             k6.wait(15)
         except subprocess.TimeoutExpired:
             k6.kill()
+            k6.wait(5)
     print(f"CPU per poll of three guards (money, double charge, availability), {args.rate}/s load:")
     for way, ms in results.items():
         print(f"  {way:42s} median {statistics.median(ms):6.1f} ms  worst {max(ms):6.1f} ms  "
