@@ -416,6 +416,9 @@ class Checkout:
                 await upstream.aclose()
         if self.pool is not None:
             await self.pool.close(timeout=5)
+        for closing in list(self._closing):  # pools replaced by _renew_pool (bounded close)
+            with contextlib.suppress(Exception):
+                await closing
 
     async def run(self, items: list[LineItem]) -> dict[str, Any]:
         prices = await self.fetch_prices(sorted({item.sku for item in items}))
@@ -517,16 +520,17 @@ class Checkout:
                     (order_ref, Jsonb(rows), amount_cents, status),
                 )
             settled = True
-            if use_breaker:
-                self._store_answered(trial)
+            if trial:
+                self._breaker_closed()
         except (psycopg.Error, PoolTimeout, StoreStillDown) as exc:
             settled = True
             if trial and isinstance(exc, PoolTimeout):  # Postgres answered its own connect
                 await self._renew_pool()
             down = store_down(exc) if use_breaker else None
-            if use_breaker and down is None:
-                self._store_answered(trial)
-            elif down is not None and breaker.failed(down, trial):
+            if down is None:
+                if trial:  # a running Postgres answered (a full disk, a constraint)
+                    self._breaker_closed()
+            elif breaker.failed(down, trial):
                 self._breaker_opened(down)
             if charged:
                 logger.error("order %s was charged but could not be recorded: %s", order_ref, exc)
@@ -561,7 +565,7 @@ class Checkout:
         except TimeoutError:
             return f"no new connection within {DB_PROBE_TIMEOUT_S}s"
         except psycopg.Error as exc:
-            return store_down(exc) or f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+            return store_down(exc) or _one_line(exc)
         return None
 
     @staticmethod
@@ -570,12 +574,11 @@ class Checkout:
         logger.warning("orders store down (%s): refusing checkouts at once until a trial "
                        "insert succeeds", reason)
 
-    def _store_answered(self, trial: bool) -> None:
-        if trial:
-            logger.warning("orders store answers again after %.1fs: breaker closed",
-                           self.store_breaker.down_for_s())
-            STORE_BREAKER_OPEN.set(0)
-        self.store_breaker.succeeded(trial)
+    def _breaker_closed(self) -> None:
+        logger.warning("orders store answers again after %.1fs: breaker closed",
+                       self.store_breaker.down_for_s())
+        STORE_BREAKER_OPEN.set(0)
+        self.store_breaker.succeeded(trial=True)
 
     async def set_status(self, order_ref: str, status: str) -> bool:
         """UPDATE the order's status; False (logged) when Postgres refused or was too slow."""
@@ -771,6 +774,10 @@ class StoreStillDown(Exception):
     """A breaker trial's fresh connection failed: the store is still down (no pool wait)."""
 
 
+def _one_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+
+
 def store_down(exc: BaseException) -> str | None:
     """Why ``exc`` says the orders store itself is down; None when a running server answered
     (a full disk, a constraint, a statement timeout: errors a breaker must not hide)."""
@@ -783,7 +790,7 @@ def store_down(exc: BaseException) -> str | None:
         # no SQLSTATE: the client lost or could not open the connection; 08: connection
         # exception; 57P: the server is shutting down, crashed or cannot accept connections yet
         if not state or state.startswith(("08", "57P")):
-            return f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+            return _one_line(exc)
     return None
 
 
