@@ -35,6 +35,7 @@ STATE_DIR = Path(f"/var/tmp/chaoscheckout-runs-{PORT_BASE}")
 CTK_LATEST_CHAOS = ROOT / ".venv-ctk-latest" / "bin" / "chaos"
 # (experiment, "installed" | "newest") -> what a tight-threshold abort recorded, compared below
 ABORT_RECORDS: dict[tuple[str, str], dict] = {}
+BITE_PROBE = "wait-until-postgres-refuses-an-order-write"  # fill-pg-disk's wait for its effect
 
 
 def _manage(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
@@ -119,6 +120,12 @@ def weak() -> Iterator[dict[str, str]]:
 
 
 @pytest.fixture(scope="class")
+def weak_fresh() -> Iterator[dict[str, str]]:
+    """Like ``weak``, brought up fresh: no earlier run has left room in the orders table."""
+    yield from _stack({"CHECKOUT_RESILIENCE": "0"})
+
+
+@pytest.fixture(scope="class")
 def weak_payments() -> Iterator[dict[str, str]]:
     """A stack whose payments retries a lost provider answer with a FRESH idempotency key."""
     yield from _stack({"PAYMENTS_RETRY_FRESH_KEY": "1"})
@@ -150,14 +157,26 @@ class TestWeakenedCheckoutIsCaught:
         assert checkout["profile"] == "first-version" and checkout["settings"]["budget_s"] == 0
         _no_fault_left(weak)
 
-    def test_fill_pg_disk_catches_charge_before_order(self, weak, tmp_path):
-        outcome, journal = _run(weak, "fill-pg-disk", tmp_path)
+
+
+class TestWeakenedCheckoutFullDisk:
+    """Detection power of fill-pg-disk, on a stack of its own: a full disk bites Postgres only
+    when it needs a new block, and the pages a table already holds (a burst of inserts makes
+    Postgres extend it by many at once) are room it keeps writing into. A stack whose earlier
+    runs left such room can take more than the observation window to refuse a write; the
+    experiment waits for the first refused write (at most CHAOSCHECKOUT_BITE_TIMEOUT_S)."""
+
+    def test_fill_pg_disk_catches_charge_before_order(self, weak_fresh, tmp_path):
+        outcome, journal = _run(weak_fresh, "fill-pg-disk", tmp_path)
+        [bite] = [r for r in journal["run"] if r["activity"]["name"] == BITE_PROBE]
+        print(f"first refused order write: {bite['output']}")
+        assert bite["status"] == "succeeded" and bite["output"]["increased"] is True, bite
         assert outcome.verdict in ("broke", "aborted"), outcome.reason
         abort = journal["chaoscheckout_safety"].get("abort") or {}
         after = journal["steady_states"].get("after") or {}
         assert (abort.get("first_breach") or {}).get("guard") == "money_guard" \
             or after.get("steady_state_met") is False
-        _no_fault_left(weak)
+        _no_fault_left(weak_fresh)
 
 
 class TestWeakenedPaymentsIsCaught:
@@ -189,6 +208,9 @@ class TestFixedCheckoutHolds:
         assert outcome.verdict == "held", outcome.reason
         assert journal["chaoscheckout_load"]["summary"]["requests"] > 0
         assert journal["chaoscheckout_provenance"]["services"]["checkout"]["profile"] == "resilient"
+        if name == "fill-pg-disk":  # how long Postgres kept writing into room it already held
+            [bite] = [r["output"] for r in journal["run"] if r["activity"]["name"] == BITE_PROBE]
+            print(f"first refused order write: {bite}")
         if name == "payments-response-lost":  # the fault bit: responses were really lost
             [effect] = [r["output"] for r in journal["run"]
                         if r["activity"]["name"] == "how-many-provider-responses-were-lost"]

@@ -577,6 +577,38 @@ def test_a_held_latency_run_whose_fault_barely_bit_says_so(tmp_path: Path) -> No
     assert ("slowed only" in untouched.runs[0].reason) == barely  # the real run says so only if it barely bit
 
 
+def test_a_held_run_whose_fault_never_took_effect_is_inconclusive(tmp_path: Path) -> None:
+    """A run held without its fault biting tested nothing: the wait for the effect decides."""
+    held = _pick(lambda raw: raw["status"] == "completed" and not raw["deviated"]
+                 and any(o["kind"] == "disk" for o in _fault_outputs(raw)))
+    if not held:
+        pytest.skip("no held fill-pg-disk journal in journals/")
+    path, raw = held[0]
+    fill = next(i for i, e in enumerate(raw["run"]) if (e.get("output") or {}).get("kind") == "disk")
+    verdicts = {}
+    for case, output, status in (("seen", {"increased": True, "before": 0, "after": 3}, "succeeded"),
+                                 ("never", {"increased": False, "before": 0, "after": 0}, "succeeded"),
+                                 ("failed", None, "failed")):
+        copy = json.loads(json.dumps(raw))  # the same run, had its method waited for the effect
+        query = 'sum(checkout_store_write_errors_total{kind="refused"})'
+        wait = {"activity": {"type": "probe", "name": "wait-for-the-effect",
+                             "provider": {"type": "python", "module": "chaoscheckout.sli.probes",
+                                          "func": "wait_for_increase", "arguments": {"query": query}}},
+                "status": status, "start": copy["run"][fill]["end"], "end": copy["run"][fill]["end"],
+                "duration": 0.0,
+                "output": None if output is None else {**output, "query": query, "timeout_s": 90.0,
+                                                       "waited_s": 1.0}}
+        copy["run"].insert(fill + 1, wait)
+        (tmp_path / case).mkdir()
+        result = write_report([_copy(tmp_path / case, [(path, copy)])], tmp_path / f"log-{case}", ("md",))
+        verdicts[case] = (result.runs[0].verdict, result.runs[0].reason)
+    assert verdicts["seen"][0] == "held", verdicts
+    assert verdicts["never"] == ("inconclusive", f"steady state held, but the fault never took effect: "
+                                 f"wait-for-the-effect saw {query} stay at 0 for 90.0 s: the hypothesis "
+                                 "was not exercised"), verdicts
+    assert verdicts["failed"][0] == "inconclusive" and "could not tell" in verdicts["failed"][1]
+
+
 FINDINGS_TEXT = """# Readiness review
 
 **Held** after the fix: {held}.

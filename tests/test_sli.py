@@ -94,6 +94,32 @@ def test_bad_arguments_rejected(kwargs) -> None:
         func(**kwargs, configuration={"prometheus_url": "http://127.0.0.1:9"})
 
 
+def test_wait_for_increase_sees_a_rising_counter_and_times_out_on_a_flat_one(loaded: K6Process) -> None:
+    rising = probes.wait_for_increase("sum(checkout_requests_total)", timeout_s=20, interval_s=0.5)
+    assert rising["increased"] is True and rising["after"] > rising["before"], rising
+    assert rising["waited_s"] < 20
+    # no order write fails under plain load: the series is there at 0 (so increase() sees the
+    # first failure) and never rises; the wait gives up at its timeout and says so
+    flat = probes.wait_for_increase('sum(checkout_store_write_errors_total{kind="refused"})',
+                                    timeout_s=3, interval_s=0.5)
+    assert flat["increased"] is False and flat["before"] == flat["after"] == 0, flat
+    assert 3 <= flat["waited_s"] < 6
+
+
+@pytest.mark.parametrize("kwargs", [{"query": ""}, {"timeout_s": 0}, {"timeout_s": 601},
+                                    {"timeout_s": True}, {"timeout_s": 5, "interval_s": 6},
+                                    {"interval_s": 0}])
+def test_wait_for_increase_rejects_bad_arguments_before_reading(kwargs) -> None:
+    arguments = {"query": "sum(up)", **kwargs}
+    with pytest.raises(InvalidFaultArgument):
+        probes.wait_for_increase(**arguments, configuration={"prometheus_url": "http://127.0.0.1:9"})
+
+
+def test_wait_for_increase_fails_clearly_without_data(stack) -> None:
+    with pytest.raises(ActivityFailed, match="at the start"):
+        probes.wait_for_increase("checkout_requests_total_that_does_not_exist", timeout_s=1)
+
+
 def test_money_probe_counts_a_charge_without_order_after_grace(loaded: K6Process, stack) -> None:
     since_s = time.time() - loaded.started_at + 5  # only charges made during this module's load
     grace_s = 3

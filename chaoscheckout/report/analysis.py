@@ -263,8 +263,26 @@ def _verdict(run: Run) -> tuple[str, str]:
     if run.after.not_run:
         return INCONCLUSIVE, f"after the method, probe(s) not evaluated: {', '.join(run.after.not_run)}"
     if run.status == "completed":
+        no_effect = _no_effect_seen(run)
+        if no_effect:
+            return INCONCLUSIVE, f"steady state held, but {no_effect}: the hypothesis was not exercised"
         return "held", f"all {len(run.after.probes)} steady-state probe(s) within tolerance before and after"
     return INCONCLUSIVE, f"chaostoolkit status {run.status}"
+
+
+def _no_effect_seen(run: Run) -> str:
+    """Why the method's wait for the fault's effect (``wait_for_increase``) says the fault never
+    took effect or could not tell; "" when it saw the effect or the method has no such wait."""
+    for entry in run.run_activities:
+        if entry.func not in keys.EFFECT_WAIT_FUNCS:
+            continue
+        output = entry.raw_output
+        if entry.status != "succeeded" or not isinstance(output, dict):
+            return f"{entry.name} could not tell whether the fault took effect ({entry.status})"
+        if output.get("increased") is not True:
+            return (f"the fault never took effect: {entry.name} saw {output.get('query')} stay at "
+                    f"{output.get('after')} for {output.get('timeout_s')} s")
+    return ""
 
 
 def _count(value: Any) -> int | None:

@@ -73,6 +73,9 @@ OUTPUT_FIRST_KEYS = ("message", "reverted", "reverted_leases", "removed", "start
 PROBE_TYPE = "probe"
 EFFECT_KEY = "effect"
 EFFECT_PROBE_FUNCS = ("latency_fault_effect",)
+# a method probe waiting for a fault's effect: {increased, before, after, waited_s, timeout_s,
+# query}; a run whose wait never saw it is inconclusive, not held (the fault did not bite)
+EFFECT_WAIT_FUNCS = ("wait_for_increase",)
 # netem evidence read on the service's host: the qdiscs with their own tc -s counters
 QDISC_PROBE_FUNCS = ("netem_qdisc_stats",)
 FINDINGS_FILE = "FINDINGS.md"

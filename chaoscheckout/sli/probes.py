@@ -56,13 +56,14 @@ from chaoscheckout.sli.money import (
     find_double_charges,
 )
 from chaoscheckout.sli.money_watch import watch_charges_without_order, watch_double_charges, watch_for
-from chaoscheckout.sli.prometheus import prometheus_client_from
+from chaoscheckout.sli.prometheus import NoData, prometheus_client_from
 
 __all__ = [
     "checkout_availability",
     "checkout_latency_ms",
     "prometheus_value",
     "prometheus_range",
+    "wait_for_increase",
     "charges_without_order",
     "charges_without_order_details",
     "double_charges",
@@ -161,6 +162,57 @@ def prometheus_range(query: str, start: float, end: float | None = None, step: f
     """
     end = time.time() if end is None else end
     return prometheus_client_from(configuration).query_range(query, float(start), float(end), float(step))
+
+
+MAX_WAIT_S = 600.0
+
+
+def wait_for_increase(query: str, timeout_s: float = 90, interval_s: float = 1.0,
+                      configuration: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Wait until a one-series PromQL value rises above what it was when the probe started:
+    the evidence that a fault took effect (a full disk bites only when the service needs a
+    new block; Postgres first fills the pages it already holds).
+
+    :param query: PromQL yielding one series, e.g.
+        ``sum(checkout_store_write_errors_total{kind="refused"})``.
+    :param timeout_s: give up after this long (0 < timeout_s <= 600).
+    :param interval_s: time between reads (0 < interval_s <= timeout_s).
+    :returns: ``{increased, before, after, waited_s, timeout_s, query}``; ``increased`` is
+        false when the value never rose within ``timeout_s`` (the report then says the fault
+        did not take effect). A read that fails mid-wait is retried until the timeout.
+    :raises ActivityFailed: the first read has no data or Prometheus cannot be reached.
+
+    A probe: changes nothing, nothing to undo.
+    """
+    if not isinstance(query, str) or not query.strip():
+        raise InvalidFaultArgument("query must be a non-empty PromQL expression")
+    timeout = validate.in_range("timeout_s", timeout_s, 0, MAX_WAIT_S, error=InvalidFaultArgument,
+                                parse_strings=True)
+    interval = validate.in_range("interval_s", interval_s, 0, timeout, error=InvalidFaultArgument,
+                                 parse_strings=True)
+    client = prometheus_client_from(configuration)
+    started = time.monotonic()
+    try:
+        before = after = client.value(query)
+    except (NoData, ActivityFailed) as exc:
+        raise ActivityFailed(f"wait_for_increase: cannot read {query!r} at the start: {exc}") from None
+    logger.info(f"waiting up to {timeout:g}s for {query!r} to rise above {before:g}")
+    next_note = started + 10
+    while after <= before and time.monotonic() - started < timeout:
+        time.sleep(interval)
+        try:
+            after = client.value(query)
+        except (NoData, ActivityFailed) as exc:
+            logger.warning(f"wait_for_increase: read failed ({exc}); retrying")
+        if time.monotonic() >= next_note and after <= before:
+            logger.info(f"still {after:g} after {time.monotonic() - started:.0f}s")
+            next_note += 10
+    waited = round(time.monotonic() - started, 3)
+    increased = after > before
+    logger.info(f"{query!r}: {before:g} -> {after:g} after {waited}s" if increased else
+                f"{query!r} did not rise within {timeout:g}s (still {after:g})")
+    return {"increased": increased, "before": before, "after": after, "waited_s": waited,
+            "timeout_s": timeout, "query": query}
 
 
 def charges_without_order(grace_s: float = 5, since_s: float = 600, since: float | None = None,

@@ -240,9 +240,15 @@ POOLS_RENEWED = Counter("checkout_store_pools_renewed_total",
                         "Postgres pools replaced: Postgres was back, the pool still backing off")
 LEFT_PENDING = Counter("checkout_orders_left_pending_total",
                        "Charged orders whose UPDATE to paid failed (row stays pending)")
+STORE_WRITE_ERRORS = Counter("checkout_store_write_errors_total",
+                             "Order writes (INSERT or UPDATE) that failed: refused = a running "
+                             "Postgres answered with an error (a full disk is SQLSTATE 53100), "
+                             "unreachable = no answer (down, no pooled connection)", ["kind"])
 for _outcome in ("ok", "error", "client_error"):
     REQUESTS.labels(_outcome)
     DURATION.labels(_outcome)
+for _kind in ("refused", "unreachable"):  # present at 0 from the start: increase() sees the first
+    STORE_WRITE_ERRORS.labels(_kind)
 for _result in ("ok", "refused", "timeout", "unreachable", "unknown"):
     PAYMENT_ATTEMPTS.labels(_result)
 
@@ -524,6 +530,7 @@ class Checkout:
                 self._breaker_closed()
         except (psycopg.Error, PoolTimeout, StoreStillDown) as exc:
             settled = True
+            _count_write_error(exc)
             if trial and isinstance(exc, PoolTimeout):  # Postgres answered its own connect
                 await self._renew_pool()
             down = store_down(exc) if use_breaker else None
@@ -588,6 +595,7 @@ class Checkout:
                     await conn.execute("UPDATE orders SET status = %s WHERE order_ref = %s",
                                        (status, order_ref))
         except (psycopg.Error, PoolTimeout, TimeoutError) as exc:
+            _count_write_error(exc)
             logger.error("order %s stays pending: could not set it %s: %r", order_ref, status, exc)
             return False
         return True
@@ -772,6 +780,13 @@ def _describe(s: CheckoutSettings) -> str:
 
 class StoreStillDown(Exception):
     """A breaker trial's fresh connection failed: the store is still down (no pool wait)."""
+
+
+def _count_write_error(exc: BaseException) -> None:
+    """Count a failed order write: "refused" when a running Postgres answered with an error
+    (its SQLSTATE is not a connection or shutdown class), else "unreachable"."""
+    answered = isinstance(exc, psycopg.Error) and store_down(exc) is None
+    STORE_WRITE_ERRORS.labels("refused" if answered else "unreachable").inc()
 
 
 def _one_line(exc: BaseException) -> str:
