@@ -35,6 +35,7 @@ STATE_DIR = Path(f"/var/tmp/chaoscheckout-runs-{PORT_BASE}")
 CTK_LATEST_CHAOS = ROOT / ".venv-ctk-latest" / "bin" / "chaos"
 # (experiment, "installed" | "newest") -> what a tight-threshold abort recorded, compared below
 ABORT_RECORDS: dict[tuple[str, str], dict] = {}
+FAULT_FUNCS = ("kill_service", "add_latency", "fill_disk", "lose_responses")
 BITE_PROBE = "wait-until-postgres-refuses-an-order-write"  # fill-pg-disk's wait for its effect
 
 
@@ -106,9 +107,12 @@ def _no_fault_left(env: dict[str, str], settle_s: float = 20) -> None:
     assert status.returncode == 0, status.stdout + status.stderr
 
 
+def _fault_index(journal: dict) -> int:
+    return next(i for i, r in enumerate(journal["run"]) if r["activity"]["provider"]["func"] in FAULT_FUNCS)
+
+
 def _fault_output(journal: dict) -> dict:
-    (fault,) = [r for r in journal["run"] if r["activity"]["provider"]["func"] in
-                ("kill_service", "add_latency", "fill_disk", "lose_responses")]
+    (fault,) = [r for r in journal["run"] if r["activity"]["provider"]["func"] in FAULT_FUNCS]
     assert fault["status"] == "succeeded", fault
     return fault["output"]
 
@@ -273,7 +277,9 @@ def _abort_record(outcome: Outcome, journal: dict) -> dict:
         "status": journal["status"],
         "journal_keys": sorted(set(journal) - NEWER_CTK_KEYS),
         "fault_keys": sorted(fault),
-        "run": [(r["activity"]["name"], r["status"]) for r in journal["run"]],
+        # up to the fault: where the interruption lands after it (the wait for the fault's
+        # effect or the pause after it) is timing, and an activity it cuts has no status
+        "run": [(r["activity"]["name"], r.get("status")) for r in journal["run"][:_fault_index(journal) + 1]],
         "rollbacks": [(r["activity"]["name"], r["status"]) for r in journal["rollbacks"]],
         "safety_keys": sorted(safety),
         "abort_keys": sorted(abort),

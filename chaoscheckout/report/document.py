@@ -327,8 +327,8 @@ def _method_probe_rows(run: Run) -> list[tuple[str, str]]:
     for activity in run.run_activities:
         if activity.type == keys.PROBE_TYPE and activity.func not in keys.EFFECT_PROBE_FUNCS:
             rows.append((f"Probe {activity.name} (at {_rel(run, activity.end)})",
-                         activity.output if activity.status == "succeeded" else f"{activity.status}: "
-                                                                                  f"{activity.output}"))
+                         activity.output if activity.status == "succeeded" else
+                         f"{activity.status}: {activity.output}" if activity.output else activity.status))
     return rows
 
 

@@ -438,10 +438,11 @@ def _activity(entry: dict[str, Any]) -> Activity:
         output = compact(_ordered(entry.get("output")), 140)
     else:
         exc = entry.get("exception") or []
-        output = compact(exc[-1].strip() if isinstance(exc, list) and exc else exc)
+        output = compact(exc[-1].strip() if isinstance(exc, list) and exc else exc) if exc else ""
     return Activity(
         name=str(activity.get("name", "?")),
-        status=str(entry.get("status", "?")),
+        # chaoslib records no status for an activity the run's interruption cut short
+        status=str(entry.get("status", "cut short by the interruption")),
         start=parse_time(entry.get("start")),
         end=parse_time(entry.get("end")),
         output=output,
