@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -95,9 +99,12 @@ def test_bad_arguments_rejected(kwargs) -> None:
 
 
 def test_wait_for_increase_sees_a_rising_counter_and_times_out_on_a_flat_one(loaded: K6Process) -> None:
-    rising = probes.wait_for_increase("sum(checkout_requests_total)", timeout_s=20, interval_s=0.5)
+    started = time.monotonic()
+    rising = probes.wait_for_increase("sum(checkout_requests_total)", timeout_s=20, interval_s=0.5,
+                                      then_s=1)
     assert rising["increased"] is True and rising["after"] > rising["before"], rising
-    assert rising["waited_s"] < 20
+    assert rising["waited_s"] < 20 and rising["held_s"] == 1
+    assert time.monotonic() - started >= rising["waited_s"] + 1  # it held after the rise
     # no order write fails under plain load: the series is there at 0 (so increase() sees the
     # first failure) and never rises; the wait gives up at its timeout and says so
     flat = probes.wait_for_increase('sum(checkout_store_write_errors_total{kind="refused"})',
@@ -106,9 +113,45 @@ def test_wait_for_increase_sees_a_rising_counter_and_times_out_on_a_flat_one(loa
     assert 3 <= flat["waited_s"] < 6
 
 
+def test_sigterm_while_waiting_for_an_effect_ends_the_run_at_once(stack, tmp_path) -> None:
+    """chaoslib turns SIGTERM inside a Python activity into that activity's failure and runs
+    on; the wait ends the run instead, as SIGTERM in a pause does."""
+    experiment = {
+        "version": "1.0.0", "title": "a wait that never sees its effect", "description": "test",
+        "configuration": {"prometheus_url": str(stack.registry.prometheus_url)},
+        "method": [{"type": "probe", "name": "wait-for-nothing", "provider": {
+            "type": "python", "module": "chaoscheckout.sli.probes", "func": "wait_for_increase",
+            "arguments": {"query": "vector(0)", "timeout_s": 60, "interval_s": 0.2, "then_s": 30}}},
+            {"type": "probe", "name": "after-the-wait", "provider": {
+                "type": "python", "module": "chaoscheckout.sli.guards", "func": "unix_time"}}],
+    }
+    path, journal = tmp_path / "wait.json", tmp_path / "journal.json"
+    path.write_text(json.dumps(experiment))
+    log = tmp_path / "chaos.log"
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "chaos"), "--no-version-check", "--log-file",
+                             str(log), "run", "--journal-path", str(journal), str(path)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: log.exists() and "waiting up to 60s" in log.read_text(), timeout_s=60,
+                   what="the wait to start")
+        signalled = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+        ended_after = time.monotonic() - signalled
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    raw = json.loads(journal.read_text())
+    print(f"run ended {ended_after:.2f} s after SIGTERM, status {raw['status']}")
+    assert raw["status"] == "interrupted", raw["status"]
+    assert [r["activity"]["name"] for r in raw["run"]] == ["wait-for-nothing"]  # nothing ran after it
+    assert ended_after < 10
+
+
 @pytest.mark.parametrize("kwargs", [{"query": ""}, {"timeout_s": 0}, {"timeout_s": 601},
                                     {"timeout_s": True}, {"timeout_s": 5, "interval_s": 6},
-                                    {"interval_s": 0}])
+                                    {"interval_s": 0}, {"then_s": -1}, {"then_s": "soon"}])
 def test_wait_for_increase_rejects_bad_arguments_before_reading(kwargs) -> None:
     arguments = {"query": "sum(up)", **kwargs}
     with pytest.raises(InvalidFaultArgument):
