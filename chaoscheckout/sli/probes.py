@@ -38,9 +38,11 @@ request, HTTP 400/422) is the caller's fault, not an availability loss.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from chaoslib.exceptions import ActivityFailed, InterruptExecution
@@ -64,6 +66,7 @@ __all__ = [
     "prometheus_value",
     "prometheus_range",
     "wait_for_increase",
+    "observe",
     "charges_without_order",
     "charges_without_order_details",
     "double_charges",
@@ -167,28 +170,26 @@ def prometheus_range(query: str, start: float, end: float | None = None, step: f
 MAX_WAIT_S = 600.0
 
 
-def wait_for_increase(query: str, timeout_s: float = 90, interval_s: float = 1.0, then_s: float = 0,
+def wait_for_increase(query: str, timeout_s: float = 90, interval_s: float = 1.0,
                       configuration: dict[str, Any] | None = None) -> dict[str, Any]:
     """Wait until a one-series PromQL value rises above what it was when the probe started:
     the evidence that a fault took effect (a full disk bites only when the service needs a
-    new block; Postgres first fills the pages it already holds). Then hold `then_s` more:
-    the observation window, counted from the effect.
+    new block; Postgres first fills the pages it already holds). Follow it with `observe`
+    for the observation window, counted from the effect.
 
     :param query: PromQL yielding one series, e.g.
         ``sum(checkout_store_write_errors_total{kind="refused"})``.
     :param timeout_s: give up after this long (0 < timeout_s <= 600).
     :param interval_s: time between reads (0 < interval_s <= timeout_s).
-    :param then_s: seconds to hold after the rise (or the timeout), 0 <= then_s <= 600. Hold
-        here rather than in the activity's ``pauses``: chaoslib sleeps a pause to its end
-        even when the run is being interrupted.
-    :returns: ``{increased, before, after, waited_s, timeout_s, held_s, query}``;
-        ``increased`` is false when the value never rose within ``timeout_s`` (the report then
-        says the fault did not take effect). A read that fails mid-wait is retried.
+    :returns: ``{increased, before, after, waited_s, timeout_s, query}``; ``increased`` is
+        false when the value never rose within ``timeout_s`` (the report then says the fault
+        did not take effect). A read that fails mid-wait is retried.
     :raises ActivityFailed: the first read has no data or Prometheus cannot be reached.
 
-    An interruption while it waits (SIGTERM, a safeguard's breach) ends the run at once, as it
-    would in a pause: chaoslib would otherwise turn SIGTERM into this probe's failure and run
-    on. A probe: changes nothing, nothing to undo.
+    An interruption while it waits (SIGTERM, a safeguard's breach) ends the run at once, as in
+    a pause (chaoslib would turn SIGTERM into this probe's failure and run on). Give it no
+    ``pauses``: chaoslib sleeps a pause to its end after an activity it interrupted. A probe:
+    changes nothing, nothing to undo.
     """
     if not isinstance(query, str) or not query.strip():
         raise InvalidFaultArgument("query must be a non-empty PromQL expression")
@@ -196,8 +197,6 @@ def wait_for_increase(query: str, timeout_s: float = 90, interval_s: float = 1.0
                                 parse_strings=True)
     interval = validate.in_range("interval_s", interval_s, 0, timeout, error=InvalidFaultArgument,
                                  parse_strings=True)
-    hold = validate.in_range("then_s", then_s, 0, MAX_WAIT_S, low_inclusive=True,
-                             error=InvalidFaultArgument, parse_strings=True)
     client = prometheus_client_from(configuration)
     started = time.monotonic()
     try:
@@ -206,7 +205,7 @@ def wait_for_increase(query: str, timeout_s: float = 90, interval_s: float = 1.0
         raise ActivityFailed(f"wait_for_increase: cannot read {query!r} at the start: {exc}") from None
     logger.info(f"waiting up to {timeout:g}s for {query!r} to rise above {before:g}")
     next_note = started + 10
-    try:
+    with _interruption_ends_the_run("wait_for_increase"):
         while after <= before and time.monotonic() - started < timeout:
             time.sleep(interval)
             try:
@@ -216,18 +215,38 @@ def wait_for_increase(query: str, timeout_s: float = 90, interval_s: float = 1.0
             if time.monotonic() >= next_note and after <= before:
                 logger.info(f"still {after:g} after {time.monotonic() - started:.0f}s")
                 next_note += 10
-        waited = round(time.monotonic() - started, 3)
-        increased = after > before
-        logger.info(f"{query!r}: {before:g} -> {after:g} after {waited}s" if increased else
-                    f"{query!r} did not rise within {timeout:g}s (still {after:g})")
-        if hold:
-            logger.info(f"holding {hold:g}s from here")
-            time.sleep(hold)
-    except InterruptExecution as exc:  # chaoslib's SIGTERM: leave the run, not just this probe
-        logger.warning(f"wait_for_increase: {exc}: ending the run")
-        raise SystemExit(20) from None
+    waited = round(time.monotonic() - started, 3)
+    increased = after > before
+    logger.info(f"{query!r}: {before:g} -> {after:g} after {waited}s" if increased else
+                f"{query!r} did not rise within {timeout:g}s (still {after:g})")
     return {"increased": increased, "before": before, "after": after, "waited_s": waited,
-            "timeout_s": timeout, "held_s": hold, "query": query}
+            "timeout_s": timeout, "query": query}
+
+
+def observe(seconds: float, configuration: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Hold the observation window: wait `seconds` (0 <= seconds <= 600) while the fault acts.
+
+    Use it instead of an activity's ``pauses`` where the run may be interrupted: a safeguard's
+    breach or SIGTERM ends the run inside it at once, and the activities before it keep their
+    recorded outputs. Returns ``{held_s}``. A probe: changes nothing, nothing to undo.
+    """
+    hold = validate.in_range("seconds", seconds, 0, MAX_WAIT_S, low_inclusive=True,
+                             error=InvalidFaultArgument, parse_strings=True)
+    logger.info(f"observing for {hold:g}s")
+    with _interruption_ends_the_run("observe"):
+        time.sleep(hold)
+    return {"held_s": hold}
+
+
+@contextlib.contextmanager
+def _interruption_ends_the_run(name: str) -> Iterator[None]:
+    """chaoslib's SIGTERM handler raises InterruptExecution, which a Python activity's failure
+    swallows (the run goes on); leave the run as a pause would."""
+    try:
+        yield
+    except InterruptExecution as exc:
+        logger.warning(f"{name}: {exc}: ending the run")
+        raise SystemExit(20) from None
 
 
 def charges_without_order(grace_s: float = 5, since_s: float = 600, since: float | None = None,
