@@ -5,7 +5,8 @@
 
 The experiments' guards run inside ``chaos run`` every second, on the machine that runs
 the system under test, from the moment the fault goes in. This starts k6 at ``--rate``
-checkouts/s (bounded: it stops by itself after the rounds' time plus 20 s), then runs, once
+checkouts/s against the stack's checkout (bounded: it stops by itself after the rounds' time
+plus 20 s), then runs, once
 a second, one poll of the three guards of payments-response-lost (money, double charge,
 availability) and measures this process's CPU time for it. It alternates two ways of
 making the HTTP calls, in the same run: a new client per call (``httpx.get``, what the
@@ -17,8 +18,8 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,7 +30,9 @@ sys.path.insert(0, str(ROOT))
 
 import chaoscheckout.sli.money as money  # noqa: E402
 import chaoscheckout.sli.prometheus as prometheus  # noqa: E402
+from chaoscheckout.context import activity_context  # noqa: E402
 from chaoscheckout.httpclient import http_get  # noqa: E402
+from chaoscheckout.load.k6 import K6Options, K6Process  # noqa: E402
 from chaoscheckout.sli import guards  # noqa: E402
 from chaoscheckout.sli.money_watch import forget_watches  # noqa: E402
 
@@ -58,14 +61,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--ticks must be in 1..600 and --rate in 1..1000")
     rounds = [WAYS[0], WAYS[1], WAYS[0], WAYS[1]]
     duration_s = len(rounds) * args.ticks * 1.1 + 20
-    k6 = subprocess.Popen(
-        [str(ROOT / ".venv/bin/k6"), "run", "-q", "-e", f"RATE={args.rate}",
-         "-e", f"DURATION={duration_s:.0f}s", "-e", "MAX_VUS=200",
-         "-e", "PRE_ALLOCATED_VUS=50", str(ROOT / "load/baseline.js")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkout_url = activity_context(None).registry.extra["checkout_url"]  # the stack's, by its port base
+    k6 = K6Process(K6Options(ROOT / "load" / "baseline.js", rate=args.rate, duration_s=int(duration_s),
+                             checkout_url=checkout_url, run_dir=Path(tempfile.mkdtemp(prefix="guard-cost-")),
+                             env={"MAX_VUS": "200", "PRE_ALLOCATED_VUS": "50"}))
+    k6.start()
     results: dict[str, list[float]] = {way: [] for way in WAYS}
     try:
-        print(f"k6 at {args.rate}/s for at most {duration_s:.0f} s; warming up 8 s", flush=True)
+        print(f"k6 at {args.rate}/s against {checkout_url} for at most {duration_s:.0f} s; warming up 8 s",
+              flush=True)
         time.sleep(8)
         since = time.time()
         for way in rounds:
@@ -78,12 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(1)
             print(f"  round done: {way}", flush=True)
     finally:
-        k6.terminate()
-        try:
-            k6.wait(15)
-        except subprocess.TimeoutExpired:
-            k6.kill()
-            k6.wait(5)
+        k6.stop()  # SIGINT, then SIGKILL after 15 s; reaped
     print(f"CPU per poll of three guards (money, double charge, availability), {args.rate}/s load:")
     for way, ms in results.items():
         print(f"  {way:42s} median {statistics.median(ms):6.1f} ms  worst {max(ms):6.1f} ms  "
