@@ -24,6 +24,7 @@ charge at all is "not judged", never "0 charges without an order".
 from __future__ import annotations
 
 import logging
+import math
 import time
 import uuid
 from dataclasses import dataclass
@@ -187,9 +188,11 @@ def _endpoints(ctx: ActivityContext) -> tuple[str, str]:
 
 
 def _fetch_charges(provider_url: str, since: float, timeout_s: float) -> list[Charge]:
+    """The captured charges with ``captured_at >= since``, exactly: the query sends ``since``
+    floored to the millisecond (never later than asked) and the excess is dropped here."""
     url = provider_url.rstrip("/") + "/charges"
     try:
-        resp = http_get(url, timeout_s, params={"since": f"{since:.3f}"})
+        resp = http_get(url, timeout_s, params={"since": f"{math.floor(since * 1000) / 1000:.3f}"})
         resp.raise_for_status()
         raw = resp.json()["charges"]
     except httpx.HTTPError as exc:
@@ -201,10 +204,12 @@ def _fetch_charges(provider_url: str, since: float, timeout_s: float) -> list[Ch
         if item.get("status", "captured") != "captured":
             continue
         try:
-            charges.append(Charge(str(item["charge_id"]), str(item["order_ref"]),
-                                  int(item.get("amount_cents", 0)), float(item["captured_at"])))
+            charge = Charge(str(item["charge_id"]), str(item["order_ref"]),
+                            int(item.get("amount_cents", 0)), float(item["captured_at"]))
         except (KeyError, TypeError, ValueError):
             raise ActivityFailed(f"payment provider returned a malformed charge: {item!r}") from None
+        if charge.captured_at >= since:
+            charges.append(charge)
     return charges
 
 
