@@ -19,6 +19,7 @@ from chaoscheckout.service.actions import kill_service, start_service
 from chaoscheckout.service.probes import service_is_healthy
 
 CHAOS = str(Path(sys.executable).parent / "chaos")
+ROOT = Path(__file__).resolve().parent.parent
 NAN, INF = float("nan"), float("inf")
 
 CASES = [
@@ -123,3 +124,25 @@ def test_chaos_validate_checks_the_safety_control_arguments(stack, tmp_path):
     proc = subprocess.run([CHAOS, "--no-version-check", "validate", str(path)], cwd=tmp_path,
                           env=stack.env, capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0 and "on_stale must be one of" in proc.stdout + proc.stderr
+
+
+def test_a_bad_argument_after_the_fault_refuses_the_whole_run_before_anything(stack, tmp_path):
+    """fill-pg-disk's wait comes after the fill: its bad timeout used to be refused with the
+    disk already full. The safety control judges every activity first: nothing starts."""
+    before = _snapshot(stack)
+    loads = set((stack.state_dir / "load").glob("k6-*"))
+    journal = tmp_path / "journal.json"
+    env = {**stack.env, "CHAOSCHECKOUT_BITE_TIMEOUT_S": "0"}
+    proc = subprocess.run([CHAOS, "--no-version-check", "run", "--journal-path", str(journal),
+                           str(ROOT / "experiments" / "fill-pg-disk.json")], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    output = proc.stdout + proc.stderr
+    raw = json.loads(journal.read_text())
+    refused = raw["chaoscheckout_safety"]["refused_arguments"]
+    assert refused == ["method activity 'wait-until-postgres-refuses-an-order-write': "
+                       "timeout_s must be a finite number in (0, 600], got 0"], refused
+    assert "invalid arguments, nothing was injected" in output and proc.returncode != 0
+    assert raw["status"] == "interrupted" and raw["run"] == [], raw["status"]
+    assert raw.get("steady_states", {}).get("before") is None  # nothing probed either
+    assert set((stack.state_dir / "load").glob("k6-*")) == loads  # no load started
+    assert _snapshot(stack) == before

@@ -1,7 +1,9 @@
 """Safety control: this run's faults never outlive it; other runs' faults are never touched.
 
-Before the experiment it gives the run an id (recorded in the journal) that owns every
-fault the run injects (see :mod:`chaoscheckout.faults.owner`), and deals with leases
+Before the experiment it judges every activity's arguments and pauses
+(:mod:`chaoscheckout.arguments`): a bad one stops the run before anything starts. Then it
+gives the run an id (recorded in the journal) that owns every fault the run injects (see
+:mod:`chaoscheckout.faults.owner`), and deals with leases
 whose owner is dead (an earlier run that was SIGKILLed or froze): ``on_stale: "revert"``
 (default) reverts them and says so, ``"refuse"`` interrupts the run before anything
 starts. Faults of other live runs are left alone. It also refuses to start while
@@ -45,6 +47,7 @@ from typing import Any
 from chaoslib.exceptions import InterruptExecution, InvalidControl
 from chaoslib.types import Configuration, Control, Experiment, Journal
 
+from chaoscheckout.arguments import argument_problems
 from chaoscheckout.context import activity_context
 from chaoscheckout.faults.halt import halt_record
 from chaoscheckout.faults.leases import LeaseStore
@@ -87,6 +90,11 @@ def before_experiment_control(
     _RUN.clear()
     if on_stale not in ON_STALE:
         raise InterruptExecution(f"safety control: on_stale must be one of {ON_STALE}, got {on_stale!r}")
+    problems = argument_problems(context, configuration, kwargs.get("secrets"))
+    if problems:
+        _RUN["refused_arguments"] = problems
+        raise InterruptExecution("safety control: invalid arguments, nothing was injected: "
+                                 + "; ".join(problems))
     ctx = activity_context(configuration)
     settings = ctx.settings
     run_id = set_run_id()
@@ -149,8 +157,9 @@ def after_experiment_control(
     """
     After the experiment, whatever its status: revert this run's live faults and record
     `{run_id, status_seen, reverted: [...], at, abort, halt, declared_dead, stale_reverted,
-    left_alone, late_interrupts}` in the journal under `chaoscheckout_safety`. A safeguard's
-    interruption arriving from now on is recorded and ignored: the run has ended.
+    left_alone, refused_arguments, late_interrupts}` in the journal under
+    `chaoscheckout_safety`. A safeguard's interruption arriving from now on is recorded and
+    ignored: the run has ended.
     """
     _defer_interrupts("the end of the experiment")
     status = state.get("status") if isinstance(state, dict) else None
@@ -184,6 +193,7 @@ def after_experiment_control(
                               "halt": _RUN.get("halt") or halt_record(settings.state_dir),
                               "declared_dead": dead, "stale_reverted": _RUN.get("stale_reverted", []),
                               "left_alone": _RUN.get("left_alone", []),
+                              "refused_arguments": _RUN.get("refused_arguments", []),
                               "late_interrupts": _LATE_INTERRUPTS,
                               "on_signal": {k: v for k, v in on_signal.items() if k != "thread"}
                               if on_signal else None}

@@ -8,12 +8,14 @@ from typing import Any
 
 from chaoslib.types import Configuration
 
+from chaoscheckout.arguments import checked_before_the_run
 from chaoscheckout.context import ActivityContext, ConfigOrContext, activity_context
 from chaoscheckout.disk.ballast import (
     ballast_path,
     check_leave_bytes,
     delete_ballast,
     fs_usage,
+    whole_bytes,
     write_ballast,
 )
 from chaoscheckout.errors import ChaosCheckoutError, InvalidFaultArgument
@@ -27,6 +29,13 @@ __all__ = ["fill_disk", "release_disk"]
 logger = logging.getLogger("chaostoolkit")
 
 
+def _fill_arguments(service: Any, leave_bytes: Any = 0, duration_s: Any = 60,
+                    configuration: ConfigOrContext = None) -> tuple[float, int]:
+    return (check_duration(duration_s, activity_context(configuration).settings.max_fault_duration_s),
+            whole_bytes(leave_bytes))
+
+
+@checked_before_the_run(_fill_arguments)
 def fill_disk(
     service: str, leave_bytes: int = 0, duration_s: float = 60, configuration: Configuration = None
 ) -> dict[str, Any]:
@@ -56,8 +65,8 @@ def fill_disk(
     `remote_backend`, `remote_parameters` and `keeper_pid`.
     """
     ctx = activity_context(configuration)
+    duration, _ = _fill_arguments(service, leave_bytes, duration_s, ctx)
     settings, runtime = ctx.settings, ctx.runtime
-    duration = check_duration(duration_s, settings.max_fault_duration_s)
     runtime.target(service)
     if runtime.is_remote(service):  # held by a keeper on the service's host (docs/ssh.md)
         if isinstance(leave_bytes, bool) or not isinstance(leave_bytes, int) or leave_bytes < 0:

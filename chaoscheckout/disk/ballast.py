@@ -59,6 +59,21 @@ def ballast_path(data_dir: Path) -> Path:
 
 def check_leave_bytes(leave_bytes: Any, usage: FsUsage) -> int:
     """``leave_bytes`` as an int in [0, free bytes), else InvalidFaultArgument."""
+    value = whole_bytes(leave_bytes)
+    if value >= usage.size_bytes:
+        raise InvalidFaultArgument(
+            f"leave_bytes={value} is not smaller than the filesystem ({usage.size_bytes} bytes)"
+        )
+    if value >= usage.free_bytes:
+        raise InvalidFaultArgument(
+            f"leave_bytes={value} is not smaller than the free space ({usage.free_bytes} bytes): "
+            "nothing to fill"
+        )
+    return value
+
+
+def whole_bytes(leave_bytes: Any) -> int:
+    """``leave_bytes`` as an int >= 0 (numbers given as strings parsed), else InvalidFaultArgument."""
     bad = InvalidFaultArgument(f"leave_bytes must be a whole number of bytes, got {leave_bytes!r}")
     if isinstance(leave_bytes, bool) or not isinstance(leave_bytes, int | float | str):
         raise bad
@@ -71,15 +86,6 @@ def check_leave_bytes(leave_bytes: Any, usage: FsUsage) -> int:
     value = int(value)
     if value < 0:
         raise InvalidFaultArgument(f"leave_bytes must be >= 0, got {value}")
-    if value >= usage.size_bytes:
-        raise InvalidFaultArgument(
-            f"leave_bytes={value} is not smaller than the filesystem ({usage.size_bytes} bytes)"
-        )
-    if value >= usage.free_bytes:
-        raise InvalidFaultArgument(
-            f"leave_bytes={value} is not smaller than the free space ({usage.free_bytes} bytes): "
-            "nothing to fill"
-        )
     return value
 
 

@@ -21,6 +21,7 @@ import logging
 from typing import Any
 
 from chaoscheckout import validate
+from chaoscheckout.arguments import checked_before_the_run
 from chaoscheckout.config import Settings
 from chaoscheckout.context import ConfigOrContext, activity_context
 from chaoscheckout.errors import BackendUnavailable, InvalidFaultArgument, TargetRefused, UnknownService
@@ -43,6 +44,19 @@ BACKENDS = ("auto", "proxy", "netem")
 SCOPES = ("connection", "request")
 
 
+def _latency_arguments(service: Any, delay_ms: Any, jitter_ms: Any = 0, fraction: Any = 1.0,
+                       duration_s: Any = 60, backend: Any = "auto", scope: Any = "connection",
+                       configuration: Any = None) -> tuple[float, float, float, float]:
+    delay, jitter, share = _check_latency(delay_ms, jitter_ms, fraction)
+    if not isinstance(scope, str) or scope not in SCOPES:
+        raise InvalidFaultArgument(f"scope must be one of {', '.join(SCOPES)}, got {scope!r}")
+    if backend not in BACKENDS:
+        raise InvalidFaultArgument(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    duration = check_duration(duration_s, activity_context(configuration).settings.max_fault_duration_s)
+    return delay, jitter, share, duration
+
+
+@checked_before_the_run(_latency_arguments)
 def add_latency(
     service: str,
     delay_ms: float,
@@ -98,13 +112,9 @@ def add_latency(
     The `backend` argument then chooses between the remote host's own proxy and netem.
     """
     ctx = activity_context(configuration)
+    delay, jitter, share, duration = _latency_arguments(service, delay_ms, jitter_ms, fraction, duration_s,
+                                                        backend, scope, ctx)
     settings, runtime = ctx.settings, ctx.runtime
-    delay, jitter, share = _check_latency(delay_ms, jitter_ms, fraction)
-    if not isinstance(scope, str) or scope not in SCOPES:
-        raise InvalidFaultArgument(f"scope must be one of {', '.join(SCOPES)}, got {scope!r}")
-    if backend not in BACKENDS:
-        raise InvalidFaultArgument(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    duration = check_duration(duration_s, settings.max_fault_duration_s)
     entry = runtime.target(service)  # e.g. docker checks the container's label and netns
     if runtime.is_remote(service):  # held by a keeper on the service's host (docs/ssh.md)
         arguments = {"delay_ms": delay, "jitter_ms": jitter, "fraction": share, "backend": backend,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from chaoscheckout.arguments import checked_before_the_run
 from chaoscheckout.config import finite_number
 from chaoscheckout.context import ConfigOrContext, activity_context
 from chaoscheckout.errors import InvalidFaultArgument, UnknownService
@@ -36,6 +37,13 @@ logger = logging.getLogger("chaostoolkit")
 KIND = "response_loss"
 
 
+def _loss_arguments(service: Any, fraction: Any = 1.0, duration_s: Any = 60,
+                    configuration: Any = None) -> tuple[float, float]:
+    return (finite_number("fraction", fraction, 0, 1),
+            check_duration(duration_s, activity_context(configuration).settings.max_fault_duration_s))
+
+
+@checked_before_the_run(_loss_arguments)
 def lose_responses(
     service: str,
     fraction: float = 1.0,
@@ -67,9 +75,8 @@ def lose_responses(
     `response_loss_effect(service)`.
     """
     ctx = activity_context(configuration)
+    share, duration = _loss_arguments(service, fraction, duration_s, ctx)
     settings, runtime = ctx.settings, ctx.runtime
-    share = finite_number("fraction", fraction, 0, 1)
-    duration = check_duration(duration_s, settings.max_fault_duration_s)
     entry = runtime.target(service)  # e.g. docker checks the container's label
     check_can_inject(KIND, service, ctx)
     existing = [lease for lease in LeaseStore(settings.leases_dir).for_service(service, KIND)

@@ -8,6 +8,7 @@ from typing import Any
 
 from chaoslib.types import Configuration
 
+from chaoscheckout.arguments import checked_before_the_run
 from chaoscheckout.context import ConfigOrContext, activity_context
 from chaoscheckout.errors import ChaosCheckoutError
 from chaoscheckout.faults.inject import Injection, check_can_inject, inject_fault
@@ -22,6 +23,11 @@ logger = logging.getLogger("chaostoolkit")
 START_TIMEOUT_S = 30.0  # a revert's bound comes from here, never from the lease
 
 
+def _kill_arguments(service: Any, duration_s: Any = 60, configuration: Any = None) -> float:
+    return check_duration(duration_s, activity_context(configuration).settings.max_fault_duration_s)
+
+
+@checked_before_the_run(_kill_arguments)
 def kill_service(
     service: str, duration_s: float = 60, configuration: Configuration = None
 ) -> dict[str, Any]:
@@ -51,8 +57,8 @@ def kill_service(
     `remote_backend`, `remote_parameters` and `keeper_pid`.
     """
     ctx = activity_context(configuration)
+    duration = _kill_arguments(service, duration_s, ctx)
     settings, runtime = ctx.settings, ctx.runtime
-    duration = check_duration(duration_s, settings.max_fault_duration_s)
     runtime.target(service)
     if runtime.is_remote(service):  # held by a keeper on the service's host (docs/ssh.md)
         return inject_remote("kill", service, {}, duration, ctx)

@@ -48,6 +48,7 @@ from typing import Any
 from chaoslib.exceptions import ActivityFailed, InterruptExecution
 
 from chaoscheckout import validate
+from chaoscheckout.arguments import checked_before_the_run
 from chaoscheckout.context import activity_context
 from chaoscheckout.errors import InvalidFaultArgument
 from chaoscheckout.sli.money import (
@@ -170,6 +171,17 @@ def prometheus_range(query: str, start: float, end: float | None = None, step: f
 MAX_WAIT_S = 600.0
 
 
+def _wait_arguments(query: Any, timeout_s: Any = 90, interval_s: Any = 1.0) -> tuple[str, float, float]:
+    if not isinstance(query, str) or not query.strip():
+        raise InvalidFaultArgument("query must be a non-empty PromQL expression")
+    timeout = validate.in_range("timeout_s", timeout_s, 0, MAX_WAIT_S, error=InvalidFaultArgument,
+                                parse_strings=True)
+    interval = validate.in_range("interval_s", interval_s, 0, timeout, error=InvalidFaultArgument,
+                                 parse_strings=True)
+    return query, timeout, interval
+
+
+@checked_before_the_run(_wait_arguments)
 def wait_for_increase(query: str, timeout_s: float = 90, interval_s: float = 1.0,
                       configuration: dict[str, Any] | None = None) -> dict[str, Any]:
     """Wait until a one-series PromQL value rises above what it was when the probe started:
@@ -191,12 +203,7 @@ def wait_for_increase(query: str, timeout_s: float = 90, interval_s: float = 1.0
     ``pauses``: chaoslib sleeps a pause to its end after an activity it interrupted. A probe:
     changes nothing, nothing to undo.
     """
-    if not isinstance(query, str) or not query.strip():
-        raise InvalidFaultArgument("query must be a non-empty PromQL expression")
-    timeout = validate.in_range("timeout_s", timeout_s, 0, MAX_WAIT_S, error=InvalidFaultArgument,
-                                parse_strings=True)
-    interval = validate.in_range("interval_s", interval_s, 0, timeout, error=InvalidFaultArgument,
-                                 parse_strings=True)
+    query, timeout, interval = _wait_arguments(query, timeout_s, interval_s)
     client = prometheus_client_from(configuration)
     started = time.monotonic()
     try:
@@ -223,6 +230,12 @@ def wait_for_increase(query: str, timeout_s: float = 90, interval_s: float = 1.0
             "timeout_s": timeout, "query": query}
 
 
+def _observe_seconds(seconds: Any) -> float:
+    return validate.in_range("seconds", seconds, 0, MAX_WAIT_S, low_inclusive=True,
+                             error=InvalidFaultArgument, parse_strings=True)
+
+
+@checked_before_the_run(_observe_seconds)
 def observe(seconds: float, configuration: dict[str, Any] | None = None) -> dict[str, Any]:
     """Hold the observation window: wait `seconds` (0 <= seconds <= 600) while the fault acts.
 
@@ -230,8 +243,7 @@ def observe(seconds: float, configuration: dict[str, Any] | None = None) -> dict
     breach or SIGTERM ends the run inside it at once, and the activities before it keep their
     recorded outputs. Returns ``{held_s}``. A probe: changes nothing, nothing to undo.
     """
-    hold = validate.in_range("seconds", seconds, 0, MAX_WAIT_S, low_inclusive=True,
-                             error=InvalidFaultArgument, parse_strings=True)
+    hold = _observe_seconds(seconds)
     logger.info(f"observing for {hold:g}s")
     with _interruption_ends_the_run("observe"):
         time.sleep(hold)
@@ -249,6 +261,11 @@ def _interruption_ends_the_run(name: str) -> Iterator[None]:
         raise SystemExit(20) from None
 
 
+def _money_window(grace_s: Any = 5, since_s: Any = 600, since: Any = None) -> None:
+    check_window_arguments(grace_s, since_s, since)
+
+
+@checked_before_the_run(_money_window)
 def charges_without_order(grace_s: float = 5, since_s: float = 600, since: float | None = None,
                           configuration: dict[str, Any] | None = None) -> int:
     """Count captured payment-provider charges that have no recorded order (money safety).
@@ -279,6 +296,7 @@ def charges_without_order(grace_s: float = 5, since_s: float = 600, since: float
     return len(check.orphans)
 
 
+@checked_before_the_run(_money_window)
 def charges_without_order_details(grace_s: float = 5, since_s: float = 600, since: float | None = None,
                                   configuration: dict[str, Any] | None = None) -> dict[str, Any]:
     """Like :func:`charges_without_order`, but return the evidence for the journal.
@@ -294,6 +312,11 @@ def charges_without_order_details(grace_s: float = 5, since_s: float = 600, sinc
     return _money_check(grace_s, since_s, since, configuration).to_dict()
 
 
+def _double_window(since_s: Any = 600, since: Any = None) -> None:
+    check_window_arguments(0, since_s, since)
+
+
+@checked_before_the_run(_double_window)
 def double_charges(since_s: float = 600, since: float | None = None,
                    configuration: dict[str, Any] | None = None) -> int:
     """Count orders the payment provider charged more than once (money safety).
@@ -323,6 +346,7 @@ def double_charges(since_s: float = 600, since: float | None = None,
     return len(check.doubled)
 
 
+@checked_before_the_run(_double_window)
 def double_charges_details(since_s: float = 600, since: float | None = None,
                            configuration: dict[str, Any] | None = None) -> dict[str, Any]:
     """Like :func:`double_charges`, but return the evidence for the journal.
