@@ -609,6 +609,24 @@ def test_a_held_run_whose_fault_never_took_effect_is_inconclusive(tmp_path: Path
     assert verdicts["failed"][0] == "inconclusive" and "could not tell" in verdicts["failed"][1]
 
 
+def test_a_run_refused_for_its_arguments_is_inconclusive_and_says_why(tmp_path: Path) -> None:
+    """The safety control refused the run before anything started: no verdict on the
+    hypothesis, and the log says which argument was bad (not "a safeguard stopped it")."""
+    raw = _raw("03-held")
+    problem = ("method activity 'wait-until-postgres-refuses-an-order-write': "
+               "timeout_s must be a finite number in (0, 600], got 0")
+    raw.update(status="interrupted", run=[], rollbacks=[], steady_states={"before": None, "after": None,
+                                                                          "during": []})
+    raw["chaoscheckout_safety"] = {"status_seen": "interrupted", "reverted": [], "at": raw["end"],
+                                   "refused_arguments": [problem]}
+    folder = tmp_path / "j"
+    folder.mkdir()
+    (folder / "refused.json").write_text(json.dumps(raw))
+    result = write_report([folder], tmp_path / "log", ("md",))
+    assert (result.runs[0].verdict, result.runs[0].reason) == (
+        "inconclusive", f"refused before it started, nothing injected: invalid arguments: {problem}")
+
+
 FINDINGS_TEXT = """# Readiness review
 
 **Held** after the fix: {held}.

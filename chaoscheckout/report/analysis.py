@@ -233,6 +233,9 @@ def _mark_not_run(run: Run) -> None:
 
 
 def _verdict(run: Run) -> tuple[str, str]:
+    if run.status in INTERRUPTED and run.refused_arguments:
+        return INCONCLUSIVE, ("refused before it started, nothing injected: invalid arguments: "
+                              + "; ".join(run.refused_arguments))
     if run.status in INTERRUPTED:
         when = f" {run.duration_s:.3f} s into the run" if run.duration_s is not None else ""
         breach = breach_text(run)

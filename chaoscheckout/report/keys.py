@@ -199,6 +199,13 @@ def abort_record(rec: dict[str, Any]) -> dict[str, Any]:
     return abort if isinstance(abort, dict) else {}
 
 
+def refused_arguments(rec: dict[str, Any]) -> list[str]:
+    """What the safety control's pre-run argument check refused ([] when nothing was)."""
+    safety = rec.get("safety")
+    refused = safety.get("refused_arguments") if isinstance(safety, dict) else None
+    return [str(problem) for problem in refused] if isinstance(refused, list) else []
+
+
 def is_fault_output(output: Any) -> bool:
     return isinstance(output, dict) and all(k in output for k in FAULT_KEYS) and "injected_at" in output
 

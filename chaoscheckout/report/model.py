@@ -198,6 +198,7 @@ class Run:
     guard_samples: list[GuardSample] = field(default_factory=list)
     guard_thresholds: dict[str, str] = field(default_factory=dict)  # guard → abort threshold text
     provenance: Provenance | None = None
+    refused_arguments: list[str] = field(default_factory=list)  # refused before the run started
     load_profile: LoadProfileFacts | None = None
     # derived by analysis
     verdict: str = ""
@@ -355,6 +356,7 @@ def parse_journal(path: Path, journal: dict[str, Any]) -> Run:
         safety_reverts=keys.safety_reverts(rec),
         timeline_error=keys.timeline_error(rec),
         abort=keys.abort_record(rec),
+        refused_arguments=keys.refused_arguments(rec),
         guard_samples=samples,
         guard_thresholds=_guard_thresholds(journal, samples, rec),
         provenance=_provenance(journal.get(keys.PROVENANCE_KEY)),
