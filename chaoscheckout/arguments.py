@@ -25,7 +25,7 @@ from chaoslib import substitute
 
 from chaoscheckout.errors import InvalidFaultArgument
 
-__all__ = ["checked_before_the_run", "argument_problems", "PACKAGE"]
+__all__ = ["checked_before_the_run", "argument_problems"]
 
 PACKAGE = "chaoscheckout"
 F = TypeVar("F", bound=Callable[..., Any])
@@ -86,10 +86,11 @@ def _check_of(provider: dict[str, Any]) -> Callable[..., Any] | None:
 
 
 def _call(check: Callable[..., Any], arguments: dict[str, Any], configuration: dict[str, Any] | None) -> None:
-    if "configuration" in inspect.signature(check).parameters:
+    signature = inspect.signature(check)
+    if "configuration" in signature.parameters:
         arguments = {**arguments, "configuration": configuration}
     try:
-        inspect.signature(check).bind(**arguments)
+        signature.bind(**arguments)
     except TypeError as exc:
         raise InvalidFaultArgument(f"arguments do not fit: {exc}") from None
     check(**arguments)

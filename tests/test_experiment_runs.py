@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from chaoscheckout.faults.kinds import KINDS
 from chaoscheckout.faults.leases import LeaseStore
 from chaoscheckout.runner import Outcome, run_experiments
 from chaoscheckout.runtime.registry import load_registry
@@ -35,7 +36,7 @@ STATE_DIR = Path(f"/var/tmp/chaoscheckout-runs-{PORT_BASE}")
 CTK_LATEST_CHAOS = ROOT / ".venv-ctk-latest" / "bin" / "chaos"
 # (experiment, "installed" | "newest") -> what a tight-threshold abort recorded, compared below
 ABORT_RECORDS: dict[tuple[str, str], dict] = {}
-FAULT_FUNCS = ("kill_service", "add_latency", "fill_disk", "lose_responses")
+FAULT_FUNCS = tuple(kind.inject for kind in KINDS.values())  # the fault-kind table's inject actions
 BITE_PROBE = "wait-until-postgres-refuses-an-order-write"  # fill-pg-disk's wait for its effect
 
 

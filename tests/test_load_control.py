@@ -425,3 +425,22 @@ def test_watchdog_stops_a_script_that_ignores_duration(workdir: Path, target: st
         k6.stop()
     assert k6.result()["stopped_by"] == "watchdog" and k6.result()["exit_code"] == 105
     assert _k6_pids(workdir) == []
+
+
+def test_k6_starts_with_sigint_at_its_default_whatever_the_parent_inherited(tmp_path):
+    """K6Process stops k6 with SIGINT; a parent started as a background job has SIGINT
+    ignored, and without a reset k6 was exec'd with it ignored too (k6 then had to undo it)."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        k6 = K6Process(K6Options(ROOT / "load" / "baseline.js", rate=1, duration_s=20,
+                                 checkout_url="http://127.0.0.1:9", run_dir=tmp_path / "k6"))
+        k6.start()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    try:
+        status = Path(f"/proc/{k6.proc.pid}/status").read_text()
+        ignored = int(next(line for line in status.splitlines() if line.startswith("SigIgn:")).split()[1], 16)
+        assert not ignored & (1 << (signal.SIGINT - 1)), f"k6 started with SIGINT ignored ({ignored:#x})"
+    finally:
+        k6.stop()
+    assert not k6.running()

@@ -107,7 +107,7 @@ class K6Process:
         with open(self.log_file, "ab") as log:
             self.proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                cwd=opts.script.parent, env=env, start_new_session=True, preexec_fn=_die_with_parent,
+                cwd=opts.script.parent, env=env, start_new_session=True, preexec_fn=_child_setup,
             )
         self.started_at = time.time()
         self._watchdog = threading.Timer(opts.duration_s + WATCHDOG_GRACE_S, self._overdue)
@@ -272,9 +272,12 @@ def parse_summary(path: Path) -> dict[str, Any]:
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+def _child_setup() -> None:  # runs in the child between fork and exec
+    """k6 dies with its parent, and takes SIGINT (how it is stopped) with the default
+    disposition: a parent started as a background job inherits SIGINT ignored, and so would k6."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _signal(proc: subprocess.Popen[bytes], sig: int) -> None:
