@@ -294,23 +294,39 @@ def test_checkout_healthz_follows_postgres(chain):
 # --- remediator ---------------------------------------------------------------------
 
 
+_HOLDS_SOCKETS_A_PIPE_AND_A_FILE = """
+import os, socket, sys
+print("idle", flush=True)
+sys.stdin.readline()
+sockets = [socket.socket() for _ in range(150)]
+read_end, write_end = os.pipe()
+leaked_like = open(os.devnull)
+print("holding", flush=True)
+sys.stdin.readline()
+"""
+
+
 def test_the_remediator_counts_files_not_connections():
-    """At a flash sale's rate checkout holds hundreds of sockets: they are load, not a leak."""
+    """At a flash sale's rate checkout holds hundreds of sockets: they are load, not a leak.
+
+    Counted in a child that does nothing between the two counts, as the remediator counts a
+    service: the test process's own threads may open files at any moment."""
     from stack.services.common import count_open_fds, count_open_files
 
-    before_fds, before_files = count_open_fds(), count_open_files()
-    sockets = [socket.socket() for _ in range(150)]
-    read_end, write_end = os.pipe()
-    with open(os.devnull) as leaked_like:
-        try:
-            assert count_open_fds() >= before_fds + 152
-            assert count_open_files() == before_files + 1  # the file; no socket, no pipe
-            assert leaked_like.fileno() > 0
-        finally:
-            for sock in sockets:
-                sock.close()
-            os.close(read_end)
-            os.close(write_end)
+    child = subprocess.Popen([sys.executable, "-c", _HOLDS_SOCKETS_A_PIPE_AND_A_FILE],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                             env=clean_env())
+    try:
+        assert child.stdout.readline() == "idle\n"
+        before_fds, before_files = count_open_fds(child.pid), count_open_files(child.pid)
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        assert child.stdout.readline() == "holding\n"
+        assert count_open_fds(child.pid) == before_fds + 153  # 150 sockets, 2 pipe ends, 1 file
+        assert count_open_files(child.pid) == before_files + 1  # the file; no socket, no pipe
+    finally:
+        child.kill()
+        child.communicate(timeout=10)
 
 
 def test_remediator_restarts_only_the_leaking_program():
