@@ -390,14 +390,16 @@ def test_adaptive_timeout_learns_a_slower_payments_and_a_fixed_one_never_does(po
     """Every payments call takes 0.15 s, above the 0.08 s floor. Fixed (adapt 0): every
     attempt times out, every checkout fails. Adaptive (the default, 4 x the median): the
     abandoned attempts' late answers (0.15 s) fill the window, the timeout rises to its
-    ceiling (0.25 s) and checkouts succeed again."""
+    ceiling and checkouts succeed again. The ceiling is 0.5 s here (default 0.25 s) and the
+    budget 1 s, so that a busy machine's answer still fits in the learned timeout."""
     db = f"{postgres}/checkout"
     with (
         catalog_process(),
         Upstream(PORT["payments_up"], url("payments")) as upstream,
-        checkout("checkout", db, url("catalog"), url("payments_up")),
+        checkout("checkout", db, url("catalog"), url("payments_up"),
+                 CHECKOUT_PAYMENTS_TIMEOUT_MAX_S="0.5", CHECKOUT_BUDGET_S="1"),
         checkout("checkout2", db, url("catalog"), url("payments_up"),
-                 CHECKOUT_PAYMENTS_TIMEOUT_ADAPT="0"),
+                 CHECKOUT_PAYMENTS_TIMEOUT_ADAPT="0", CHECKOUT_BUDGET_S="1"),
         httpx.Client(timeout=IO_TIMEOUT_S) as client,
     ):
         for name in ("checkout", "checkout2"):
@@ -411,7 +413,7 @@ def test_adaptive_timeout_learns_a_slower_payments_and_a_fixed_one_never_does(po
                  for name in codes}
     assert set(codes["checkout2"]) == {502}, codes  # the fixed 0.08 s never fits a 0.15 s payments
     assert codes["checkout"][-5:] == [200] * 5, codes
-    assert gauge == {"checkout": 0.25, "checkout2": 0.08}, gauge
+    assert gauge == {"checkout": 0.5, "checkout2": 0.08}, gauge  # 4 x 0.15 s, at the ceiling
     print(f"\npayments +0.15 s: adaptive {codes['checkout'].count(200)}/25 paid "
           f"(first success at #{codes['checkout'].index(200) + 1}), fixed 0/25")
 
@@ -502,13 +504,13 @@ def test_store_breaker_refuses_at_once_while_postgres_is_down_and_closes_when_it
     assert statuses == {503}, with_breaker
     assert all(error in ("orders store unavailable", "order not recorded") for _, _, error in with_breaker)
     seconds = sorted(elapsed for _, elapsed, _ in with_breaker)
-    assert seconds[-1] < 2.5 and seconds[-2] < 0.5, seconds  # at most the first waits the pool
-    assert seconds[len(seconds) // 2] < 0.05, seconds  # the median: refused at once
+    assert seconds[-1] < 2.5 and seconds[-2] < 1.0, seconds  # at most the first waits the pool
+    assert seconds[len(seconds) // 2] < 0.2, seconds  # the median: refused at once, not after the pool's 2 s
     assert {status for status, _, _ in without} == {503}, without
     assert min(elapsed for _, elapsed, _ in without) > 1.5, without  # each waited the pool out
     assert opened == 1 and closed == 0
     assert back_s < 10, back_s  # the pool's own back-off alone can take longer (it doubles)
-    assert rejected >= 8, rejected
+    assert rejected >= 5, rejected  # the first waits the pool; one trial every 0.25 s goes to Postgres
     assert {c["order_ref"] for c in charges} <= recorded  # refused checkouts charged nothing
     print(f"\nwith the breaker: {[round(t, 3) for t in seconds]} s; without: "
           f"{[round(e, 2) for _, e, _ in without]} s; served again {back_s:.1f} s after the restart")
@@ -536,9 +538,10 @@ def test_order_first_overhead_p50(postgres, money):
     count = 150
     with (
         catalog_process(),
-        checkout("checkout", f"{postgres}/overhead_on", url("catalog"), url("payments")),
+        checkout("checkout", f"{postgres}/overhead_on", url("catalog"), url("payments"),
+                 **PAYMENTS_AT_ANY_LOAD),
         checkout("checkout2", f"{postgres}/overhead_off", url("catalog"), url("payments"),
-                 CHECKOUT_ORDER_FIRST="0"),
+                 CHECKOUT_ORDER_FIRST="0", **PAYMENTS_AT_ANY_LOAD),
         httpx.Client(timeout=IO_TIMEOUT_S) as client,
     ):
         timings: dict[str, list[float]] = {"checkout": [], "checkout2": []}

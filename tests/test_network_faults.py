@@ -271,9 +271,11 @@ def test_revert_all_reports_the_final_effect(conf: dict, rig: ProxyRig) -> None:
 
 
 def test_payments_latency_raises_checkout_latency_on_the_stack(stack) -> None:
-    """+60 ms on payments (well under checkout's 150 ms per-attempt payments timeout) shows in
-    checkout's latency; request scope 0.3 slows about 30 % of checkouts, and the effect
-    probe's count matches the checkouts the client saw slowed."""
+    """+60 ms on payments shows in checkout's latency: every checkout takes at least the delay
+    while the fault is on, and the median is back under it once removed. Request scope 0.3
+    slows about 30 % of checkouts, and the effect probe's count matches the checkouts the
+    client saw take the delay. (A delayed checkout can never be faster than the delay; an
+    undelayed one can be slowed by the machine, so the client's count may be a few above.)"""
     configuration = {"chaoscheckout_state_dir": str(stack.state_dir)}
     checkout = stack.registry.service("checkout")
     url = f"http://{checkout.host}:{checkout.port}/checkout"
@@ -288,20 +290,24 @@ def test_payments_latency_raises_checkout_latency_on_the_stack(stack) -> None:
                 times.append(time.perf_counter() - start)
         return times
 
-    baseline = statistics.median(checkout_times_s(7))
+    baseline_times = checkout_times_s(7)
+    baseline = statistics.median(baseline_times)
     fault = add_latency("payments", delay_ms=60, duration_s=60, backend="proxy", configuration=configuration)
     try:
         assert fault["backend"] == "proxy" and fault["parameters"]["scope"] == "connection"
-        slowed = statistics.median(checkout_times_s(5))
+        slowed_times = checkout_times_s(5)
+        slowed = statistics.median(slowed_times)
         effect = latency_fault_effect("payments", configuration)
     finally:
         removed = remove_latency("payments", configuration)
     after = statistics.median(checkout_times_s(5))
+    delay_s = 0.06
     print(f"checkout median: baseline {baseline * 1000:.1f} ms, payments +60 ms {slowed * 1000:.1f} ms, "
           f"after remove {after * 1000:.1f} ms")
     assert removed["reverted"] == [fault["fault_id"]]
-    assert slowed - baseline >= 0.055, (baseline, slowed)
-    assert after < baseline + 0.05, (baseline, after)
+    assert min(baseline_times) < delay_s, baseline_times  # without the fault, checkout is faster
+    assert min(slowed_times) >= delay_s and slowed > baseline, (baseline_times, slowed_times)
+    assert after < delay_s, (baseline, after)
     assert effect["exchanges_seen"] >= 5 and effect["exchanges_delayed"] == effect["exchanges_seen"], effect
     assert latency_fault("payments", configuration) is None
 
@@ -313,13 +319,15 @@ def test_payments_latency_raises_checkout_latency_on_the_stack(stack) -> None:
     finally:
         removed = remove_latency("payments", configuration)
     effect = removed["effect"]
-    slow = sum(t >= baseline + 0.05 for t in times)
+    slow = sum(t >= delay_s for t in times)
     print(f"payments +60 ms, request scope 0.3, {n} sequential checkouts: {slow} slowed at the client; "
           f"effect at revert {effect}")
     assert effect["fault_id"] == fault["fault_id"] and effect["exchanges_seen"] >= n, effect
     # Binomial(80, 0.3): mean 24, sd 4.1; [8, 40] is ±4 sd
     assert 8 <= effect["exchanges_delayed"] <= 40, effect
-    assert abs(slow - effect["exchanges_delayed"]) <= 4, (slow, effect)  # 4: timing noise, background calls
+    # at most 4 below (a delayed retry of a checkout already slowed, a call that is not a
+    # checkout's), at most 8 above (undelayed checkouts a busy machine slowed)
+    assert effect["exchanges_delayed"] - 4 <= slow <= effect["exchanges_delayed"] + 8, (slow, effect)
 
     # the same fault per connection, 4 concurrent callers: what share of payments calls it slowed
     fault = add_latency("payments", delay_ms=60, fraction=0.3, scope="connection", duration_s=60,

@@ -232,7 +232,9 @@ def test_request_scope_delays_a_fraction_of_keepalive_requests(rig: ProxyRig, co
     assert 58 <= delayed <= 122, delayed
     # every POST is one exchange, even when its head and body arrive as separate chunks
     assert effect["exchanges_seen"] == n and effect["chunks_seen"] >= n, effect
-    assert abs(effect["exchanges_delayed"] - delayed) <= 3, (effect, delayed)  # 3: timing noise
+    # a delayed exchange is never faster than its delay; a pause of the client's own threads can
+    # make an undelayed one look delayed (4 threads share this process)
+    assert effect["exchanges_delayed"] <= delayed <= effect["exchanges_delayed"] + 10, (effect, delayed)
     assert effect["fault_id"] == "req" and effect["scope"] == "request" and effect["connections_decided"] == 0
     assert removed["exchanges_seen"] == n and removed["exchanges_delayed"] == effect["exchanges_delayed"]
     metrics = {line.split()[0]: float(line.split()[1]) for line in control.metrics().splitlines()
@@ -255,8 +257,11 @@ def test_connection_scope_picks_whole_connections(rig: ProxyRig, control: ProxyC
                 slow.append(time.perf_counter() - start >= delay_s * 0.9)
         finally:
             conn.close()
-        assert all(slow) or not any(slow), slow  # a connection is picked as a whole
-        picked += all(slow)
+        # a connection is picked as a whole: all its requests delayed (a delayed request is never
+        # faster than its delay), or most of them fast (a pause of this process can slow one)
+        is_picked = sorted(slow)[per_conn // 2]
+        assert all(slow) if is_picked else sum(slow) <= 2, slow
+        picked += is_picked
     effect = control.clear_latency(rig.route)["latency"]["effect"]
     assert effect["connections_decided"] == conns and effect["connections_picked"] == picked, effect
     assert effect["exchanges_seen"] == conns * per_conn
@@ -279,7 +284,8 @@ def test_request_scope_mixes_delays_within_a_connection(rig: ProxyRig, control: 
     effect = control.latency(rig.route)["effect"]
     # one connection, both outcomes: P(all 30 equal) = 2 * 0.5**30
     assert any(slow) and not all(slow), slow
-    assert effect["exchanges_seen"] == 30 and abs(effect["exchanges_delayed"] - sum(slow)) <= 1, effect
+    assert effect["exchanges_seen"] == 30, effect
+    assert effect["exchanges_delayed"] <= sum(slow) <= effect["exchanges_delayed"] + 3, (effect, slow)
 
 
 def test_connection_scope_pool_effect_is_visible_in_the_counters(
@@ -295,7 +301,7 @@ def test_connection_scope_pool_effect_is_visible_in_the_counters(
     print(f"connection scope 0.3 on 4 pooled connections: {effect['connections_picked']}/"
           f"{effect['connections_decided']} connections picked, {delayed}/120 requests delayed; {effect}")
     assert effect["connections_decided"] <= 4 and effect["exchanges_seen"] == 120
-    assert abs(effect["exchanges_delayed"] - delayed) <= 3, (effect, delayed)  # 3: timing noise
+    assert effect["exchanges_delayed"] <= delayed <= effect["exchanges_delayed"] + 10, (effect, delayed)
     if effect["connections_picked"] == 0:
         assert effect["exchanges_delayed"] == 0 and effect["delayed_ratio"] == 0
     control.set_latency(rig.route, delay_ms=50, fraction=1.0, scope="connection")

@@ -263,14 +263,15 @@ def test_payments_retries_a_lost_answer_with_the_same_key_unless_broken(rig, con
     provider_env = {"PROVIDER_PORT": str(PROVIDER_PORT), "PROVIDER_STORE": str(tmp_path / "charges.sqlite")}
     payments_env = {"PAYMENTS_PORT": str(PAYMENTS_PORT),
                     "PAYMENTS_PROVIDER_URL": f"http://127.0.0.1:{PROVIDER_ROUTE_PORT}",
-                    "PAYMENTS_RETRY_FRESH_KEY": "1" if fresh_key else "0"}
+                    "PAYMENTS_RETRY_FRESH_KEY": "1" if fresh_key else "0",
+                    "PAYMENTS_PROVIDER_TIMEOUT_S": "10"}  # three attempts fit on a busy machine
     order = f"order-{fresh_key}-{time.time()}"
     body = {"idempotency_key": order, "order_ref": order, "amount_cents": 900}
     with (service_process("provider", provider_env, PROVIDER_PORT, tmp_path),
           service_process("payments", payments_env, PAYMENTS_PORT, tmp_path)):
         control.set_response_loss("provider", fraction=1, expires_at=time.time() + 60, fault_id="pay-loss")
         try:
-            answer = httpx.post(f"http://127.0.0.1:{PAYMENTS_PORT}/payments", json=body, timeout=10)
+            answer = httpx.post(f"http://127.0.0.1:{PAYMENTS_PORT}/payments", json=body, timeout=20)
             effect = control.response_loss("provider")["effect"]
         finally:
             control.clear_response_loss("provider")

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -335,19 +337,36 @@ def test_reaper_survives_a_bad_lease_and_keeps_reverting(stack):
 
 
 def test_reaper_process_stops_cleanly_on_sigterm(tmp_path):
+    """SIGTERM once the reaper says it is watching (its handler is in place and its
+    reverters imported): it stops at once, with status 0."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "chaoscheckout.faults.reaper", "--state-dir", str(tmp_path),
          "--interval-s", "0.2"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
+    lines: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True)
+    reader.start()
     try:
-        time.sleep(1.0)
-        assert proc.poll() is None, "the reaper exited on its own"
+        seen: list[str] = []
+        deadline = time.monotonic() + 60
+        while not any("reaper: watching" in line for line in seen):
+            assert proc.poll() is None, f"the reaper exited on its own: {seen}"
+            assert time.monotonic() < deadline, f"the reaper never said it was watching: {seen}"
+            try:
+                seen.append(lines.get(timeout=0.5))
+            except queue.Empty:
+                pass
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=5)
+        proc.wait(timeout=10)
+        stopped_s = time.monotonic() - started
+        reader.join(timeout=10)
+        while not lines.empty():
+            seen.append(lines.get_nowait())
+        out = "".join(seen)
         assert proc.returncode == 0, out
-        assert time.monotonic() - started < 2
+        assert stopped_s < 5, stopped_s  # one tick at most, never the next interval's work
         assert "reaper: stopped" in out
     finally:
         if proc.poll() is None:

@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
+from serviceprocs import wait_until
 
 from chaoscheckout.runtime.supervisor import SupervisorClient
 from stack import prometheus_config
@@ -151,12 +152,16 @@ def test_k6_counts_match_prometheus_slis(stack):
     before = prom_query(prom, "sum(checkout_requests_total)") or 0.0
     result = run_k6(url, rate=10, duration_s=35)
     end = time.time()
-    time.sleep(3)  # one scrape and one rule evaluation after the last request
-    after = prom_query(prom, "sum(checkout_requests_total)")
     assert result.requests >= 330, result
     assert result.exit_code == 0, f"k6 thresholds failed at 10/s: {result}"
-    # Every request k6 sent is counted once by checkout and seen by Prometheus.
-    assert abs((after - before) - result.requests) <= max(2, 0.02 * result.requests), (after, before, result)
+    # Every request k6 sent is counted once by checkout and seen by Prometheus: wait (at most
+    # 20 s) for the scrape after the last request, then compare.
+    margin = max(2, 0.02 * result.requests)
+    wait_until(lambda: (prom_query(prom, "sum(checkout_requests_total)") or 0.0) - before
+               >= result.requests - margin, 20, "Prometheus seeing the load's requests", interval_s=0.5)
+    time.sleep(2)  # two more scrapes: a count above k6's would show now
+    after = prom_query(prom, "sum(checkout_requests_total)")
+    assert abs((after - before) - result.requests) <= margin, (after, before, result)
     # Rules evaluated inside the load window agree with what k6 measured.
     at = end - 2
     rate = prom_query(prom, "checkout:requests:rate_30s", at=at)
@@ -279,10 +284,16 @@ def test_remediator_restarts_leaking_catalog_and_leaves_others_alone(stack):
         time.sleep(0.5)
     for name in ("payments", "provider", "checkout"):
         assert rpc.pid(name) == before[name], name
-    deadline = time.monotonic() + 30
-    while httpx.get(f"{catalog}/healthz", timeout=TIMEOUT, trust_env=False).status_code != 200:
-        assert time.monotonic() < deadline
-        time.sleep(0.5)
+    wait_until(lambda: _answers_ok(f"{catalog}/healthz"), 30, "catalog healthy after its restart",
+               interval_s=0.5)
+
+
+def _answers_ok(health_url: str) -> bool:
+    """200 from ``health_url``; a service still starting refuses the connection."""
+    try:
+        return httpx.get(health_url, timeout=TIMEOUT, trust_env=False).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 # --- lifecycle: up twice, down leaves nothing, bad configuration ---------------------

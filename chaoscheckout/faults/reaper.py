@@ -135,8 +135,8 @@ class Reaper:
 
     def run(self, max_ticks: int | None = None) -> None:
         """Loop until stopped (or ``max_ticks`` ticks)."""
-        logger.info("reaper: watching %s every %g s", self.store.dir, self.interval_s)
         preload_reverters()  # the first revert must not pay for imports
+        logger.info("reaper: watching %s every %g s", self.store.dir, self.interval_s)
         ticks = 0
         try:
             while not self.stop_event.is_set():
