@@ -34,7 +34,7 @@ def _healthy_probe(name: str) -> dict:
     return {
         "type": "probe", "name": name, "tolerance": True,
         "provider": {"type": "python", "module": "chaoscheckout.service.probes",
-                     "func": "service_is_healthy", "arguments": {"service": TARGET, "timeout_s": 0.5}},
+                     "func": "service_is_healthy", "arguments": {"service": TARGET, "timeout_s": 2}},
     }
 
 
