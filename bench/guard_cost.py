@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(1)
             print(f"  round done: {way}", flush=True)
     finally:
-        k6.stop()  # SIGINT, then SIGKILL after 15 s; reaped
+        k6.stop()  # SIGINT (K6Process starts k6 with SIGINT at SIG_DFL), then SIGKILL after 15 s
     print(f"CPU per poll of three guards (money, double charge, availability), {args.rate}/s load:")
     for way, ms in results.items():
         print(f"  {way:42s} median {statistics.median(ms):6.1f} ms  worst {max(ms):6.1f} ms  "

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import queue
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 import httpx
 import pytest
@@ -29,6 +32,22 @@ def wait_until(condition: Callable[[], bool], timeout_s: float, what: str, inter
             pytest.fail(f"{what}: not within {timeout_s} s")
         time.sleep(interval_s)
     return time.monotonic() - started
+
+
+def answers_ok(health_url: str, timeout_s: float = 1) -> bool:
+    """200 from ``health_url``; a service still starting refuses the connection."""
+    try:
+        return httpx.get(health_url, timeout=timeout_s, trust_env=False).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def line_reader(stream: IO[str]) -> queue.Queue[str]:
+    """The lines of ``stream``, read by a daemon thread, so that a test can wait for one
+    with a deadline (``get(timeout=...)``)."""
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in stream], daemon=True).start()
+    return lines
 
 
 def clean_env() -> dict[str, str]:
@@ -53,11 +72,8 @@ def service_process(module: str, env: dict[str, str], port: int, log_dir: Path,
             while True:
                 if proc.poll() is not None:
                     pytest.fail(f"{module} exited {proc.returncode}: {log_path.read_text()[-2000:]}")
-                try:
-                    if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
+                if answers_ok(f"http://127.0.0.1:{port}/healthz"):
+                    break
                 if time.monotonic() > deadline:
                     pytest.fail(f"{module} not healthy in {startup_s}s: {log_path.read_text()[-2000:]}")
                 time.sleep(0.2)

@@ -9,11 +9,11 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
+from serviceprocs import line_reader
 
 from chaoscheckout.faults.deadruns import read_records
 from chaoscheckout.faults.leases import LeaseStore
@@ -344,9 +344,7 @@ def test_reaper_process_stops_cleanly_on_sigterm(tmp_path):
          "--interval-s", "0.2"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
-    lines: queue.Queue[str] = queue.Queue()
-    reader = threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True)
-    reader.start()
+    lines = line_reader(proc.stdout)
     try:
         seen: list[str] = []
         deadline = time.monotonic() + 60
@@ -361,9 +359,11 @@ def test_reaper_process_stops_cleanly_on_sigterm(tmp_path):
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=10)
         stopped_s = time.monotonic() - started
-        reader.join(timeout=10)
-        while not lines.empty():
-            seen.append(lines.get_nowait())
+        while True:  # the rest of its output: the reader reaches the end of the pipe at once
+            try:
+                seen.append(lines.get(timeout=2))
+            except queue.Empty:
+                break
         out = "".join(seen)
         assert proc.returncode == 0, out
         assert stopped_s < 5, stopped_s  # one tick at most, never the next interval's work

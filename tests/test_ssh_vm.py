@@ -29,12 +29,12 @@ import signal
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
+from serviceprocs import line_reader
 
 ROOT = Path(__file__).resolve().parent.parent
 PORT_BASE = int(os.environ.get("CHAOSCHECKOUT_TEST_RUNS_PORT_BASE", "29100")) + 300
@@ -247,12 +247,6 @@ while time.monotonic() < deadline:
 """
 
 
-def _line_reader(stream) -> queue.Queue:
-    lines: queue.Queue = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in stream], daemon=True).start()
-    return lines
-
-
 def test_controller_sigkill_removes_the_remote_netem_within_the_bound(vm_stack):
     from chaoscheckout.runtime.registry import load_registry
     from chaoscheckout.runtime.ssh import ssh_argv
@@ -268,7 +262,7 @@ def test_controller_sigkill_removes_the_remote_netem_within_the_bound(vm_stack):
         watcher = subprocess.Popen(ssh_argv(spec, [spec.python, "-c", WATCHER, spec.state_dir, spec.service]),
                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                    stderr=subprocess.PIPE, text=True)
-        seen = _line_reader(watcher.stdout)
+        seen = line_reader(watcher.stdout)
         assert seen.get(timeout=120).split() == ["ready", "True"], "the watcher saw no netem"
         killed_at = time.monotonic()
         proc.send_signal(signal.SIGKILL)

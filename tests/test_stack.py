@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
-from serviceprocs import wait_until
+from serviceprocs import answers_ok, wait_until
 
 from chaoscheckout.runtime.supervisor import SupervisorClient
 from stack import prometheus_config
@@ -284,16 +284,8 @@ def test_remediator_restarts_leaking_catalog_and_leaves_others_alone(stack):
         time.sleep(0.5)
     for name in ("payments", "provider", "checkout"):
         assert rpc.pid(name) == before[name], name
-    wait_until(lambda: _answers_ok(f"{catalog}/healthz"), 30, "catalog healthy after its restart",
+    wait_until(lambda: answers_ok(f"{catalog}/healthz", TIMEOUT), 30, "catalog healthy after its restart",
                interval_s=0.5)
-
-
-def _answers_ok(health_url: str) -> bool:
-    """200 from ``health_url``; a service still starting refuses the connection."""
-    try:
-        return httpx.get(health_url, timeout=TIMEOUT, trust_env=False).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 # --- lifecycle: up twice, down leaves nothing, bad configuration ---------------------
